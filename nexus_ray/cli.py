@@ -1,0 +1,113 @@
+"""The ``nexus-ray`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from enum import Enum
+
+import typer
+
+app = typer.Typer(
+    help="nexus_ray: test-time compute allocation for LLM reasoning, on Ray.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+zoo_app = typer.Typer(help="The built-in tiny models (the embedded default).", no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+
+
+class Strategy(str, Enum):
+    greedy = "greedy"
+    best_of_n = "best_of_n"
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def solve(
+    problem: str = typer.Argument(..., help='An arithmetic problem, e.g. "Q: 12+7*3-5" or "12+7*3-5".'),
+    strategy: Strategy = typer.Option(Strategy.greedy, help="greedy, or best_of_n (samples scored by the PRM)."),
+    n: int = typer.Option(8, min=1, max=256, help="Samples for best_of_n."),
+    policy: str = typer.Option("arith-policy", help="Zoo model name or HF model directory."),
+    prm: str = typer.Option("arith-prm", help="Zoo PRM name or HF model directory (best_of_n)."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Solve one problem and print the solution, the answer and the compute it took."""
+    from nexus_ray.engines.hf import HFPolicyEngine, HFRewardEngine
+    from nexus_ray.search.best_of_n import best_of_n
+    from nexus_ray.search.greedy import greedy
+    from nexus_ray.tasks import arith
+    from nexus_ray.tasks.format import ARITH
+    from nexus_ray.zoo.registry import resolve
+
+    expression = problem.strip()
+    if expression.startswith(arith.QUESTION_PREFIX.strip()):
+        expression = expression[len(arith.QUESTION_PREFIX.strip()) :].strip()
+    expression = expression.replace(" ", "")
+    try:
+        gold = arith.evaluate(expression)
+    except ValueError:
+        _fail(f"{problem!r} is not an arithmetic expression of integers with + - * (e.g. 12+7*3-5)")
+    try:
+        policy_engine = HFPolicyEngine(resolve(policy))
+        prm_engine = HFRewardEngine(resolve(prm)) if strategy is Strategy.best_of_n else None
+    except FileNotFoundError as err:
+        _fail(str(err))
+    prompt = ARITH.prompt(expression)
+    if strategy is Strategy.greedy:
+        result = asyncio.run(greedy(policy_engine, prompt, ARITH))
+    else:
+        result = asyncio.run(best_of_n(policy_engine, prompt, ARITH, n=n, prm=prm_engine, seed=seed))
+    verdict = arith.check(expression, result.solution)
+    if as_json:
+        typer.echo(json.dumps({**result.to_dict(), "correct": verdict.correct, "gold": str(gold)}, indent=1))
+        return
+    typer.echo(prompt + result.solution.rstrip("\n"))
+    typer.echo("")
+    mark = "correct" if verdict.correct else f"wrong (gold {gold}"
+    if not verdict.correct and verdict.first_wrong_step is not None:
+        mark += f", first wrong step {verdict.first_wrong_step + 1}"
+    typer.echo(f"answer: {result.answer}  [{mark}{')' if not verdict.correct else ''}]")
+    led = result.ledger
+    typer.echo(
+        f"tokens: {led.policy_prefill_tokens} prompt + {led.policy_generated_tokens} generated"
+        + (f" + {led.prm_tokens} PRM" if led.prm_tokens else "")
+        + f"  ({led.policy_token_equivalents:.0f} policy-token equivalents)"
+    )
+
+
+@app.command()
+def demo(
+    per_level: int = typer.Option(4, min=1, help="Problems per difficulty level."),
+    n: int = typer.Option(8, min=1, help="Samples for best-of-n."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Greedy vs. best-of-n with the PRM on built-in problems of rising difficulty."""
+    from nexus_ray import demo as demo_module
+
+    demo_module.main(per_level, n, seed)
+
+
+@zoo_app.command("list")
+def zoo_list() -> None:
+    """List the built-in models with their size and where they live."""
+    from nexus_ray.zoo.registry import list_models
+
+    for m in list_models():
+        params = f"{m.parameters / 1e6:.2f}M params" if m.parameters else "not built"
+        typer.echo(f"{m.name:<14} {params:<14} {m.size_mb:5.1f} MB  {m.description}")
+        typer.echo(f"{'':<14} {m.path}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""The two engine protocols every backend implements, and the data they exchange.
+
+Search strategies are written against these protocols only, so the same code runs on the
+transformers engine, the vLLM engine, or a remote Ray worker that proxies either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """How to sample. ``stop`` ends a sample after the stop string (which is kept in the text).
+
+    ``seed`` makes sampling reproducible per prompt: sample j of a prompt with seed s is the
+    same whatever else is in the batch.
+    """
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    logprobs: bool = False
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sample: its text, token ids, per-token logprobs (if asked) and why it ended."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: FinishReason
+    logprobs: tuple[float, ...] | None = None
+    stop_reason: str | None = None  # the stop string that ended it; None for EOS or length
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """All samples for one prompt, with the exact number of prompt tokens the engine saw."""
+
+    prompt: str
+    prompt_tokens: int
+    completions: tuple[Completion, ...] = field(default=())
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c.num_tokens for c in self.completions)
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """A (partial) solution to score: the prompt and its steps, without delimiters."""
+
+    prompt: str
+    steps: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """Per-step scores in [0, 1] (P(still correct after the step)) and tokens the PRM read."""
+
+    scores: tuple[float, ...]
+    tokens: int
+
+
+@runtime_checkable
+class PolicyEngine(Protocol):
+    """A causal LM that samples completions or single steps for a batch of prompts."""
+
+    model_name: str
+    num_parameters: int
+
+    async def generate(self, prompts: list[str], params: GenerationParams) -> list[GenerationResult]:
+        """One result per prompt, each with ``params.n`` completions."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens the engine charges for ``text`` as a prompt (special tokens included)."""
+        ...
+
+
+@runtime_checkable
+class RewardEngine(Protocol):
+    """A process reward model that scores every step of a batch of partial solutions."""
+
+    model_name: str
+    num_parameters: int
+
+    async def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        ...

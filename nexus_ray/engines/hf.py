@@ -1,0 +1,257 @@
+"""The transformers engine: policy sampling and PRM scoring on CPU or GPU.
+
+Sampling is a hand-written decode loop over the model's KV cache rather than
+``model.generate`` because the protocol needs per-sample seeds that do not depend on the rest
+of the batch, stop strings kept in the output, raw-model logprobs and exact token counts.
+Each distinct prompt is prefilled once and its cache is shared by its ``n`` samples.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
+
+from nexus_ray.engines.base import (
+    Completion,
+    GenerationParams,
+    GenerationResult,
+    ScoreRequest,
+    ScoreResult,
+)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _sample_seed(seed: int | None, sample_index: int) -> int | None:
+    """A per-sample seed derived from the request seed, independent of batch composition."""
+    if seed is None:
+        return None
+    return (seed * 1_000_003 + sample_index * 7919) % (2**63 - 1)
+
+
+class HFPolicyEngine:
+    """A causal LM from a model directory (zoo or any HF checkpoint)."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        device: str | None = None,
+        dtype: str = "float32",
+        max_batch_size: int = 256,
+    ) -> None:
+        self.model_path = Path(model_path)
+        self.model_name = self.model_path.name
+        self.device = _device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=_DTYPES[dtype])
+        self.model.to(self.device).eval()
+        self.num_parameters = sum(p.numel() for p in self.model.parameters())
+        self.max_batch_size = max_batch_size
+        self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
+        self._lock = threading.Lock()
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text).input_ids)
+
+    async def generate(self, prompts: list[str], params: GenerationParams) -> list[GenerationResult]:
+        return await asyncio.to_thread(self.generate_sync, prompts, params)
+
+    def generate_sync(self, prompts: list[str], params: GenerationParams) -> list[GenerationResult]:
+        """Blocking generation; prompts are processed in chunks of ``max_batch_size`` samples."""
+        encoded = [self.tokenizer(p).input_ids for p in prompts]
+        per_chunk = max(1, self.max_batch_size // params.n)
+        results: list[GenerationResult] = []
+        with self._lock, torch.inference_mode():
+            for start in range(0, len(prompts), per_chunk):
+                chunk = list(range(start, min(start + per_chunk, len(prompts))))
+                completions = self._decode([encoded[i] for i in chunk], params)
+                for k, i in enumerate(chunk):
+                    results.append(
+                        GenerationResult(prompts[i], len(encoded[i]), tuple(completions[k]))
+                    )
+        return results
+
+    def _decode(self, prompt_ids: list[list[int]], params: GenerationParams) -> list[list[Completion]]:
+        tok = self.tokenizer
+        n = params.n
+        width = max(map(len, prompt_ids))
+        if self.max_positions and width + params.max_tokens > self.max_positions:
+            limit = self.max_positions - width
+            if limit < 1:
+                raise ValueError(
+                    f"prompt of {width} tokens does not fit the model's context of {self.max_positions}"
+                )
+            params = GenerationParams(**{**params.__dict__, "max_tokens": limit})
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        ids = torch.full((len(prompt_ids), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, p in enumerate(prompt_ids):  # left padding keeps every last token aligned
+            ids[r, width - len(p) :] = torch.tensor(p)
+            mask[r, width - len(p) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        cache = out.past_key_values
+        logits = out.logits[:, -1].float()
+        if n > 1:  # one prefill per distinct prompt, shared by its n samples
+            cache.batch_repeat_interleave(n)
+            logits = logits.repeat_interleave(n, dim=0)
+            mask = mask.repeat_interleave(n, dim=0)
+            positions = positions.repeat_interleave(n, dim=0)
+        rows = logits.shape[0]
+        generators = []
+        for r in range(rows):
+            seed = _sample_seed(params.seed, r % n)
+            g = torch.Generator(device=self.device)
+            g.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+            generators.append(g)
+
+        eos = set(_eos_ids(self.model, tok))
+        tokens: list[list[int]] = [[] for _ in range(rows)]
+        logps: list[list[float]] = [[] for _ in range(rows)]
+        finish: list[tuple[str, str | None] | None] = [None] * rows
+        texts = [""] * rows
+        next_pos = positions[:, -1:]
+        for _ in range(params.max_tokens):
+            chosen = self._pick(logits, params, generators)
+            logprob = torch.log_softmax(logits, dim=-1).gather(1, chosen[:, None])[:, 0]
+            for r in range(rows):
+                if finish[r] is not None:
+                    continue
+                t = int(chosen[r])
+                if t in eos:
+                    finish[r] = ("stop", None)
+                    continue
+                tokens[r].append(t)
+                logps[r].append(float(logprob[r]))
+                if params.stop:
+                    texts[r] = tok.decode(tokens[r], skip_special_tokens=True)
+                    hit = next((s for s in params.stop if s in texts[r]), None)
+                    if hit is not None:
+                        finish[r] = ("stop", hit)
+            if all(f is not None for f in finish):
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            next_pos = next_pos + 1
+            out = self.model(
+                input_ids=chosen[:, None],
+                attention_mask=mask,
+                position_ids=next_pos,
+                past_key_values=cache,
+                use_cache=True,
+            )
+            cache = out.past_key_values
+            logits = out.logits[:, -1].float()
+
+        results: list[list[Completion]] = [[] for _ in prompt_ids]
+        for r in range(rows):
+            reason, stop_str = finish[r] or ("length", None)
+            ids_r = tokens[r]
+            text = tok.decode(ids_r, skip_special_tokens=True)
+            if stop_str is not None:  # cut anything past the stop string (multi-char tokens)
+                text = text[: text.index(stop_str) + len(stop_str)]
+            results[r // n].append(
+                Completion(
+                    text=text,
+                    token_ids=tuple(ids_r),
+                    finish_reason=reason,  # type: ignore[arg-type]
+                    logprobs=tuple(logps[r]) if params.logprobs else None,
+                    stop_reason=stop_str,
+                )
+            )
+        return results
+
+    @staticmethod
+    def _pick(
+        logits: torch.Tensor, params: GenerationParams, generators: list[torch.Generator]
+    ) -> torch.Tensor:
+        if params.temperature == 0:
+            return logits.argmax(dim=-1)
+        probs = torch.softmax(logits / params.temperature, dim=-1)
+        if params.top_p < 1.0:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            keep = sorted_p.cumsum(-1) - sorted_p < params.top_p
+            sorted_p = sorted_p * keep
+            probs = torch.zeros_like(probs).scatter(1, order, sorted_p)
+            probs = probs / probs.sum(-1, keepdim=True)
+        return torch.stack(
+            [torch.multinomial(probs[r], 1, generator=g)[0] for r, g in enumerate(generators)]
+        )
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    eos = model.generation_config.eos_token_id if model.generation_config else None
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return eos if isinstance(eos, list) else [eos]
+
+
+class HFRewardEngine:
+    """A token-classification PRM: P(positive) at the last token of every step.
+
+    The input is the prompt followed by each step and the step delimiter; the score of step i
+    is the positive-class probability at the delimiter that ends it, the format the zoo PRM is
+    trained on (and that vLLM's token-classify pooling returns).
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        device: str | None = None,
+        dtype: str = "float32",
+        step_delimiter: str = "\n",
+        max_batch_size: int = 128,
+    ) -> None:
+        self.model_path = Path(model_path)
+        self.model_name = self.model_path.name
+        self.device = _device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.model = AutoModelForTokenClassification.from_pretrained(
+            self.model_path, dtype=_DTYPES[dtype]
+        )
+        self.model.to(self.device).eval()
+        self.num_parameters = sum(p.numel() for p in self.model.parameters())
+        self.step_delimiter = step_delimiter
+        self.max_batch_size = max_batch_size
+        self._lock = threading.Lock()
+
+    def encode(self, request: ScoreRequest) -> tuple[list[int], list[int]]:
+        """Token ids of the whole input and the index of the token that ends each step."""
+        ids = list(self.tokenizer(request.prompt).input_ids)
+        ends = []
+        for step in request.steps:
+            ids += self.tokenizer(step + self.step_delimiter, add_special_tokens=False).input_ids
+            ends.append(len(ids) - 1)
+        return ids, ends
+
+    async def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        return await asyncio.to_thread(self.score_sync, requests)
+
+    def score_sync(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        encoded = [self.encode(r) for r in requests]
+        results: list[ScoreResult] = []
+        pad = self.tokenizer.pad_token_id or 0
+        with self._lock, torch.inference_mode():
+            for start in range(0, len(encoded), self.max_batch_size):
+                chunk = encoded[start : start + self.max_batch_size]
+                width = max(len(ids) for ids, _ in chunk)
+                ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+                mask = torch.zeros_like(ids)
+                for r, (row, _) in enumerate(chunk):
+                    ids[r, : len(row)] = torch.tensor(row)
+                    mask[r, : len(row)] = 1
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+                probs = torch.softmax(logits.float(), dim=-1)[..., 1].cpu()
+                for r, (row, ends) in enumerate(chunk):
+                    results.append(ScoreResult(tuple(float(probs[r, e]) for e in ends), len(row)))
+        return results

@@ -1,0 +1,87 @@
+"""Problem sets: a JSONL loader for any ``problem``/``answer`` dataset and the built-in arith sets.
+
+The JSONL schema is MATH-500's: one object per line with ``problem`` and ``answer`` (strings)
+and an optional ``level``. Built-in sets ship inside the package and are regenerated
+byte-for-byte by ``python -m nexus_ray.tasks.datasets``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from nexus_ray.tasks import arith
+
+DATA_DIR = Path(__file__).parent / "data"
+
+# name -> (size, seed) of the built-in arithmetic sets; spread evenly over the five levels.
+BUILTIN_SETS: dict[str, tuple[int, int]] = {"arith-calib": (500, 1001), "arith-test": (500, 2002)}
+
+
+@dataclass(frozen=True)
+class Example:
+    problem: str
+    answer: str
+    level: int | None = None
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing or malformed; the message names the file and line."""
+
+
+def load_jsonl(path: str | Path) -> list[Example]:
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"dataset file not found: {path}")
+    examples = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DatasetError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+        if not isinstance(row, dict) or "problem" not in row or "answer" not in row:
+            raise DatasetError(f"{path}:{lineno}: each line needs 'problem' and 'answer' keys")
+        level = row.get("level")
+        examples.append(
+            Example(str(row["problem"]), str(row["answer"]), int(level) if level is not None else None)
+        )
+    if not examples:
+        raise DatasetError(f"{path}: no examples")
+    return examples
+
+
+def load(name_or_path: str) -> list[Example]:
+    """A built-in set by name (``arith-calib``, ``arith-test``) or any JSONL file by path."""
+    if name_or_path in BUILTIN_SETS:
+        return load_jsonl(DATA_DIR / f"{name_or_path}.jsonl")
+    if not Path(name_or_path).exists():
+        known = ", ".join(BUILTIN_SETS)
+        raise DatasetError(f"unknown dataset {name_or_path!r}: give a JSONL path or one of {known}")
+    return load_jsonl(name_or_path)
+
+
+def builtin_problems(name: str) -> list[arith.Problem]:
+    size, seed = BUILTIN_SETS[name]
+    return arith.generate_set(size, seed)
+
+
+def heldout_expressions() -> set[str]:
+    """Every expression of the built-in sets, which zoo training must never see."""
+    return {p.expression for name in BUILTIN_SETS for p in builtin_problems(name)}
+
+
+def write_builtin_sets() -> None:
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    for name in BUILTIN_SETS:
+        rows = [
+            json.dumps({"problem": p.expression, "answer": p.answer, "level": p.level})
+            for p in builtin_problems(name)
+        ]
+        (DATA_DIR / f"{name}.jsonl").write_text("\n".join(rows) + "\n")
+
+
+if __name__ == "__main__":
+    write_builtin_sets()

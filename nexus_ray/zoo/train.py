@@ -1,0 +1,324 @@
+"""Reproducible training of the zoo models from the synthetic arithmetic task.
+
+    python -m nexus_ray.zoo.train policy   # arith-policy: a tiny Llama that solves step by step
+    python -m nexus_ray.zoo.train prm      # arith-prm: scores each step of the policy's own samples
+    python -m nexus_ray.zoo.train all
+
+Everything is seeded and runs on CPU with transformers' own model classes, so the outputs are
+ordinary HF checkpoints. Problems of the built-in evaluation sets are never trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+from transformers import LlamaConfig, LlamaForCausalLM, LlamaForTokenClassification
+
+from nexus_ray.engines.base import GenerationParams
+from nexus_ray.engines.hf import HFPolicyEngine
+from nexus_ray.tasks import arith
+from nexus_ray.tasks.datasets import heldout_expressions
+from nexus_ray.zoo import registry
+from nexus_ray.zoo.tokenizer import build_tokenizer
+
+POLICY_ARCH = dict(
+    hidden_size=128,
+    intermediate_size=384,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=256,
+    tie_word_embeddings=True,
+    rope_theta=10000.0,
+)
+
+
+def _set_seed(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+
+class ProblemStream:
+    """An endless seeded stream of training problems, one level per batch, held-out sets excluded."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.heldout = heldout_expressions()
+
+    def batch(self, level: int, size: int) -> list[arith.Problem]:
+        out: list[arith.Problem] = []
+        while len(out) < size:
+            p = arith.generate(level, self.rng)
+            if p.expression not in self.heldout:
+                out.append(p)
+        return out
+
+
+def _lr(step: int, total: int, peak: float, warmup: int = 200) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _policy_batch(problems: list[arith.Problem], tok) -> dict[str, torch.Tensor]:
+    """Prompt + solution + EOS, loss on the solution only."""
+    rows, labels = [], []
+    for p in problems:
+        prompt = tok(p.prompt).input_ids
+        full = prompt + tok(p.solution, add_special_tokens=False).input_ids + [tok.eos_token_id]
+        rows.append(full)
+        labels.append([-100] * len(prompt) + full[len(prompt) :])
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), tok.pad_token_id)
+    lab = torch.full((len(rows), width), -100)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (r, l) in enumerate(zip(rows, labels)):
+        ids[i, : len(r)] = torch.tensor(r)
+        lab[i, : len(l)] = torch.tensor(l)
+        mask[i, : len(r)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": lab}
+
+
+def train_policy(out: Path, steps: int, batch_size: int, lr: float, seed: int) -> dict:
+    _set_seed(seed)
+    tok = build_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        **POLICY_ARCH,
+    )
+    model = LlamaForCausalLM(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    stream = ProblemStream(seed)
+    levels = list(arith.LEVELS)
+    log = []
+    start = time.time()
+    bar = tqdm(range(steps), desc="arith-policy", unit="step")
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, steps, lr)
+        batch = _policy_batch(stream.batch(levels[step % len(levels)], batch_size), tok)
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            log.append({"step": step, "loss": round(loss.item(), 5)})
+    meta = {
+        "kind": "policy",
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_seconds": round(time.time() - start, 1),
+        "loss_log": log,
+    }
+    _save(model, tok, out, meta)
+    return meta
+
+
+def _save(model, tok, out: Path, meta: dict) -> None:
+    """Write the checkpoint into a temp dir and rename, so a killed run leaves no half model."""
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    (tmp / "training.json").write_text(json.dumps(meta, indent=1) + "\n")
+    if out.exists():
+        for f in out.iterdir():
+            f.unlink()
+        out.rmdir()
+    tmp.rename(out)
+
+
+def policy_samples(
+    policy_dir: Path, problems: list[arith.Problem], n: int, seed: int, desc: str
+) -> list[tuple[arith.Problem, str]]:
+    """``n`` temperature-1 samples per problem from the policy, with a progress bar."""
+    engine = HFPolicyEngine(policy_dir)
+    params = GenerationParams(n=n, temperature=1.0, max_tokens=200, seed=seed)
+    out: list[tuple[arith.Problem, str]] = []
+    chunk = max(1, 256 // n)
+    for start in tqdm(range(0, len(problems), chunk), desc=desc, unit="batch"):
+        batch = problems[start : start + chunk]
+        results = engine.generate_sync([p.prompt for p in batch], params)
+        out += [(p, c.text) for p, r in zip(batch, results) for c in r.completions]
+    return out
+
+
+def prm_example(problem: arith.Problem, solution: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """The PRM's view of a solution: its lines as steps, each labelled 1 if still correct.
+
+    Every line counts as a step, the ``A:`` line included (labelled with final correctness).
+    """
+    lines = tuple(line for line in solution.split(arith.STEP_DELIMITER) if line.strip())
+    verdict = arith.check(problem.expression, solution)
+    labels = []
+    k = 0
+    for line in lines:
+        if line.startswith(arith.ANSWER_PREFIX):
+            labels.append(int(verdict.correct))
+        else:
+            labels.append(int(verdict.step_correct[k]))
+            k += 1
+    return lines, tuple(labels)
+
+
+def _prm_batch(rows: list[tuple[str, tuple[str, ...], tuple[int, ...]]], tok) -> dict[str, torch.Tensor]:
+    """Token ids with a label at the newline that ends each step; -100 elsewhere."""
+    seqs, labs = [], []
+    for prompt, steps, labels in rows:
+        ids = list(tok(prompt).input_ids)
+        lab = [-100] * len(ids)
+        for step, y in zip(steps, labels):
+            piece = tok(step + arith.STEP_DELIMITER, add_special_tokens=False).input_ids
+            ids += piece
+            lab += [-100] * (len(piece) - 1) + [y]
+        seqs.append(ids)
+        labs.append(lab)
+    width = max(map(len, seqs))
+    ids_t = torch.full((len(seqs), width), tok.pad_token_id)
+    lab_t = torch.full((len(seqs), width), -100)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, (s, l) in enumerate(zip(seqs, labs)):
+        ids_t[i, : len(s)] = torch.tensor(s)
+        lab_t[i, : len(l)] = torch.tensor(l)
+        mask[i, : len(s)] = 1
+    return {"input_ids": ids_t, "attention_mask": mask, "labels": lab_t}
+
+
+def auroc(scores: list[float], labels: list[int]) -> float:
+    """Area under the ROC curve (probability a positive outranks a negative; ties count half)."""
+    pairs = sorted(zip(scores, labels))
+    pos = sum(labels)
+    neg = len(labels) - pos
+    if pos == 0 or neg == 0:
+        return float("nan")
+    rank_sum, i = 0.0, 0
+    while i < len(pairs):
+        j = i
+        while j < len(pairs) and pairs[j][0] == pairs[i][0]:
+            j += 1
+        avg_rank = (i + j + 1) / 2  # 1-based average rank of the tie group
+        rank_sum += avg_rank * sum(y for _, y in pairs[i:j])
+        i = j
+    return (rank_sum - pos * (pos + 1) / 2) / (pos * neg)
+
+
+def train_prm(
+    policy_dir: Path, out: Path, problems_per_level: int, samples: int, steps: int, seed: int
+) -> dict:
+    """Sample the policy, label every step with the checker, fine-tune a token classifier.
+
+    The PRM starts from the policy's weights (it already reads arithmetic) with a fresh
+    2-way head; the loss is cross-entropy at the newline ending each step. A tenth of the
+    problems is held out to measure step-level AUROC.
+    """
+    _set_seed(seed)
+    stream = ProblemStream(seed + 1)
+    problems = [p for level in arith.LEVELS for p in stream.batch(level, problems_per_level)]
+    random.Random(seed).shuffle(problems)
+    n_eval = len(problems) // 10
+    data = [
+        (p.prompt, *prm_example(p, text))
+        for p, text in policy_samples(policy_dir, problems, samples, seed, "sampling policy")
+    ]
+    data = [row for row in data if row[1]]
+    rng = random.Random(seed)
+    for p in problems[n_eval:]:  # plus one corrupted gold solution per training problem
+        bad = arith.corrupt_step(p, rng.randrange(len(p.steps)), rng)
+        text = arith.format_solution(bad)
+        data.append((p.prompt, *prm_example(p, text)))
+    eval_prompts = {p.prompt for p in problems[:n_eval]}
+    train_rows = [r for r in data if r[0] not in eval_prompts]
+    eval_rows = [r for r in data if r[0] in eval_prompts]
+
+    tok = build_tokenizer()
+    model = LlamaForTokenClassification.from_pretrained(policy_dir, num_labels=2)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.01)
+    batch_size = 64
+    bar = tqdm(range(steps), desc="arith-prm", unit="step")
+    log = []
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, steps, 5e-4, warmup=100)
+        batch = _prm_batch(rng.sample(train_rows, batch_size), tok)
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            log.append({"step": step, "loss": round(loss.item(), 5)})
+
+    model.eval()
+    scores, labels = [], []
+    with torch.inference_mode():
+        for start in range(0, len(eval_rows), 128):
+            batch = _prm_batch(eval_rows[start : start + 128], tok)
+            probs = torch.softmax(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, -1)[..., 1]
+            keep = batch["labels"] != -100
+            scores += probs[keep].tolist()
+            labels += batch["labels"][keep].tolist()
+    meta = {
+        "kind": "prm",
+        "policy": policy_dir.name,
+        "problems_per_level": problems_per_level,
+        "samples_per_problem": samples,
+        "train_solutions": len(train_rows),
+        "heldout_solutions": len(eval_rows),
+        "heldout_step_auroc": round(auroc(scores, labels), 4),
+        "heldout_positive_rate": round(sum(labels) / max(1, len(labels)), 4),
+        "steps": steps,
+        "seed": seed,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "loss_log": log,
+    }
+    model.config.id2label = {0: "wrong", 1: "correct"}
+    model.config.label2id = {"wrong": 0, "correct": 1}
+    _save(model, tok, out, meta)
+    return meta
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("which", choices=["policy", "prm", "all"])
+    parser.add_argument("--out-dir", type=Path, default=registry.ZOO_DIR, help="where models are written")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--policy-steps", type=int, default=7000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--prm-problems-per-level", type=int, default=600)
+    parser.add_argument("--prm-samples", type=int, default=8, help="policy samples per problem")
+    parser.add_argument("--prm-steps", type=int, default=2000)
+    args = parser.parse_args(argv)
+    if args.which in ("policy", "all"):
+        train_policy(args.out_dir / "arith-policy", args.policy_steps, args.batch_size, 1.5e-3, args.seed)
+    if args.which in ("prm", "all"):
+        meta = train_prm(
+            args.out_dir / "arith-policy",
+            args.out_dir / "arith-prm",
+            args.prm_problems_per_level,
+            args.prm_samples,
+            args.prm_steps,
+            args.seed,
+        )
+        print(f"arith-prm held-out step AUROC: {meta['heldout_step_auroc']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""The transformers engine's contract: counts, seeds, stops, logprobs, batching."""
+
+import asyncio
+import math
+
+import pytest
+
+from nexus_ray.engines.base import GenerationParams, PolicyEngine, RewardEngine, ScoreRequest
+from nexus_ray.tasks.format import ARITH
+
+PROMPTS = [ARITH.prompt(p) for p in ["12+7*3-5", "4-9", "81*5+50-8", "21-95*9-52+5*3"]]
+
+
+def test_engines_satisfy_the_protocols(policy_engine, prm_engine):
+    assert isinstance(policy_engine, PolicyEngine)
+    assert isinstance(prm_engine, RewardEngine)
+    assert policy_engine.num_parameters > 0 and prm_engine.num_parameters > 0
+
+
+def test_token_counts_equal_the_tokenizers(policy_engine):
+    tok = policy_engine.tokenizer
+    results = asyncio.run(policy_engine.generate(PROMPTS, GenerationParams(n=3, seed=1, max_tokens=100)))
+    for prompt, r in zip(PROMPTS, results):
+        assert r.prompt_tokens == len(tok(prompt).input_ids) == policy_engine.count_tokens(prompt)
+        assert len(r.completions) == 3
+        for c in r.completions:
+            assert c.num_tokens == len(tok(c.text, add_special_tokens=False).input_ids)
+            assert tok.decode(c.token_ids) == c.text
+        assert r.completion_tokens == sum(c.num_tokens for c in r.completions)
+
+
+def test_prm_token_count_is_the_whole_input(prm_engine):
+    req = ScoreRequest(ARITH.prompt("2+3*4"), ("2+12", "14", "A: 14"))
+    [r] = prm_engine.score_sync([req])
+    assert r.tokens == len(prm_engine.tokenizer(req.prompt + "2+12\n14\nA: 14\n").input_ids)
+
+
+def test_step_mode_stops_at_the_delimiter_and_keeps_it(policy_engine):
+    params = GenerationParams(n=4, seed=3, stop=("\n",), max_tokens=60)
+    for r in policy_engine.generate_sync(PROMPTS, params):
+        for c in r.completions:
+            assert c.text.endswith("\n") and c.text.count("\n") == 1
+            assert c.finish_reason == "stop" and c.stop_reason == "\n"
+
+
+def test_seeds_reproduce_independently_of_the_batch(policy_engine):
+    params = GenerationParams(n=4, seed=11, max_tokens=80)
+    alone = policy_engine.generate_sync(PROMPTS[2:3], params)[0]
+    batched = policy_engine.generate_sync(PROMPTS, params)[2]
+    assert [c.text for c in alone.completions] == [c.text for c in batched.completions]
+    other = policy_engine.generate_sync(PROMPTS[2:3], GenerationParams(n=4, seed=12, max_tokens=80))[0]
+    assert [c.text for c in other.completions] != [c.text for c in alone.completions]
+
+
+def test_logprobs_are_per_token_and_sum_like_a_score(policy_engine):
+    params = GenerationParams(n=2, seed=5, max_tokens=40, logprobs=True)
+    for r in policy_engine.generate_sync(PROMPTS, params):
+        for c in r.completions:
+            assert c.logprobs is not None and len(c.logprobs) == c.num_tokens
+            assert all(lp <= 0 and math.isfinite(lp) for lp in c.logprobs)
+
+
+def test_length_finish(policy_engine):
+    [r] = policy_engine.generate_sync(PROMPTS[3:], GenerationParams(temperature=0, max_tokens=5))
+    assert r.completions[0].finish_reason == "length" and r.completions[0].num_tokens == 5
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [({"n": 0}, "n must be"), ({"temperature": -1}, "temperature"), ({"top_p": 0}, "top_p"),
+     ({"max_tokens": 0}, "max_tokens")],
+)
+def test_bad_params_are_rejected(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GenerationParams(**kwargs)
+
+
+def test_top_p_tiny_is_greedy(policy_engine):
+    greedy = policy_engine.generate_sync(PROMPTS, GenerationParams(temperature=0, max_tokens=60))
+    nucleus = policy_engine.generate_sync(PROMPTS, GenerationParams(top_p=1e-6, seed=0, max_tokens=60))
+    assert [r.completions[0].text for r in greedy] == [r.completions[0].text for r in nucleus]
