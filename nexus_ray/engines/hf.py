@@ -4,23 +4,27 @@ Sampling is a hand-written decode loop over the model's KV cache rather than
 ``model.generate`` because the protocol needs per-sample seeds that do not depend on the rest
 of the batch, stop strings kept in the output, raw-model logprobs and exact token counts.
 Each distinct prompt is prefilled once and its cache is shared by its ``n`` samples.
+Concurrent async calls are merged into one batch (``MicroBatcher``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
+from nexus_ray.engines.batching import MicroBatcher
+from nexus_ray.engines.prm_format import encode_steps
 from nexus_ray.engines.base import (
     Completion,
     GenerationParams,
     GenerationResult,
     ScoreRequest,
     ScoreResult,
+    prompt_seed,
 )
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -32,11 +36,6 @@ def _device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
-def _sample_seed(seed: int | None, sample_index: int) -> int | None:
-    """A per-sample seed derived from the request seed, independent of batch composition."""
-    if seed is None:
-        return None
-    return (seed * 1_000_003 + sample_index * 7919) % (2**63 - 1)
 
 
 class HFPolicyEngine:
@@ -59,29 +58,42 @@ class HFPolicyEngine:
         self.max_batch_size = max_batch_size
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
         self._lock = threading.Lock()
+        self._batcher = MicroBatcher(
+            lambda params, items: self._generate_seeded([p for p, _ in items], [s for _, s in items], params)
+        )
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text).input_ids)
 
     async def generate(self, prompts: list[str], params: GenerationParams) -> list[GenerationResult]:
-        return await asyncio.to_thread(self.generate_sync, prompts, params)
+        """Concurrent calls with the same sampling parameters (seeds aside) share one batch."""
+        items = [(p, prompt_seed(params.seed, i)) for i, p in enumerate(prompts)]
+        return await self._batcher.submit(replace(params, seed=None), items)
 
     def generate_sync(self, prompts: list[str], params: GenerationParams) -> list[GenerationResult]:
-        """Blocking generation; prompts are processed in chunks of ``max_batch_size`` samples."""
+        seeds = [prompt_seed(params.seed, i) for i in range(len(prompts))]
+        return self._generate_seeded(prompts, seeds, params)
+
+    def _generate_seeded(
+        self, prompts: list[str], seeds: list[int | None], params: GenerationParams
+    ) -> list[GenerationResult]:
+        """Blocking generation in chunks of ``max_batch_size`` samples; prompt i uses seeds[i]."""
         encoded = [self.tokenizer(p).input_ids for p in prompts]
         per_chunk = max(1, self.max_batch_size // params.n)
         results: list[GenerationResult] = []
         with self._lock, torch.inference_mode():
             for start in range(0, len(prompts), per_chunk):
                 chunk = list(range(start, min(start + per_chunk, len(prompts))))
-                completions = self._decode([encoded[i] for i in chunk], params)
+                completions = self._decode([encoded[i] for i in chunk], [seeds[i] for i in chunk], params)
                 for k, i in enumerate(chunk):
                     results.append(
                         GenerationResult(prompts[i], len(encoded[i]), tuple(completions[k]))
                     )
         return results
 
-    def _decode(self, prompt_ids: list[list[int]], params: GenerationParams) -> list[list[Completion]]:
+    def _decode(
+        self, prompt_ids: list[list[int]], seeds: list[int | None], params: GenerationParams
+    ) -> list[list[Completion]]:
         tok = self.tokenizer
         n = params.n
         width = max(map(len, prompt_ids))
@@ -111,9 +123,9 @@ class HFPolicyEngine:
         rows = logits.shape[0]
         generators = []
         for r in range(rows):
-            seed = _sample_seed(params.seed, r % n)
+            base = seeds[r // n]
             g = torch.Generator(device=self.device)
-            g.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+            g.manual_seed(base + r % n if base is not None else int(torch.randint(0, 2**62, (1,)).item()))
             generators.append(g)
 
         eos = set(_eos_ids(self.model, tok))
@@ -129,11 +141,11 @@ class HFPolicyEngine:
                 if finish[r] is not None:
                     continue
                 t = int(chosen[r])
+                tokens[r].append(t)  # EOS included: it was sampled and is charged, as in vLLM
+                logps[r].append(float(logprob[r]))
                 if t in eos:
                     finish[r] = ("stop", None)
                     continue
-                tokens[r].append(t)
-                logps[r].append(float(logprob[r]))
                 if params.stop:
                     texts[r] = tok.decode(tokens[r], skip_special_tokens=True)
                     hit = next((s for s in params.stop if s in texts[r]), None)
@@ -211,6 +223,7 @@ class HFRewardEngine:
         dtype: str = "float32",
         step_delimiter: str = "\n",
         max_batch_size: int = 128,
+        positive_label: int = 1,
     ) -> None:
         self.model_path = Path(model_path)
         self.model_name = self.model_path.name
@@ -222,23 +235,17 @@ class HFRewardEngine:
         self.model.to(self.device).eval()
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
         self.step_delimiter = step_delimiter
+        self.positive_label = positive_label
         self.max_batch_size = max_batch_size
         self._lock = threading.Lock()
-
-    def encode(self, request: ScoreRequest) -> tuple[list[int], list[int]]:
-        """Token ids of the whole input and the index of the token that ends each step."""
-        ids = list(self.tokenizer(request.prompt).input_ids)
-        ends = []
-        for step in request.steps:
-            ids += self.tokenizer(step + self.step_delimiter, add_special_tokens=False).input_ids
-            ends.append(len(ids) - 1)
-        return ids, ends
+        self._batcher = MicroBatcher(lambda _key, requests: self.score_sync(requests))
 
     async def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
-        return await asyncio.to_thread(self.score_sync, requests)
+        """Concurrent calls are scored together in one batch."""
+        return await self._batcher.submit(None, requests)
 
     def score_sync(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
-        encoded = [self.encode(r) for r in requests]
+        encoded = [encode_steps(self.tokenizer, r, self.step_delimiter) for r in requests]
         results: list[ScoreResult] = []
         pad = self.tokenizer.pad_token_id or 0
         with self._lock, torch.inference_mode():
@@ -251,7 +258,7 @@ class HFRewardEngine:
                     ids[r, : len(row)] = torch.tensor(row)
                     mask[r, : len(row)] = 1
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-                probs = torch.softmax(logits.float(), dim=-1)[..., 1].cpu()
+                probs = torch.softmax(logits.float(), dim=-1)[..., self.positive_label].cpu()
                 for r, (row, ends) in enumerate(chunk):
                     results.append(ScoreResult(tuple(float(probs[r, e]) for e in ends), len(row)))
         return results
