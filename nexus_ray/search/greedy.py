@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
-from nexus_ray.engines.base import GenerationParams, PolicyEngine
-from nexus_ray.search.ledger import ComputeLedger
+from nexus_ray.engines.base import GenerationParams
+from nexus_ray.search.ledger import worst_case_round
+from nexus_ray.search.registry import SearchContext, StrategyParams, register
 from nexus_ray.search.result import Candidate, SearchResult
-from nexus_ray.tasks.format import TaskFormat
 
 
-async def greedy(
-    policy: PolicyEngine, prompt: str, fmt: TaskFormat, max_tokens: int = 256
-) -> SearchResult:
-    ledger = ComputeLedger(policy.num_parameters)
-    [result] = await policy.generate([prompt], GenerationParams(temperature=0.0, max_tokens=max_tokens))
+class GreedyParams(StrategyParams):
+    pass
+
+
+@register("greedy", GreedyParams, needs_prm=False)
+async def greedy(ctx: SearchContext, params: GreedyParams) -> SearchResult:
+    ledger = ctx.new_ledger()
+    prompt_tokens = ctx.policy.count_tokens(ctx.prompt)
+    max_tokens = params.max_tokens
+    while max_tokens > 0 and not ctx.fits(ledger, worst_case_round(ledger, [prompt_tokens], 1, max_tokens, False)):
+        max_tokens //= 2
+    if max_tokens == 0:
+        return SearchResult("greedy", None, "", ledger, truncated=True)
+    [result] = await ctx.policy.generate([ctx.prompt], GenerationParams(temperature=0.0, max_tokens=max_tokens))
     ledger.charge_generation([result])
     ledger.generations += 1
     text = result.completions[0].text
-    answer = fmt.answer(text)
-    return SearchResult("greedy", answer, text, ledger, [Candidate(text, answer)])
+    answer = ctx.fmt.answer(text)
+    return SearchResult("greedy", answer, text, ledger, [Candidate(text, answer)], truncated=max_tokens < params.max_tokens)

@@ -1,13 +1,18 @@
-"""ComputeLedger: what a strategy spent, in tokens and FLOPs, per model.
+"""ComputeLedger and Budget: what a strategy spent, and what it may still spend.
 
 FLOPs are 2 x parameters x tokens for each model (policy tokens generated and prefilled,
-PRM tokens scored). Budgets are expressed in policy-token equivalents: FLOPs divided by the
-policy's FLOPs per token, so a PRM call costs what it would cost the policy.
+PRM tokens scored). Budgets are in policy-token equivalents: FLOPs divided by the policy's
+FLOPs per token, so a PRM token costs prm_parameters / policy_parameters policy tokens.
+
+Prefill: a generate call charges each distinct prompt once (its n samples share the prefill).
+With ``prefix_caching`` the ledger also remembers the prompts it has charged and charges a
+later prompt only for the tokens past its longest previously charged prefix, which is what a
+prefix-caching engine (vLLM) actually computes when search extends a path step by step.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nexus_ray.engines.base import GenerationResult, ScoreResult
 
@@ -16,20 +21,35 @@ from nexus_ray.engines.base import GenerationResult, ScoreResult
 class ComputeLedger:
     policy_parameters: int
     prm_parameters: int = 0
+    prefix_caching: bool = False
     policy_generated_tokens: int = 0
     policy_prefill_tokens: int = 0
     prm_tokens: int = 0
     generations: int = 0
+    _cached_prompts: list[str] = field(default_factory=list, repr=False)
 
     def charge_generation(self, results: list[GenerationResult]) -> None:
-        """Charge a generate call: each prompt's prefill once (its samples share it) and every
-        sampled token."""
+        """Charge a generate call: each prompt's prefill once and every sampled token."""
         for r in results:
-            self.policy_prefill_tokens += r.prompt_tokens
+            self.policy_prefill_tokens += self._uncached_prefill(r)
             self.policy_generated_tokens += r.completion_tokens
+
+    def _uncached_prefill(self, r: GenerationResult) -> int:
+        if not self.prefix_caching:
+            return r.prompt_tokens
+        best = max((len(p) for p in self._cached_prompts if r.prompt.startswith(p)), default=0)
+        self._cached_prompts.append(r.prompt)
+        # Character share of the prompt already cached, rounded down in tokens: exact for the
+        # zoo's character tokenizer, a close bound for subword tokenizers.
+        return r.prompt_tokens - (r.prompt_tokens * best) // max(1, len(r.prompt))
 
     def charge_scoring(self, results: list[ScoreResult]) -> None:
         self.prm_tokens += sum(r.tokens for r in results)
+
+    @property
+    def prm_token_cost(self) -> float:
+        """Policy-token equivalents of one PRM token."""
+        return self.prm_parameters / self.policy_parameters
 
     @property
     def flops(self) -> int:
@@ -40,6 +60,13 @@ class ComputeLedger:
     def policy_token_equivalents(self) -> float:
         return self.flops / (2 * self.policy_parameters)
 
+    def add(self, other: "ComputeLedger") -> None:
+        """Fold another ledger of the same models into this one (e.g. a difficulty probe)."""
+        self.policy_generated_tokens += other.policy_generated_tokens
+        self.policy_prefill_tokens += other.policy_prefill_tokens
+        self.prm_tokens += other.prm_tokens
+        self.generations += other.generations
+
     def to_dict(self) -> dict[str, float | int]:
         return {
             "policy_generated_tokens": self.policy_generated_tokens,
@@ -49,3 +76,40 @@ class ComputeLedger:
             "flops": self.flops,
             "policy_token_equivalents": round(self.policy_token_equivalents, 1),
         }
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A ceiling in policy-token equivalents. Strategies ask before each round whether its
+    worst case still fits; if not, they stop and return their best answer, truncated."""
+
+    policy_tokens: float
+
+    def __post_init__(self) -> None:
+        if self.policy_tokens <= 0:
+            raise ValueError(f"budget must be positive, got {self.policy_tokens}")
+
+    def remaining(self, ledger: ComputeLedger) -> float:
+        return self.policy_tokens - ledger.policy_token_equivalents
+
+    def fits(self, ledger: ComputeLedger, worst_case: float) -> bool:
+        return worst_case <= self.remaining(ledger)
+
+
+def worst_case_round(
+    ledger: ComputeLedger,
+    prompt_tokens: list[int],
+    samples_each: int,
+    max_tokens: int,
+    scored: bool,
+) -> float:
+    """Upper bound, in policy-token equivalents, of one round: prefill every prompt, sample
+    ``samples_each`` x ``max_tokens`` per prompt, and (if ``scored``) have the PRM read every
+    resulting path in full (a few tokens of slack per path for step separators)."""
+    prefill = sum(prompt_tokens)
+    generated = len(prompt_tokens) * samples_each * max_tokens
+    cost = float(prefill + generated)
+    if scored:
+        prm_read = sum((p + max_tokens + 8) * samples_each for p in prompt_tokens)
+        cost += prm_read * ledger.prm_token_cost
+    return cost

@@ -1,0 +1,275 @@
+"""The evaluation harness: strategies x budgets over a dataset, accuracy against compute.
+
+    nexus-ray eval --dataset arith-test --strategy beam,weighted --budget 4,16,64
+    ray job submit -- python -m nexus_ray.jobs.eval --dataset arith-test --strategy beam --workers 4
+
+Writes ``results/<run>/``: ``records.jsonl`` (one line per problem x strategy x budget:
+answer, correct, ledger, level), ``summary.json`` (accuracy and mean compute per strategy x
+budget x level) and ``accuracy_vs_compute.png``. Records are appended as they finish, so an
+interrupted run keeps what it did. ``--workers N`` shards problems over N Ray tasks, each
+with its own engines (local Ray, or the cluster at RAY_ADDRESS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from nexus_ray.config import EngineConfig, RewardConfig
+from nexus_ray.search import registry
+from nexus_ray.search.ledger import Budget
+from nexus_ray.search.registry import SearchContext
+from nexus_ray.tasks import datasets
+from nexus_ray.tasks.format import ARITH, TaskFormat
+from nexus_ray.tasks.grading import answer_kind, is_equivalent
+
+
+@dataclass(frozen=True)
+class Job:
+    strategy: str
+    budget: int | None  # generations; None for strategies without one (greedy)
+
+
+def plan_jobs(strategies: list[str], budgets: list[int]) -> list[Job]:
+    jobs = []
+    for s in strategies:
+        registry.get(s)  # fail early on unknown names
+        jobs += [Job(s, None)] if s == "greedy" else [Job(s, b) for b in budgets]
+    return jobs
+
+
+def select_examples(dataset: str, limit_per_level: int | None) -> list[datasets.Example]:
+    examples = datasets.load(dataset)
+    if limit_per_level is None:
+        return examples
+    counts: dict[Any, int] = defaultdict(int)
+    out = []
+    for e in examples:
+        if counts[e.level] < limit_per_level:
+            counts[e.level] += 1
+            out.append(e)
+    return out
+
+
+async def solve_one(
+    policy, prm, fmt: TaskFormat, example: datasets.Example, job: Job, seed: int, overrides: dict,
+    token_cap_per_generation: float | None,
+) -> dict:
+    budget = None
+    if token_cap_per_generation and job.budget:
+        budget = Budget(token_cap_per_generation * job.budget)
+    ctx = SearchContext(policy, prm, fmt.prompt(example.problem), fmt, budget, seed)
+    start = time.perf_counter()
+    result = await registry.run(job.strategy, ctx, job.budget, overrides.get(job.strategy))
+    return {
+        "problem": example.problem,
+        "gold": example.answer,
+        "level": example.level,
+        "strategy": job.strategy,
+        "budget": job.budget,
+        "answer": result.answer,
+        "correct": is_equivalent(result.answer, example.answer, fmt.answer_kind),
+        "truncated": result.truncated,
+        "ledger": result.ledger.to_dict(),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+def run_local(
+    policy_cfg: EngineConfig, prm_cfg: RewardConfig, fmt: TaskFormat, examples: list[datasets.Example],
+    jobs: list[Job], seed: int, overrides: dict, cap: float | None, out: Path | None, concurrency: int = 8,
+    progress: bool = True,
+) -> list[dict]:
+    """Run every (example, job) in this process; records are appended to ``out`` as they finish."""
+    from nexus_ray.engines import build_policy_engine, build_reward_engine
+
+    policy = build_policy_engine(policy_cfg)
+    prm = build_reward_engine(prm_cfg)
+    work = [(e, j) for j in jobs for e in examples]
+    records: list[dict] = []
+
+    async def main() -> None:
+        sem = asyncio.Semaphore(concurrency)
+        bar = tqdm(total=len(work), desc="eval", unit="solve", disable=not progress)
+
+        async def one(e, j):
+            async with sem:
+                rec = await solve_one(policy, prm, fmt, e, j, seed, overrides, cap)
+            records.append(rec)
+            if out is not None:
+                with out.open("a") as fh:
+                    fh.write(json.dumps(rec) + "\n")
+            bar.update(1)
+
+        await asyncio.gather(*(one(e, j) for e, j in work))
+        bar.close()
+
+    asyncio.run(main())
+    return records
+
+
+def run_on_ray(workers: int, policy_cfg, prm_cfg, fmt, examples, jobs, seed, overrides, cap, out: Path) -> list[dict]:
+    """Shard examples over ``workers`` Ray tasks; gather their records as they complete."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(ignore_reinit_error=True, log_to_driver=False)
+
+    @ray.remote(num_cpus=max(0.1, min(1.0, (ray.available_resources().get("CPU", 1)) / workers)))
+    def shard(chunk):
+        return run_local(policy_cfg, prm_cfg, fmt, chunk, jobs, seed, overrides, cap, None, progress=False)
+
+    chunks = [examples[i::workers] for i in range(workers)]
+    pending = [shard.remote(c) for c in chunks if c]
+    records: list[dict] = []
+    with tqdm(total=len(pending), desc=f"eval on {len(pending)} Ray workers", unit="shard") as bar:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for rec_list in ray.get(done):
+                records += rec_list
+                with out.open("a") as fh:
+                    for rec in rec_list:
+                        fh.write(json.dumps(rec) + "\n")
+            bar.update(len(done))
+    return records
+
+
+def summarize(records: list[dict]) -> dict:
+    """Accuracy and mean compute per strategy x budget, overall and per level."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        for level in ("all", r["level"]):
+            groups[(r["strategy"], r["budget"], level)].append(r)
+    rows = []
+    for (strategy, budget, level), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0, str(kv[0][2]))):
+        rows.append({
+            "strategy": strategy,
+            "budget": budget,
+            "level": level,
+            "problems": len(rs),
+            "accuracy": round(sum(r["correct"] for r in rs) / len(rs), 4),
+            "mean_policy_token_equivalents": round(sum(r["ledger"]["policy_token_equivalents"] for r in rs) / len(rs), 1),
+            "mean_generated_tokens": round(sum(r["ledger"]["policy_generated_tokens"] for r in rs) / len(rs), 1),
+            "mean_prm_tokens": round(sum(r["ledger"]["prm_tokens"] for r in rs) / len(rs), 1),
+            "truncated": sum(r["truncated"] for r in rs),
+        })
+    return {"rows": rows}
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = ["all"] + sorted({r["level"] for r in summary["rows"] if r["level"] != "all"}, key=str)
+    fig, axes = plt.subplots(1, len(levels), figsize=(4 * len(levels), 3.6), sharey=True, squeeze=False)
+    strategies = sorted({r["strategy"] for r in summary["rows"]})
+    for ax, level in zip(axes[0], levels):
+        for s in strategies:
+            pts = sorted(
+                (r["mean_policy_token_equivalents"], r["accuracy"])
+                for r in summary["rows"] if r["strategy"] == s and r["level"] == level
+            )
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=s)
+        ax.set_xscale("log")
+        ax.set_title("all levels" if level == "all" else f"level {level}")
+        ax.set_xlabel("mean compute (policy-token equivalents)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict]:
+    """``--param beam.m=4 --param mcts.surprisal_bonus=0.5`` -> {"beam": {"m": 4}, ...}."""
+    out: dict[str, dict] = defaultdict(dict)
+    for item in items:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ValueError(f"--param takes strategy.key=value (e.g. beam.m=4), got {item!r}")
+        key, value = item.split("=", 1)
+        strategy, name = key.split(".", 1)
+        try:
+            out[strategy][name] = json.loads(value)
+        except json.JSONDecodeError:
+            out[strategy][name] = value
+    return dict(out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nexus-ray eval", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--dataset", default="arith-test", help="built-in set name or JSONL path (problem, answer[, level])")
+    p.add_argument("--strategy", default="greedy,majority,weighted", help=f"comma list of: {', '.join(registry.names())}")
+    p.add_argument("--budget", default="4,16,64", help="comma list of budgets in generations")
+    p.add_argument("--per-level", type=int, default=None, help="use only the first N problems of each level")
+    p.add_argument("--param", action="append", default=[], help="strategy.key=value override (repeatable)")
+    p.add_argument("--token-cap", type=float, default=None,
+                   help="hard ceiling in policy-token equivalents per budgeted generation (default: none)")
+    p.add_argument("--workers", type=int, default=0, help="shard over N Ray tasks (0: run in this process)")
+    p.add_argument("--engine", choices=["hf", "vllm"], default="hf")
+    p.add_argument("--policy", default="arith-policy")
+    p.add_argument("--prm", default="arith-prm")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("results"), help="parent folder of the run folder")
+    p.add_argument("--run", default=None, help="run name (default: dataset-timestamp)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        strategies = [s.strip() for s in args.strategy.split(",") if s.strip()]
+        budgets = [int(b) for b in args.budget.split(",") if b.strip()]
+        if any(b < 1 for b in budgets):
+            raise ValueError("budgets are positive numbers of generations")
+        jobs = plan_jobs(strategies, budgets)
+        overrides = parse_overrides(args.param)
+        for job in jobs:  # validate every parameter set before any work
+            registry.build_params(job.strategy, job.budget, overrides.get(job.strategy))
+        examples = select_examples(args.dataset, args.per_level)
+    except (ValueError, datasets.DatasetError) as err:
+        print(f"error: {err}")
+        return 2
+    fmt = ARITH if answer_kind([e.answer for e in examples]) == "arith" else TaskFormat(answer_kind="math")
+    options = dict(engine=args.engine, dtype="float32") | (
+        dict(max_model_len=256, gpu_memory_utilization=0.1, enforce_eager=True) if args.engine == "vllm" else {}
+    )
+    policy_cfg = EngineConfig(model=args.policy, **options)
+    prm_cfg = RewardConfig(model=args.prm, **options)
+    run_dir = args.out / (args.run or f"{Path(args.dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    records_path = run_dir / "records.jsonl"
+    records_path.write_text("")
+    print(f"{len(examples)} problems x {len(jobs)} strategy/budget pairs -> {run_dir}")
+    if args.workers > 0:
+        records = run_on_ray(args.workers, policy_cfg, prm_cfg, fmt, examples, jobs, args.seed, overrides, args.token_cap, records_path)
+    else:
+        records = run_local(policy_cfg, prm_cfg, fmt, examples, jobs, args.seed, overrides, args.token_cap, records_path)
+    summary = summarize(records) | {"dataset": args.dataset, "strategies": strategies, "budgets": budgets, "seed": args.seed}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    plot(summary, run_dir / "accuracy_vs_compute.png")
+    print_table(summary)
+    print(f"wrote {records_path}, {run_dir / 'summary.json'}, {run_dir / 'accuracy_vs_compute.png'}")
+    return 0
+
+
+def print_table(summary: dict) -> None:
+    print(f"{'strategy':<12} {'budget':>6} {'level':>5} {'n':>4} {'accuracy':>8} {'compute':>9}")
+    for r in summary["rows"]:
+        print(f"{r['strategy']:<12} {str(r['budget'] or '-'):>6} {str(r['level']):>5} {r['problems']:>4} "
+              f"{r['accuracy']:>8.3f} {r['mean_policy_token_equivalents']:>9.0f}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
