@@ -5,7 +5,8 @@
 Samples ``--samples`` solutions per problem at temperature 1.0 from arith-policy, checks every
 step exactly, scores every step with arith-prm, and reports per level:
 pass@1 (mean over samples), pass@k (any of k correct), majority vote, and PRM selection
-(weighted = Snell's best-of-N weighted, argmax) over the same k samples, side by side.
+(weighted = Snell's best-of-N weighted, argmax) with the PRM's ``last`` and ``min`` step
+aggregation, over the same k samples, side by side.
 Writes benchmarks/results/zoo_eval.json and prints Markdown tables.
 """
 
@@ -59,10 +60,11 @@ def main() -> None:
             texts = [c.text for c in r.completions]
             answers = [ARITH.answer(t) for t in texts]
             correct = [is_equivalent(a, e.answer) for a in answers]
-            scores = []
+            scores: dict[str, list[float]] = {"last": [], "min": []}
             for t in texts:
                 step_s = next(scored).scores
-                scores.append(aggregate_steps(step_s, "last"))
+                for mode in scores:
+                    scores[mode].append(aggregate_steps(step_s, mode))
                 verdict = arith.check(e.problem, t)
                 labels = list(verdict.step_correct) + [int(verdict.correct)] * (verdict.answer is not None)
                 # Lines after the answer line (rare) are not steps the checker labels.
@@ -72,8 +74,9 @@ def main() -> None:
             row["pass@1"].append(sum(correct) / k)
             row[f"pass@{k}"].append(float(any(correct)))
             row["majority"].append(float(correct[select(answers, None, "majority")]))
-            row["prm_weighted"].append(float(correct[select(answers, scores, "weighted")]))
-            row["prm_argmax"].append(float(correct[select(answers, scores, "argmax")]))
+            for mode, sc in scores.items():
+                row[f"weighted_{mode}"].append(float(correct[select(answers, sc, "weighted")]))
+                row[f"argmax_{mode}"].append(float(correct[select(answers, sc, "argmax")]))
 
     table = {
         level: {m: round(sum(v) / len(v), 3) for m, v in metrics.items()} | {"problems": len(metrics["pass@1"])}
@@ -90,7 +93,7 @@ def main() -> None:
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=1) + "\n")
-    cols = ["pass@1", f"pass@{k}", "majority", "prm_weighted", "prm_argmax"]
+    cols = ["pass@1", f"pass@{k}", "majority", "weighted_last", "argmax_last", "weighted_min", "argmax_min"]
     print(f"\n| level | problems | {' | '.join(cols)} |")
     print("|---|---|" + "---|" * len(cols))
     for level, row in table.items():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from enum import Enum
 
 import typer
 
@@ -18,11 +17,6 @@ zoo_app = typer.Typer(help="The built-in tiny models (the embedded default).", n
 app.add_typer(zoo_app, name="zoo")
 
 
-class Strategy(str, Enum):
-    greedy = "greedy"
-    best_of_n = "best_of_n"
-
-
 def _fail(message: str) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
@@ -31,8 +25,8 @@ def _fail(message: str) -> None:
 @app.command()
 def solve(
     problem: str = typer.Argument(..., help='An arithmetic problem, e.g. "Q: 12+7*3-5" or "12+7*3-5".'),
-    strategy: Strategy = typer.Option(Strategy.greedy, help="greedy, or best_of_n (samples scored by the PRM)."),
-    n: int = typer.Option(8, min=1, max=256, help="Samples for best_of_n."),
+    strategy: str = typer.Option("greedy", help="greedy, majority, weighted, adaptive, beam, dvts, lookahead, mcts, particles."),
+    budget: int = typer.Option(8, min=1, max=1024, help="Budget in generations (ignored by greedy)."),
     policy: str = typer.Option("arith-policy", help="Zoo model name or HF model directory."),
     prm: str = typer.Option("arith-prm", help="Zoo PRM name or HF model directory (best_of_n)."),
     seed: int = typer.Option(0, help="Sampling seed."),
@@ -40,8 +34,8 @@ def solve(
 ) -> None:
     """Solve one problem and print the solution, the answer and the compute it took."""
     from nexus_ray.engines.hf import HFPolicyEngine, HFRewardEngine
-    from nexus_ray.search.best_of_n import best_of_n
-    from nexus_ray.search.greedy import greedy
+    from nexus_ray.search import registry
+    from nexus_ray.search.registry import SearchContext
     from nexus_ray.tasks import arith
     from nexus_ray.tasks.format import ARITH
     from nexus_ray.zoo.registry import resolve
@@ -55,15 +49,14 @@ def solve(
     except ValueError:
         _fail(f"{problem!r} is not an arithmetic expression of integers with + - * (e.g. 12+7*3-5)")
     try:
+        registry.get(strategy)  # unknown names fail here, before any model loads
         policy_engine = HFPolicyEngine(resolve(policy))
-        prm_engine = HFRewardEngine(resolve(prm)) if strategy is Strategy.best_of_n else None
-    except FileNotFoundError as err:
+        prm_engine = HFRewardEngine(resolve(prm)) if strategy != "greedy" else None
+    except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
     prompt = ARITH.prompt(expression)
-    if strategy is Strategy.greedy:
-        result = asyncio.run(greedy(policy_engine, prompt, ARITH))
-    else:
-        result = asyncio.run(best_of_n(policy_engine, prompt, ARITH, n=n, prm=prm_engine, seed=seed))
+    ctx = SearchContext(policy_engine, prm_engine, prompt, ARITH, seed=seed)
+    result = asyncio.run(registry.run(strategy, ctx, None if strategy == "greedy" else budget))
     verdict = arith.check(expression, result.solution)
     if as_json:
         typer.echo(json.dumps({**result.to_dict(), "correct": verdict.correct, "gold": str(gold)}, indent=1))
@@ -84,7 +77,7 @@ def solve(
 
 @app.command()
 def demo(
-    per_level: int = typer.Option(4, min=1, help="Problems per difficulty level."),
+    per_level: int = typer.Option(10, min=1, help="Problems per difficulty level (2 per level are shown)."),
     n: int = typer.Option(8, min=1, help="Samples for best-of-n."),
     seed: int = typer.Option(0),
 ) -> None:
@@ -92,6 +85,20 @@ def demo(
     from nexus_ray import demo as demo_module
 
     demo_module.main(per_level, n, seed)
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def eval(ctx: typer.Context) -> None:
+    """Run strategies x budgets over a dataset; records, summary and plot in results/<run>/.
+
+    nexus-ray eval --dataset arith-test --strategy beam,weighted --budget 4,16,64 (see eval --help)
+    """
+    from nexus_ray.jobs import eval as eval_job
+
+    raise typer.Exit(eval_job.main(ctx.args))
 
 
 @zoo_app.command("list")

@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass
 
 from nexus_ray.engines.hf import HFPolicyEngine, HFRewardEngine
-from nexus_ray.search.best_of_n import best_of_n
-from nexus_ray.search.greedy import greedy
+from nexus_ray.search import registry
+from nexus_ray.search.registry import SearchContext
 from nexus_ray.tasks import datasets
 from nexus_ray.tasks.format import ARITH
 from nexus_ray.tasks.grading import is_equivalent
@@ -37,9 +37,9 @@ async def run_demo(per_level: int, n: int, seed: int) -> list[Row]:
     rows = []
     for level in range(1, 6):
         for ex in [e for e in examples if e.level == level][:per_level]:
-            prompt = ARITH.prompt(ex.problem)
-            g = await greedy(policy, prompt, ARITH)
-            b = await best_of_n(policy, prompt, ARITH, n=n, prm=prm, seed=seed)
+            ctx = SearchContext(policy, prm, ARITH.prompt(ex.problem), ARITH, seed=seed)
+            g = await registry.run("greedy", ctx)
+            b = await registry.run("weighted", ctx, generations=n)
             rows.append(
                 Row(level, ex.problem, ex.answer, g.answer, g.ledger.policy_token_equivalents,
                     b.answer, b.ledger.policy_token_equivalents)
@@ -51,11 +51,15 @@ def _mark(answer: str | None, gold: str) -> str:
     return ("ok " if is_equivalent(answer, gold) else "-- ") + (answer or "(none)")
 
 
-def print_table(rows: list[Row], n: int) -> None:
+def print_table(rows: list[Row], n: int, shown_per_level: int = 2) -> None:
     head = f"{'lvl':>3}  {'problem':<26} {'gold':>7}  {'greedy':<12} {f'best-of-{n} + PRM':<18}"
     print(head)
     print("-" * len(head))
+    shown: dict[int, int] = {}
     for r in rows:
+        shown[r.level] = shown.get(r.level, 0) + 1
+        if shown[r.level] > shown_per_level:
+            continue
         print(f"{r.level:>3}  {r.problem:<26} {r.gold:>7}  {_mark(r.greedy_answer, r.gold):<12} "
               f"{_mark(r.bon_answer, r.gold):<18}")
     print()
@@ -70,7 +74,7 @@ def print_table(rows: list[Row], n: int) -> None:
     print("\ncost = policy-token equivalents per problem (FLOPs / 2 x policy parameters; PRM included)")
 
 
-def main(per_level: int = 4, n: int = 8, seed: int = 0) -> None:
+def main(per_level: int = 10, n: int = 8, seed: int = 0) -> None:
     start = time.time()
     rows = asyncio.run(run_demo(per_level, n, seed))
     print_table(rows, n)

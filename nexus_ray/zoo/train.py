@@ -160,34 +160,40 @@ def policy_samples(
     return out
 
 
-def prm_example(problem: arith.Problem, solution: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
-    """The PRM's view of a solution: its lines as steps, each labelled 1 if still correct.
+def prm_example(problem: arith.Problem, solution: str) -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...]]:
+    """The PRM's view of a solution: its lines as steps, and a label per character.
 
-    Every line counts as a step, the ``A:`` line included (labelled with final correctness).
+    A character (and the newline ending its line) is labelled 1 while the text still agrees
+    with the one correct solution, 0 from the first character that departs from it. The label
+    of a step is the label at its newline: 1 iff the solution is still correct after it, which
+    is what ``arith.check`` says. Dense labels teach the PRM where an error happens, which a
+    tiny model learns far faster than one verdict per line.
     """
     lines = tuple(line for line in solution.split(arith.STEP_DELIMITER) if line.strip())
-    verdict = arith.check(problem.expression, solution)
+    gold = [*problem.steps, f"{arith.ANSWER_PREFIX}{problem.answer}"]
+    ok = True
     labels = []
-    k = 0
-    for line in lines:
-        if line.startswith(arith.ANSWER_PREFIX):
-            labels.append(int(verdict.correct))
-        else:
-            labels.append(int(verdict.step_correct[k]))
-            k += 1
+    for k, line in enumerate(lines):
+        target = gold[k] + arith.STEP_DELIMITER if k < len(gold) else ""
+        row = []
+        for i, ch in enumerate(line + arith.STEP_DELIMITER):
+            ok = ok and i < len(target) and target[i] == ch
+            row.append(int(ok))
+        labels.append(tuple(row))
     return lines, tuple(labels)
 
 
-def _prm_batch(rows: list[tuple[str, tuple[str, ...], tuple[int, ...]]], tok) -> dict[str, torch.Tensor]:
-    """Token ids with a label at the newline that ends each step; -100 elsewhere."""
+def _prm_batch(rows: list[tuple[str, tuple[str, ...], tuple[tuple[int, ...], ...]]], tok, dense: bool) -> dict[str, torch.Tensor]:
+    """Token ids with labels on every step character (``dense``) or only at step ends."""
     seqs, labs = [], []
     for prompt, steps, labels in rows:
         ids = list(tok(prompt).input_ids)
         lab = [-100] * len(ids)
         for step, y in zip(steps, labels):
             piece = tok(step + arith.STEP_DELIMITER, add_special_tokens=False).input_ids
+            assert len(piece) == len(y), "the zoo tokenizer is one token per character"
             ids += piece
-            lab += [-100] * (len(piece) - 1) + [y]
+            lab += list(y) if dense else [-100] * (len(y) - 1) + [y[-1]]
         seqs.append(ids)
         labs.append(lab)
     width = max(map(len, seqs))
@@ -220,13 +226,13 @@ def auroc(scores: list[float], labels: list[int]) -> float:
 
 
 def train_prm(
-    policy_dir: Path, out: Path, problems_per_level: int, samples: int, steps: int, seed: int
+    policy_dir: Path, out: Path, problems_per_level: int, samples: int, steps: int, seed: int, lr: float = 1e-3
 ) -> dict:
     """Sample the policy, label every step with the checker, fine-tune a token classifier.
 
     The PRM starts from the policy's weights (it already reads arithmetic) with a fresh
-    2-way head; the loss is cross-entropy at the newline ending each step. A tenth of the
-    problems is held out to measure step-level AUROC.
+    2-way head; the loss is cross-entropy on every step character (see ``prm_example``). A
+    tenth of the problems is held out to measure step-level AUROC (at step ends only).
     """
     _set_seed(seed)
     stream = ProblemStream(seed + 1)
@@ -249,14 +255,19 @@ def train_prm(
 
     tok = build_tokenizer()
     model = LlamaForTokenClassification.from_pretrained(policy_dir, num_labels=2)
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     batch_size = 64
+    # Half of every batch has an error in it: most solutions of easy problems are all right
+    # and teach nothing about telling a right step from a wrong one.
+    with_error = [r for r in train_rows if any(0 in y for y in r[2])]
+    no_error = [r for r in train_rows if not any(0 in y for y in r[2])]
     bar = tqdm(range(steps), desc="arith-prm", unit="step")
     log = []
     for step in bar:
         for group in opt.param_groups:
-            group["lr"] = _lr(step, steps, 5e-4, warmup=100)
-        batch = _prm_batch(rng.sample(train_rows, batch_size), tok)
+            group["lr"] = _lr(step, steps, lr, warmup=100)
+        rows = rng.sample(with_error, batch_size // 2) + rng.sample(no_error, batch_size - batch_size // 2)
+        batch = _prm_batch(rows, tok, dense=True)
         loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -270,7 +281,7 @@ def train_prm(
     scores, labels = [], []
     with torch.inference_mode():
         for start in range(0, len(eval_rows), 128):
-            batch = _prm_batch(eval_rows[start : start + 128], tok)
+            batch = _prm_batch(eval_rows[start : start + 128], tok, dense=False)
             probs = torch.softmax(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, -1)[..., 1]
             keep = batch["labels"] != -100
             scores += probs[keep].tolist()
@@ -285,6 +296,7 @@ def train_prm(
         "heldout_step_auroc": round(auroc(scores, labels), 4),
         "heldout_positive_rate": round(sum(labels) / max(1, len(labels)), 4),
         "steps": steps,
+        "lr": lr,
         "seed": seed,
         "parameters": sum(p.numel() for p in model.parameters()),
         "loss_log": log,
@@ -304,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--prm-problems-per-level", type=int, default=600)
     parser.add_argument("--prm-samples", type=int, default=8, help="policy samples per problem")
-    parser.add_argument("--prm-steps", type=int, default=2000)
+    parser.add_argument("--prm-steps", type=int, default=4000)
     args = parser.parse_args(argv)
     if args.which in ("policy", "all"):
         train_policy(args.out_dir / "arith-policy", args.policy_steps, args.batch_size, 1.5e-3, args.seed)
