@@ -47,6 +47,7 @@ def main() -> None:
 
     per_level: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     step_scores, step_labels = [], []
+    pairs_won, pairs = 0.0, 0  # within a problem: does a right solution outscore a wrong one?
     chunk = max(1, 256 // k)
     for s in tqdm(range(0, len(examples), chunk), desc="policy + PRM", unit="batch"):
         batch = examples[s : s + chunk]
@@ -70,6 +71,12 @@ def main() -> None:
                 # Lines after the answer line (rare) are not steps the checker labels.
                 step_scores += step_s[: len(labels)]
                 step_labels += labels[: len(step_s)]
+            for i, ci in enumerate(correct):
+                for j, cj in enumerate(correct):
+                    if ci and not cj:
+                        pairs += 1
+                        a, b = scores["last"][i], scores["last"][j]
+                        pairs_won += 1.0 if a > b else 0.5 if a == b else 0.0
             row = per_level[e.level or 0]
             row["pass@1"].append(sum(correct) / k)
             row[f"pass@{k}"].append(float(any(correct)))
@@ -89,6 +96,8 @@ def main() -> None:
         "per_level": table,
         "prm_step_auroc": round(auroc(step_scores, step_labels), 4),
         "prm_steps_scored": len(step_labels),
+        "prm_within_problem_auroc": round(pairs_won / max(1, pairs), 4),
+        "prm_within_problem_pairs": pairs,
         "seconds": round(time.time() - start, 1),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -99,6 +108,8 @@ def main() -> None:
     for level, row in table.items():
         print(f"| {level} | {row['problems']} | " + " | ".join(f"{row[c]:.3f}" for c in cols) + " |")
     print(f"\nPRM step-level AUROC on {len(step_labels)} held-out steps: {out['prm_step_auroc']:.4f}")
+    print(f"PRM within-problem AUROC (a right solution's last-step score above a wrong one's, "
+          f"{pairs} pairs): {out['prm_within_problem_auroc']:.4f}")
     print(f"({out['seconds']} s; wrote {RESULTS})")
 
 

@@ -85,7 +85,7 @@ async def solve_one(
 
 def run_local(
     policy_cfg: EngineConfig, prm_cfg: RewardConfig, fmt: TaskFormat, examples: list[datasets.Example],
-    jobs: list[Job], seed: int, overrides: dict, cap: float | None, out: Path | None, concurrency: int = 8,
+    jobs: list[Job], seed: int, overrides: dict, cap: float | None, out: Path | None, concurrency: int = 16,
     progress: bool = True,
 ) -> list[dict]:
     """Run every (example, job) in this process; records are appended to ``out`` as they finish."""
@@ -217,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token-cap", type=float, default=None,
                    help="hard ceiling in policy-token equivalents per budgeted generation (default: none)")
     p.add_argument("--workers", type=int, default=0, help="shard over N Ray tasks (0: run in this process)")
+    p.add_argument("--concurrency", type=int, default=16,
+                   help="solves in flight per process; their engine calls are batched together")
     p.add_argument("--engine", choices=["hf", "vllm"], default="hf")
     p.add_argument("--policy", default="arith-policy")
     p.add_argument("--prm", default="arith-prm")
@@ -255,7 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers > 0:
         records = run_on_ray(args.workers, policy_cfg, prm_cfg, fmt, examples, jobs, args.seed, overrides, args.token_cap, records_path)
     else:
-        records = run_local(policy_cfg, prm_cfg, fmt, examples, jobs, args.seed, overrides, args.token_cap, records_path)
+        records = run_local(
+            policy_cfg, prm_cfg, fmt, examples, jobs, args.seed, overrides, args.token_cap, records_path, args.concurrency
+        )
     summary = summarize(records) | {"dataset": args.dataset, "strategies": strategies, "budgets": budgets, "seed": args.seed}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     plot(summary, run_dir / "accuracy_vs_compute.png")

@@ -226,7 +226,7 @@ def auroc(scores: list[float], labels: list[int]) -> float:
 
 
 def train_prm(
-    policy_dir: Path, out: Path, problems_per_level: int, samples: int, steps: int, seed: int, lr: float = 1e-3
+    policy_dir: Path, out: Path, problems_per_level: int, samples: int, steps: int, seed: int, lr: float = 5e-4
 ) -> dict:
     """Sample the policy, label every step with the checker, fine-tune a token classifier.
 
@@ -257,17 +257,12 @@ def train_prm(
     model = LlamaForTokenClassification.from_pretrained(policy_dir, num_labels=2)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     batch_size = 64
-    # Half of every batch has an error in it: most solutions of easy problems are all right
-    # and teach nothing about telling a right step from a wrong one.
-    with_error = [r for r in train_rows if any(0 in y for y in r[2])]
-    no_error = [r for r in train_rows if not any(0 in y for y in r[2])]
     bar = tqdm(range(steps), desc="arith-prm", unit="step")
     log = []
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = _lr(step, steps, lr, warmup=100)
-        rows = rng.sample(with_error, batch_size // 2) + rng.sample(no_error, batch_size - batch_size // 2)
-        batch = _prm_batch(rows, tok, dense=True)
+        batch = _prm_batch(rng.sample(train_rows, batch_size), tok, dense=True)
         loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -316,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--prm-problems-per-level", type=int, default=600)
     parser.add_argument("--prm-samples", type=int, default=8, help="policy samples per problem")
-    parser.add_argument("--prm-steps", type=int, default=4000)
+    parser.add_argument("--prm-steps", type=int, default=2000)
     args = parser.parse_args(argv)
     if args.which in ("policy", "all"):
         train_policy(args.out_dir / "arith-policy", args.policy_steps, args.batch_size, 1.5e-3, args.seed)
