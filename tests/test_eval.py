@@ -24,6 +24,9 @@ def test_eval_writes_records_summary_and_plot(tmp_path):
     beam_correct = sum(r["correct"] for r in records if r["strategy"] == "beam")
     assert overall[("beam", "all")]["accuracy"] == pytest.approx(beam_correct / 5)
     assert (run / "accuracy_vs_compute.png").stat().st_size > 10_000
+    best = {(w["level"], w["budget"]): w for w in summary["winners"]}
+    top = max((r for r in summary["rows"] if r["level"] == "all"), key=lambda r: r["accuracy"])
+    assert best[("all", 4)]["accuracy"] == top["accuracy"]
 
 
 @pytest.mark.parametrize(

@@ -141,3 +141,10 @@ def test_mcts_surprisal_bonus_changes_the_search():
 def test_strategies_needing_a_prm_say_so():
     with pytest.raises(ValueError, match="needs a PRM"):
         run("beam", PROBLEMS[0], SimPolicy(), None)
+
+
+def test_mcts_with_few_simulations_still_answers():
+    policy = SimPolicy(0.0)
+    result = run("mcts", PROBLEMS[0], policy, SimPRM(), generations=2)
+    assert result.answer == PROBLEMS[0].answer
+    assert result.ledger.policy_generated_tokens == policy.generated

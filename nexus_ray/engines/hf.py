@@ -38,6 +38,16 @@ def _device(device: str | None) -> torch.device:
 
 
 
+def _load(engine, auto_class, model_path: str | Path, device: str | None, dtype: str) -> None:
+    """Load tokenizer and model onto the engine: the same for the policy and the PRM."""
+    engine.model_path = Path(model_path)
+    engine.model_name = engine.model_path.name
+    engine.device = _device(device)
+    engine.tokenizer = AutoTokenizer.from_pretrained(engine.model_path)
+    engine.model = auto_class.from_pretrained(engine.model_path, dtype=_DTYPES[dtype]).to(engine.device).eval()
+    engine.num_parameters = sum(p.numel() for p in engine.model.parameters())
+
+
 class HFPolicyEngine:
     """A causal LM from a model directory (zoo or any HF checkpoint)."""
 
@@ -48,13 +58,7 @@ class HFPolicyEngine:
         dtype: str = "float32",
         max_batch_size: int = 256,
     ) -> None:
-        self.model_path = Path(model_path)
-        self.model_name = self.model_path.name
-        self.device = _device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=_DTYPES[dtype])
-        self.model.to(self.device).eval()
-        self.num_parameters = sum(p.numel() for p in self.model.parameters())
+        _load(self, AutoModelForCausalLM, model_path, device, dtype)
         self.max_batch_size = max_batch_size
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
         self._lock = threading.Lock()
@@ -225,15 +229,7 @@ class HFRewardEngine:
         max_batch_size: int = 128,
         positive_label: int = 1,
     ) -> None:
-        self.model_path = Path(model_path)
-        self.model_name = self.model_path.name
-        self.device = _device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        self.model = AutoModelForTokenClassification.from_pretrained(
-            self.model_path, dtype=_DTYPES[dtype]
-        )
-        self.model.to(self.device).eval()
-        self.num_parameters = sum(p.numel() for p in self.model.parameters())
+        _load(self, AutoModelForTokenClassification, model_path, device, dtype)
         self.step_delimiter = step_delimiter
         self.positive_label = positive_label
         self.max_batch_size = max_batch_size

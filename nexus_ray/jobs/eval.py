@@ -164,6 +164,21 @@ def summarize(records: list[dict]) -> dict:
     return {"rows": rows}
 
 
+def winners(summary: dict) -> list[dict]:
+    """Per level and budget, the most accurate strategy (ties: the cheaper one). Greedy, which
+    has no budget, competes at every budget."""
+    rows = summary["rows"]
+    budgets = sorted({r["budget"] for r in rows if r["budget"] is not None})
+    out = []
+    for level in sorted({r["level"] for r in rows}, key=str):
+        for budget in budgets:
+            pool = [r for r in rows if r["level"] == level and r["budget"] in (budget, None)]
+            best = max(pool, key=lambda r: (r["accuracy"], -r["mean_policy_token_equivalents"]))
+            out.append({"level": level, "budget": budget, "strategy": best["strategy"],
+                        "accuracy": best["accuracy"], "compute": best["mean_policy_token_equivalents"]})
+    return out
+
+
 def plot(summary: dict, path: Path) -> None:
     import matplotlib
 
@@ -261,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             policy_cfg, prm_cfg, fmt, examples, jobs, args.seed, overrides, args.token_cap, records_path, args.concurrency
         )
     summary = summarize(records) | {"dataset": args.dataset, "strategies": strategies, "budgets": budgets, "seed": args.seed}
+    summary["winners"] = winners(summary)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     plot(summary, run_dir / "accuracy_vs_compute.png")
     print_table(summary)
@@ -273,6 +289,10 @@ def print_table(summary: dict) -> None:
     for r in summary["rows"]:
         print(f"{r['strategy']:<12} {str(r['budget'] or '-'):>6} {str(r['level']):>5} {r['problems']:>4} "
               f"{r['accuracy']:>8.3f} {r['mean_policy_token_equivalents']:>9.0f}")
+    print("\nbest strategy per level and budget (ties: cheaper wins)")
+    for w in summary["winners"]:
+        print(f"  level {str(w['level']):>3}  budget {w['budget']:>4}: {w['strategy']:<10} "
+              f"accuracy {w['accuracy']:.3f} at {w['compute']:.0f}")
 
 
 if __name__ == "__main__":

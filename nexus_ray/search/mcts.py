@@ -10,7 +10,8 @@ child's PRM value up the tree. The selection score of a child is
 with P the share of the ``branching`` samples that wrote that step (identical samples are
 merged into one child, so a likely step is a likely child) and ``surprisal`` the mean negative logprob of the child's step
 under the policy: the seed document's proposal to spend exploration where the model was
-surprised. Terminal nodes are the candidates; the answer is chosen among them.
+surprised. Terminal nodes are the candidates; the answer is chosen among them. If the
+simulations end before any path does, the most valuable open path is finished greedily.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from dataclasses import dataclass, field
 
 from nexus_ray.search.aggregate import Selection, StepAggregation
 from nexus_ray.search.beam import worst_case
-from nexus_ray.search.paths import Path, expand, paths_result, round_seed, score
+from nexus_ray.search.ledger import worst_case_round
+from nexus_ray.search.paths import Path, complete, expand, paths_result, round_seed, score
 from nexus_ray.search.registry import SearchContext, StrategyParams, register
 from nexus_ray.search.result import SearchResult
 
@@ -126,6 +128,13 @@ async def mcts(ctx: SearchContext, params: MCTSParams) -> SearchResult:
         done_sims += len(leaves)
         r += 1
     ledger.generations += params.simulations
+    frontier = [n for n in _frontier(root) if not n.path.done]
+    if not terminals and frontier:  # too few simulations to reach an end: finish the best path
+        best = max(frontier, key=lambda n: n.q)
+        prompt_tokens = [ctx.policy.count_tokens(ctx.prompt + best.path.text)]
+        if ctx.fits(ledger, worst_case_round(ledger, prompt_tokens, 1, params.max_tokens, True)):
+            done = await complete(ctx.policy, ledger, ctx.prompt, ctx.fmt, best.path, params.max_tokens)
+            terminals = await score(prm, ledger, ctx.prompt, ctx.fmt, [done], params.aggregation)
     pool = terminals or [n.path for n in _frontier(root)]
     return paths_result("mcts", ctx.fmt, pool, params.selection, ledger, truncated or not terminals)
 

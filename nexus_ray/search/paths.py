@@ -68,6 +68,16 @@ async def expand(
     return children
 
 
+async def complete(
+    policy: PolicyEngine, ledger: ComputeLedger, prompt: str, fmt: TaskFormat, path: Path, max_tokens: int
+) -> Path:
+    """Finish a partial path greedily in one call (for a search that ran out before any end)."""
+    [r] = await policy.generate([prompt + path.text], GenerationParams(temperature=0.0, max_tokens=max_tokens))
+    ledger.charge_generation([r])
+    c = r.completions[0]
+    return Path(path.text + c.text, True, None, (), path.surprisal, path.num_steps + len(fmt.steps(c.text)))
+
+
 async def score(
     prm: RewardEngine,
     ledger: ComputeLedger,

@@ -69,6 +69,19 @@ def _lr(step: int, total: int, peak: float, warmup: int = 200) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def _right_padded(rows: list[list[int]], labels: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """A right-padded batch; padding is masked out and labelled -100 (ignored by the loss)."""
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id)
+    lab = torch.full((len(rows), width), -100)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (r, l) in enumerate(zip(rows, labels)):
+        ids[i, : len(r)] = torch.tensor(r)
+        lab[i, : len(l)] = torch.tensor(l)
+        mask[i, : len(r)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": lab}
+
+
 def _policy_batch(problems: list[arith.Problem], tok) -> dict[str, torch.Tensor]:
     """Prompt + solution + EOS, loss on the solution only."""
     rows, labels = [], []
@@ -77,15 +90,7 @@ def _policy_batch(problems: list[arith.Problem], tok) -> dict[str, torch.Tensor]
         full = prompt + tok(p.solution, add_special_tokens=False).input_ids + [tok.eos_token_id]
         rows.append(full)
         labels.append([-100] * len(prompt) + full[len(prompt) :])
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), tok.pad_token_id)
-    lab = torch.full((len(rows), width), -100)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (r, l) in enumerate(zip(rows, labels)):
-        ids[i, : len(r)] = torch.tensor(r)
-        lab[i, : len(l)] = torch.tensor(l)
-        mask[i, : len(r)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": lab}
+    return _right_padded(rows, labels, tok.pad_token_id)
 
 
 def train_policy(out: Path, steps: int, batch_size: int, lr: float, seed: int) -> dict:
@@ -196,15 +201,7 @@ def _prm_batch(rows: list[tuple[str, tuple[str, ...], tuple[tuple[int, ...], ...
             lab += list(y) if dense else [-100] * (len(y) - 1) + [y[-1]]
         seqs.append(ids)
         labs.append(lab)
-    width = max(map(len, seqs))
-    ids_t = torch.full((len(seqs), width), tok.pad_token_id)
-    lab_t = torch.full((len(seqs), width), -100)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, (s, l) in enumerate(zip(seqs, labs)):
-        ids_t[i, : len(s)] = torch.tensor(s)
-        lab_t[i, : len(l)] = torch.tensor(l)
-        mask[i, : len(s)] = 1
-    return {"input_ids": ids_t, "attention_mask": mask, "labels": lab_t}
+    return _right_padded(seqs, labs, tok.pad_token_id)
 
 
 def auroc(scores: list[float], labels: list[int]) -> float:
