@@ -21,12 +21,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from nexus_ray.engines.base import GenerationParams, ScoreRequest
-from nexus_ray.engines.hf import HFPolicyEngine, HFRewardEngine
+from nexus_ray.config import local_models
+from nexus_ray.engines import build_policy_engine, build_reward_engine
 from nexus_ray.search.aggregate import aggregate_steps, select
 from nexus_ray.tasks import arith, datasets
 from nexus_ray.tasks.format import ARITH
 from nexus_ray.tasks.grading import is_equivalent
-from nexus_ray.zoo.registry import resolve
 from nexus_ray.zoo.train import auroc
 
 RESULTS = Path(__file__).parent / "results" / "zoo_eval.json"
@@ -39,8 +39,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     start = time.time()
-    policy = HFPolicyEngine(resolve("arith-policy"))
-    prm = HFRewardEngine(resolve("arith-prm"))
+    models = local_models("hf")
+    policy = build_policy_engine(models.policy)
+    prm = build_reward_engine(models.prm)
     examples = datasets.load(args.dataset)
     k = args.samples
     params = GenerationParams(n=k, temperature=1.0, max_tokens=200, seed=args.seed)

@@ -30,15 +30,16 @@ def solve(
     policy: str = typer.Option("arith-policy", help="Zoo model name or HF model directory."),
     prm: str = typer.Option("arith-prm", help="Zoo PRM name or HF model directory (best_of_n)."),
     seed: int = typer.Option(0, help="Sampling seed."),
+    engine: str = typer.Option("hf", help="hf (transformers) or vllm (needs the vllm package)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Solve one problem and print the solution, the answer and the compute it took."""
-    from nexus_ray.engines.hf import HFPolicyEngine, HFRewardEngine
+    from nexus_ray.config import local_models
+    from nexus_ray.engines import build_policy_engine, build_reward_engine
     from nexus_ray.search import registry
     from nexus_ray.search.registry import SearchContext
     from nexus_ray.tasks import arith
     from nexus_ray.tasks.format import ARITH
-    from nexus_ray.zoo.registry import resolve
 
     expression = problem.strip()
     if expression.startswith(arith.QUESTION_PREFIX.strip()):
@@ -48,11 +49,14 @@ def solve(
         gold = arith.evaluate(expression)
     except ValueError:
         _fail(f"{problem!r} is not an arithmetic expression of integers with + - * (e.g. 12+7*3-5)")
+    if engine not in ("hf", "vllm"):
+        _fail(f"--engine must be hf or vllm, got {engine!r}")
     try:
         registry.get(strategy)  # unknown names fail here, before any model loads
-        policy_engine = HFPolicyEngine(resolve(policy))
-        prm_engine = HFRewardEngine(resolve(prm)) if strategy != "greedy" else None
-    except (FileNotFoundError, ValueError) as err:
+        models = local_models(engine, policy, prm)  # type: ignore[arg-type]
+        policy_engine = build_policy_engine(models.policy)
+        prm_engine = build_reward_engine(models.prm) if strategy != "greedy" else None
+    except (FileNotFoundError, ValueError, RuntimeError) as err:  # RuntimeError: vLLM missing
         _fail(str(err))
     prompt = ARITH.prompt(expression)
     ctx = SearchContext(policy_engine, prm_engine, prompt, ARITH, seed=seed)
@@ -80,11 +84,14 @@ def demo(
     per_level: int = typer.Option(10, min=1, help="Problems per difficulty level (2 per level are shown)."),
     n: int = typer.Option(8, min=1, help="Samples for best-of-n."),
     seed: int = typer.Option(0),
+    engine: str = typer.Option("hf", help="hf (transformers) or vllm (needs the vllm package)."),
 ) -> None:
     """Greedy vs. best-of-n with the PRM on built-in problems of rising difficulty."""
     from nexus_ray import demo as demo_module
 
-    demo_module.main(per_level, n, seed)
+    if engine not in ("hf", "vllm"):
+        _fail(f"--engine must be hf or vllm, got {engine!r}")
+    demo_module.main(per_level, n, seed, engine)
 
 
 @app.command(

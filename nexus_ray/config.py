@@ -61,6 +61,17 @@ class ModelsConfig(_Strict):
     prm: RewardConfig
 
 
+def local_models(
+    engine: Literal["hf", "vllm"] = "hf", policy: str = "arith-policy", prm: str = "arith-prm"
+) -> ModelsConfig:
+    """The embedded default: models on this machine's CPU. vLLM's CPU build runs the zoo in
+    float32, eagerly, with a small KV cache (``gpu_memory_utilization`` is a share of RAM)."""
+    options: dict[str, Any] = {"engine": engine, "dtype": "float32"}
+    if engine == "vllm":
+        options |= {"max_model_len": 256, "gpu_memory_utilization": 0.1, "enforce_eager": True}
+    return ModelsConfig(policy=EngineConfig(model=policy, **options), prm=RewardConfig(model=prm, **options))
+
+
 class ConfigError(ValueError):
     """A config file is missing or invalid; the message names the file and the keys."""
 

@@ -10,13 +10,13 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from nexus_ray.engines.hf import HFPolicyEngine, HFRewardEngine
+from nexus_ray.config import local_models
+from nexus_ray.engines import build_policy_engine, build_reward_engine
 from nexus_ray.search import registry
 from nexus_ray.search.registry import SearchContext
 from nexus_ray.tasks import datasets
 from nexus_ray.tasks.format import ARITH
 from nexus_ray.tasks.grading import is_equivalent
-from nexus_ray.zoo.registry import resolve
 
 
 @dataclass
@@ -30,9 +30,10 @@ class Row:
     bon_tokens: float
 
 
-async def run_demo(per_level: int, n: int, seed: int) -> list[Row]:
-    policy = HFPolicyEngine(resolve("arith-policy"))
-    prm = HFRewardEngine(resolve("arith-prm"))
+async def run_demo(per_level: int, n: int, seed: int, engine: str = "hf") -> list[Row]:
+    models = local_models(engine)  # type: ignore[arg-type]
+    policy = build_policy_engine(models.policy)
+    prm = build_reward_engine(models.prm)
     examples = datasets.load("arith-test")
     rows = []
     for level in range(1, 6):
@@ -74,8 +75,8 @@ def print_table(rows: list[Row], n: int, shown_per_level: int = 2) -> None:
     print("\ncost = policy-token equivalents per problem (FLOPs / 2 x policy parameters; PRM included)")
 
 
-def main(per_level: int = 10, n: int = 8, seed: int = 0) -> None:
+def main(per_level: int = 10, n: int = 8, seed: int = 0, engine: str = "hf") -> None:
     start = time.time()
-    rows = asyncio.run(run_demo(per_level, n, seed))
+    rows = asyncio.run(run_demo(per_level, n, seed, engine))
     print_table(rows, n)
     print(f"({len(rows)} problems in {time.time() - start:.0f} s)")

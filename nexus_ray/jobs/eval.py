@@ -23,7 +23,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from nexus_ray.config import EngineConfig, RewardConfig
+from nexus_ray.config import EngineConfig, RewardConfig, local_models
 from nexus_ray.search import registry
 from nexus_ray.search.ledger import Budget
 from nexus_ray.search.registry import SearchContext
@@ -186,9 +186,14 @@ def plot(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     levels = ["all"] + sorted({r["level"] for r in summary["rows"] if r["level"] != "all"}, key=str)
-    fig, axes = plt.subplots(1, len(levels), figsize=(4 * len(levels), 3.6), sharey=True, squeeze=False)
+    cols = min(3, len(levels))
+    rows_n = -(-len(levels) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.5 * cols, 3.6 * rows_n), sharey=True, squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[len(levels):]:
+        ax.set_visible(False)
     strategies = sorted({r["strategy"] for r in summary["rows"]})
-    for ax, level in zip(axes[0], levels):
+    for ax, level in zip(flat, levels):
         for s in strategies:
             pts = sorted(
                 (r["mean_policy_token_equivalents"], r["accuracy"])
@@ -200,8 +205,9 @@ def plot(summary: dict, path: Path) -> None:
         ax.set_title("all levels" if level == "all" else f"level {level}")
         ax.set_xlabel("mean compute (policy-token equivalents)")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("accuracy")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    for row in axes:
+        row[0].set_ylabel("accuracy")
+    flat[0].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -259,11 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}")
         return 2
     fmt = ARITH if answer_kind([e.answer for e in examples]) == "arith" else TaskFormat(answer_kind="math")
-    options = dict(engine=args.engine, dtype="float32") | (
-        dict(max_model_len=256, gpu_memory_utilization=0.1, enforce_eager=True) if args.engine == "vllm" else {}
-    )
-    policy_cfg = EngineConfig(model=args.policy, **options)
-    prm_cfg = RewardConfig(model=args.prm, **options)
+    models = local_models(args.engine, args.policy, args.prm)
+    policy_cfg, prm_cfg = models.policy, models.prm
     run_dir = args.out / (args.run or f"{Path(args.dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir.mkdir(parents=True, exist_ok=True)
     records_path = run_dir / "records.jsonl"

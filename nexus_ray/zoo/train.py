@@ -22,7 +22,8 @@ from tqdm import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForTokenClassification
 
 from nexus_ray.engines.base import GenerationParams
-from nexus_ray.engines.hf import HFPolicyEngine
+from nexus_ray.config import EngineConfig
+from nexus_ray.engines import build_policy_engine
 from nexus_ray.tasks import arith
 from nexus_ray.tasks.datasets import heldout_expressions
 from nexus_ray.zoo import registry
@@ -154,7 +155,7 @@ def policy_samples(
     policy_dir: Path, problems: list[arith.Problem], n: int, seed: int, desc: str
 ) -> list[tuple[arith.Problem, str]]:
     """``n`` temperature-1 samples per problem from the policy, with a progress bar."""
-    engine = HFPolicyEngine(policy_dir)
+    engine = build_policy_engine(EngineConfig(model=str(policy_dir)))
     params = GenerationParams(n=n, temperature=1.0, max_tokens=200, seed=seed)
     out: list[tuple[arith.Problem, str]] = []
     chunk = max(1, 256 // n)
