@@ -148,3 +148,19 @@ def test_mcts_with_few_simulations_still_answers():
     result = run("mcts", PROBLEMS[0], policy, SimPRM(), generations=2)
     assert result.answer == PROBLEMS[0].answer
     assert result.ledger.policy_generated_tokens == policy.generated
+
+
+def test_prefix_caching_charges_each_prefix_once():
+    from nexus_ray.engines.base import GenerationResult
+    from nexus_ray.search.ledger import ComputeLedger
+
+    ledger = ComputeLedger(10, prefix_caching=True)
+    ledger.charge_generation([GenerationResult("Q: 1+2\n", 8)])
+    ledger.charge_generation([GenerationResult("Q: 1+2\n3\n", 10), GenerationResult("Q: 1+2\n", 8)])
+    assert ledger.policy_prefill_tokens == 8 + 2 + 0
+    uncached, cached = SimPolicy(0.3), SimPolicy(0.3)
+    a = run("beam", PROBLEMS[0], uncached, SimPRM())
+    ctx = SearchContext(cached, SimPRM(), ARITH.prompt(PROBLEMS[0].expression), ARITH, None, 0, prefix_caching=True)
+    b = asyncio.run(registry.run("beam", ctx, 16))
+    assert b.answer == a.answer and b.ledger.policy_generated_tokens == a.ledger.policy_generated_tokens
+    assert b.ledger.policy_prefill_tokens < a.ledger.policy_prefill_tokens

@@ -26,7 +26,7 @@ class ComputeLedger:
     policy_prefill_tokens: int = 0
     prm_tokens: int = 0
     generations: int = 0
-    _cached_prompts: list[str] = field(default_factory=list, repr=False)
+    _cached_prompts: dict[str, int] = field(default_factory=dict, repr=False)
 
     def charge_generation(self, results: list[GenerationResult]) -> None:
         """Charge a generate call: each prompt's prefill once and every sampled token."""
@@ -35,13 +35,13 @@ class ComputeLedger:
             self.policy_generated_tokens += r.completion_tokens
 
     def _uncached_prefill(self, r: GenerationResult) -> int:
+        """Prompt tokens past the longest prompt charged before (exact when a prompt's tokens
+        start with its prefix's tokens, as with the zoo's character tokenizer)."""
         if not self.prefix_caching:
             return r.prompt_tokens
-        best = max((len(p) for p in self._cached_prompts if r.prompt.startswith(p)), default=0)
-        self._cached_prompts.append(r.prompt)
-        # Character share of the prompt already cached, rounded down in tokens: exact for the
-        # zoo's character tokenizer, a close bound for subword tokenizers.
-        return r.prompt_tokens - (r.prompt_tokens * best) // max(1, len(r.prompt))
+        cached = max((n for p, n in self._cached_prompts.items() if r.prompt.startswith(p)), default=0)
+        self._cached_prompts[r.prompt] = r.prompt_tokens
+        return max(0, r.prompt_tokens - cached)
 
     def charge_scoring(self, results: list[ScoreResult]) -> None:
         self.prm_tokens += sum(r.tokens for r in results)
