@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,9 +254,6 @@ class VLLMRewardEngine(_VLLMBase):
 
 def _count_parameters(model_path: Path) -> int:
     """Parameters from the safetensors headers (vLLM's weights live in another process)."""
-    import json
-    import struct
-
     total = 0
     for f in sorted(model_path.glob("*.safetensors")):
         with open(f, "rb") as fh:
