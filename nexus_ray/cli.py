@@ -60,7 +60,12 @@ def solve(
         _fail(str(err))
     prompt = ARITH.prompt(expression)
     ctx = SearchContext(policy_engine, prm_engine, prompt, ARITH, seed=seed)
-    result = asyncio.run(registry.run(strategy, ctx, None if strategy == "greedy" else budget))
+    try:
+        result = asyncio.run(registry.run(strategy, ctx, None if strategy == "greedy" else budget))
+    finally:
+        for engine_ in (policy_engine, prm_engine):
+            if engine_ is not None:
+                engine_.shutdown()
     verdict = arith.check(expression, result.solution)
     if as_json:
         typer.echo(json.dumps({**result.to_dict(), "correct": verdict.correct, "gold": str(gold)}, indent=1))

@@ -34,6 +34,14 @@ async def run_demo(per_level: int, n: int, seed: int, engine: str = "hf") -> lis
     models = local_models(engine)  # type: ignore[arg-type]
     policy = build_policy_engine(models.policy)
     prm = build_reward_engine(models.prm)
+    try:
+        return await _solve_all(policy, prm, per_level, n, seed)
+    finally:
+        policy.shutdown()
+        prm.shutdown()
+
+
+async def _solve_all(policy, prm, per_level: int, n: int, seed: int) -> list[Row]:
     examples = datasets.load("arith-test")
     rows = []
     for level in range(1, 6):

@@ -28,6 +28,9 @@ class SimPolicy:
     def count_tokens(self, text: str) -> int:
         return len(text) + 1
 
+    def shutdown(self) -> None:
+        pass
+
     def _next_line(self, lines: list[str], rng: random.Random) -> str:
         last = lines[-1]
         try:
@@ -84,6 +87,9 @@ class SimPRM:
         self.rng = random.Random(seed)
         self.scored = 0
         self.calls = 0
+
+    def shutdown(self) -> None:
+        pass
 
     async def score(self, requests):
         self.calls += 1

@@ -102,3 +102,19 @@ def test_concurrent_requests_from_another_loop(vllm_policy):
 def test_parameter_counts_match(vllm_policy, vllm_prm, policy_engine, prm_engine):
     assert vllm_policy.num_parameters == policy_engine.num_parameters
     assert vllm_prm.num_parameters == prm_engine.num_parameters
+
+
+def test_cli_solve_on_vllm_prints_clean_json():
+    import json
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "nexus_ray.cli", "solve", "3*4+5", "--engine", "vllm", "--strategy", "weighted",
+         "--budget", "2", "--json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout)  # vLLM's logs go to stderr, not into the JSON
+    assert out["gold"] == "17" and out["ledger"]["prm_tokens"] > 0
+    assert "Traceback" not in r.stderr

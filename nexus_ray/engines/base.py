@@ -107,6 +107,10 @@ class PolicyEngine(Protocol):
         """Tokens the engine charges for ``text`` as a prompt (special tokens included)."""
         ...
 
+    def shutdown(self) -> None:
+        """Release the model (vLLM: stop its engine process); the engine is unusable after."""
+        ...
+
 
 @runtime_checkable
 class RewardEngine(Protocol):
@@ -116,4 +120,7 @@ class RewardEngine(Protocol):
     num_parameters: int
 
     async def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        ...
+
+    def shutdown(self) -> None:
         ...

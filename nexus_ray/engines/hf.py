@@ -69,6 +69,9 @@ class HFPolicyEngine:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text).input_ids)
 
+    def shutdown(self) -> None:
+        """Nothing to stop: the model lives in this process and goes with it."""
+
     async def generate(self, prompts: list[str], params: GenerationParams) -> list[GenerationResult]:
         """Concurrent calls with the same sampling parameters (seeds aside) share one batch."""
         items = [(p, prompt_seed(params.seed, i)) for i, p in enumerate(prompts)]
@@ -235,6 +238,9 @@ class HFRewardEngine:
         self.max_batch_size = max_batch_size
         self._lock = threading.Lock()
         self._batcher = MicroBatcher(lambda _key, requests: self.score_sync(requests))
+
+    def shutdown(self) -> None:
+        """Nothing to stop: the model lives in this process and goes with it."""
 
     async def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
         """Concurrent calls are scored together in one batch."""

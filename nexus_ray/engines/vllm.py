@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import struct
 import threading
 from dataclasses import dataclass
@@ -58,6 +59,9 @@ class _API:
 
 def _vllm_api() -> _API:
     """Import the vLLM names this module uses, failing with the installed version if one is missing."""
+    # vLLM logs INFO lines to stdout by default, which drowns (and breaks --json) CLI output.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     try:
         import vllm
     except ImportError as err:

@@ -112,7 +112,11 @@ def run_local(
         await asyncio.gather(*(one(e, j) for e, j in work))
         bar.close()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        policy.shutdown()
+        prm.shutdown()
     return records
 
 
