@@ -11,21 +11,18 @@ from __future__ import annotations
 
 from pydantic import model_validator
 
-from nexus_ray.search.aggregate import Selection, StepAggregation
 from nexus_ray.search.ledger import worst_case_round
 from nexus_ray.search.paths import Path, expand, paths_result, round_seed, score
-from nexus_ray.search.registry import SearchContext, StrategyParams, register
+from nexus_ray.search.registry import ScoredSearchParams, SearchContext, register
 from nexus_ray.search.result import SearchResult
 
 
-class BeamParams(StrategyParams):
+class BeamParams(ScoredSearchParams):
     n: int = 16
     m: int = 4
     max_rounds: int = 40
     lookahead: int = 0
     temperature: float = 0.8
-    aggregation: StepAggregation = "last"
-    selection: Selection = "weighted"
 
     @model_validator(mode="after")
     def _check(self) -> "BeamParams":
@@ -53,7 +50,7 @@ async def _rollout_scores(ctx: SearchContext, ledger, paths: list[Path], params:
         for i, k in zip(live, kids):
             rolled[i] = k[0]
     scored = await score(prm, ledger, ctx.prompt, ctx.fmt, rolled, params.aggregation)
-    return [Path(p.text, p.done, s.score, s.step_scores, p.surprisal, p.num_steps) for p, s in zip(paths, scored)]
+    return [Path(p.text, p.done, s.score, s.step_scores, p.surprisal) for p, s in zip(paths, scored)]
 
 
 def worst_case(ctx: SearchContext, ledger, paths: list[Path], samples_each: int, max_step_tokens: int, lookahead: int = 0) -> float:

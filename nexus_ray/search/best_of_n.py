@@ -8,16 +8,14 @@ All N samples go to the engine in one call, and all N solutions to the PRM in on
 from __future__ import annotations
 
 from nexus_ray.engines.base import GenerationParams, ScoreRequest
-from nexus_ray.search.aggregate import Selection, StepAggregation, aggregate_steps, select
+from nexus_ray.search.aggregate import aggregate_steps, select
 from nexus_ray.search.ledger import ComputeLedger, worst_case_round
-from nexus_ray.search.registry import SearchContext, StrategyParams, register
+from nexus_ray.search.registry import ScoredSearchParams, SearchContext, register
 from nexus_ray.search.result import Candidate, SearchResult
 
 
-class BestOfNParams(StrategyParams):
+class BestOfNParams(ScoredSearchParams):
     n: int = 8
-    selection: Selection = "weighted"
-    aggregation: StepAggregation = "last"
     temperature: float = 1.0
 
     @classmethod

@@ -60,13 +60,6 @@ class ComputeLedger:
     def policy_token_equivalents(self) -> float:
         return self.flops / (2 * self.policy_parameters)
 
-    def add(self, other: "ComputeLedger") -> None:
-        """Fold another ledger of the same models into this one (e.g. a difficulty probe)."""
-        self.policy_generated_tokens += other.policy_generated_tokens
-        self.policy_prefill_tokens += other.policy_prefill_tokens
-        self.prm_tokens += other.prm_tokens
-        self.generations += other.generations
-
     def to_dict(self) -> dict[str, float | int]:
         return {
             "policy_generated_tokens": self.policy_generated_tokens,

@@ -19,23 +19,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from nexus_ray.search.aggregate import Selection, StepAggregation
 from nexus_ray.search.beam import worst_case
 from nexus_ray.search.ledger import worst_case_round
 from nexus_ray.search.paths import Path, complete, expand, paths_result, round_seed, score
-from nexus_ray.search.registry import SearchContext, StrategyParams, register
+from nexus_ray.search.registry import ScoredSearchParams, SearchContext, register
 from nexus_ray.search.result import SearchResult
 
 
-class MCTSParams(StrategyParams):
+class MCTSParams(ScoredSearchParams):
     simulations: int = 16
     branching: int = 4
     parallel: int = 4
     c_puct: float = 1.25
     surprisal_bonus: float = 0.0
     temperature: float = 1.0
-    aggregation: StepAggregation = "last"
-    selection: Selection = "weighted"
 
     @classmethod
     def for_budget(cls, generations: int, **overrides) -> "MCTSParams":

@@ -12,20 +12,17 @@ from __future__ import annotations
 import math
 import random
 
-from nexus_ray.search.aggregate import Selection, StepAggregation
 from nexus_ray.search.beam import worst_case
 from nexus_ray.search.paths import Path, expand, paths_result, round_seed, score
-from nexus_ray.search.registry import SearchContext, StrategyParams, register
+from nexus_ray.search.registry import ScoredSearchParams, SearchContext, register
 from nexus_ray.search.result import SearchResult
 
 
-class ParticlesParams(StrategyParams):
+class ParticlesParams(ScoredSearchParams):
     n: int = 16
     max_rounds: int = 40
     temperature: float = 0.8  # the policy's sampling temperature
     softmax_temperature: float = 1.0
-    aggregation: StepAggregation = "last"
-    selection: Selection = "weighted"
 
     @classmethod
     def for_budget(cls, generations: int, **overrides) -> "ParticlesParams":

@@ -23,7 +23,6 @@ class Path:
     score: float | None = None
     step_scores: tuple[float, ...] = ()
     surprisal: float = 0.0  # mean negative logprob of the last step's tokens
-    num_steps: int = 0
 
 
 def _is_done(fmt: TaskFormat, text: str, finish_reason: str, stop_reason: str | None) -> bool:
@@ -62,7 +61,7 @@ async def expand(
             text = p.text + c.text
             surprisal = -sum(c.logprobs) / max(1, len(c.logprobs)) if c.logprobs else 0.0
             kids.append(
-                Path(text, _is_done(fmt, text, c.finish_reason, c.stop_reason), None, (), surprisal, p.num_steps + 1)
+                Path(text, _is_done(fmt, text, c.finish_reason, c.stop_reason), None, (), surprisal)
             )
         children.append(kids)
     return children
@@ -75,7 +74,7 @@ async def complete(
     [r] = await policy.generate([prompt + path.text], GenerationParams(temperature=0.0, max_tokens=max_tokens))
     ledger.charge_generation([r])
     c = r.completions[0]
-    return Path(path.text + c.text, True, None, (), path.surprisal, path.num_steps + len(fmt.steps(c.text)))
+    return Path(path.text + c.text, True, None, (), path.surprisal)
 
 
 async def score(

@@ -13,6 +13,7 @@ from typing import Awaitable, Callable, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 from nexus_ray.engines.base import PolicyEngine, RewardEngine
+from nexus_ray.search.aggregate import Selection, StepAggregation
 from nexus_ray.search.ledger import Budget, ComputeLedger
 from nexus_ray.search.result import SearchResult
 from nexus_ray.tasks.format import TaskFormat
@@ -28,6 +29,13 @@ class StrategyParams(BaseModel):
     def for_budget(cls, generations: int, **overrides) -> "StrategyParams":
         """Parameters that spend about ``generations`` full samples."""
         return cls(**overrides)
+
+
+class ScoredSearchParams(StrategyParams):
+    """Knobs every strategy that reads PRM scores shares: how steps aggregate, how the answer is picked."""
+
+    aggregation: StepAggregation = "last"
+    selection: Selection = "weighted"
 
 
 P = TypeVar("P", bound=StrategyParams)
