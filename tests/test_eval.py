@@ -60,3 +60,20 @@ def test_eval_on_ray_workers(tmp_path):
     records = [json.loads(l) for l in (tmp_path / "ray" / "records.jsonl").read_text().splitlines()]
     assert len(records) == 10 * 2
     assert len({r["problem"] for r in records}) == 10
+
+
+def test_interrupted_run_resumes_without_redoing_or_losing_work(tmp_path, capsys):
+    args = ["--dataset", "arith-test", "--per-level", "1", "--strategy", "greedy,majority", "--budget", "2",
+            "--out", str(tmp_path), "--run", "r"]
+    assert eval_job.main(args) == 0
+    path = tmp_path / "r" / "records.jsonl"
+    full = path.read_text().splitlines()
+    path.write_text("\n".join(full[:3]) + "\n" + full[3][:25])  # killed while writing line 4
+    assert eval_job.main(args) == 2 and "--resume" in capsys.readouterr().out  # never overwritten
+    assert eval_job.main([*args, "--resume"]) == 0
+    assert "3 done before, 7 to go" in capsys.readouterr().out
+    records = [json.loads(l) for l in path.read_text().splitlines()]
+    assert len(records) == 10 and records[:3] == [json.loads(l) for l in full[:3]]
+    assert len({(r["problem"], r["strategy"]) for r in records}) == 10
+    rows = json.loads((tmp_path / "r" / "summary.json").read_text())["rows"]
+    assert [r["problems"] for r in rows if r["level"] == "all"] == [5, 5]

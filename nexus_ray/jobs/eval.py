@@ -6,7 +6,7 @@
 Writes ``results/<run>/``: ``records.jsonl`` (one line per problem x strategy x budget:
 answer, correct, ledger, level), ``summary.json`` (accuracy and mean compute per strategy x
 budget x level) and ``accuracy_vs_compute.png``. Records are appended as they finish, so an
-interrupted run keeps what it did. ``--workers N`` shards problems over N Ray tasks, each
+interrupted run keeps what it did, and ``--resume`` finishes it. ``--workers N`` shards problems over N Ray tasks, each
 with its own engines (local Ray, or the cluster at RAY_ADDRESS).
 """
 
@@ -83,17 +83,29 @@ async def solve_one(
     }
 
 
+def load_records(path: Path) -> list[dict]:
+    """The records a previous (maybe interrupted) run wrote; a half-written last line is dropped."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
 def run_local(
-    policy_cfg: EngineConfig, prm_cfg: RewardConfig, fmt: TaskFormat, examples: list[datasets.Example],
-    jobs: list[Job], seed: int, overrides: dict, cap: float | None, out: Path | None, concurrency: int = 16,
-    progress: bool = True,
+    policy_cfg: EngineConfig, prm_cfg: RewardConfig, fmt: TaskFormat, work: list[tuple[datasets.Example, Job]],
+    seed: int, overrides: dict, cap: float | None, out: Path | None, concurrency: int = 16, progress: bool = True,
 ) -> list[dict]:
-    """Run every (example, job) in this process; records are appended to ``out`` as they finish."""
+    """Run every (example, job) pair in this process; records are appended to ``out`` as they finish."""
     from nexus_ray.engines import build_policy_engine, build_reward_engine
 
     policy = build_policy_engine(policy_cfg)
     prm = build_reward_engine(prm_cfg)
-    work = [(e, j) for j in jobs for e in examples]
     records: list[dict] = []
 
     async def main() -> None:
@@ -120,8 +132,8 @@ def run_local(
     return records
 
 
-def run_on_ray(workers: int, policy_cfg, prm_cfg, fmt, examples, jobs, seed, overrides, cap, out: Path) -> list[dict]:
-    """Shard examples over ``workers`` Ray tasks; gather their records as they complete."""
+def run_on_ray(workers: int, policy_cfg, prm_cfg, fmt, work, seed, overrides, cap, out: Path) -> list[dict]:
+    """Shard the (example, job) pairs over ``workers`` Ray tasks; gather records as they complete."""
     import ray
 
     if not ray.is_initialized():
@@ -129,9 +141,9 @@ def run_on_ray(workers: int, policy_cfg, prm_cfg, fmt, examples, jobs, seed, ove
 
     @ray.remote(num_cpus=max(0.1, min(1.0, (ray.available_resources().get("CPU", 1)) / workers)))
     def shard(chunk):
-        return run_local(policy_cfg, prm_cfg, fmt, chunk, jobs, seed, overrides, cap, None, progress=False)
+        return run_local(policy_cfg, prm_cfg, fmt, chunk, seed, overrides, cap, None, progress=False)
 
-    chunks = [examples[i::workers] for i in range(workers)]
+    chunks = [work[i::workers] for i in range(workers)]
     pending = [shard.remote(c) for c in chunks if c]
     records: list[dict] = []
     with tqdm(total=len(pending), desc=f"eval on {len(pending)} Ray workers", unit="shard") as bar:
@@ -250,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("results"), help="parent folder of the run folder")
     p.add_argument("--run", default=None, help="run name (default: dataset-timestamp)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run: keep its records, do only what is missing")
     return p
 
 
@@ -274,14 +288,22 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = args.out / (args.run or f"{Path(args.dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir.mkdir(parents=True, exist_ok=True)
     records_path = run_dir / "records.jsonl"
-    records_path.write_text("")
-    print(f"{len(examples)} problems x {len(jobs)} strategy/budget pairs -> {run_dir}")
+    done = load_records(records_path)
+    if done and not args.resume:
+        print(f"error: {records_path} already holds {len(done)} records; pass --resume to continue "
+              "that run, or choose another --run")
+        return 2
+    finished = {(r["problem"], r["strategy"], r["budget"]) for r in done}
+    work = [(e, j) for j in jobs for e in examples if (e.problem, j.strategy, j.budget) not in finished]
+    print(f"{len(examples)} problems x {len(jobs)} strategy/budget pairs -> {run_dir}"
+          + (f" ({len(done)} done before, {len(work)} to go)" if done else ""))
     if args.workers > 0:
-        records = run_on_ray(args.workers, policy_cfg, prm_cfg, fmt, examples, jobs, args.seed, overrides, args.token_cap, records_path)
+        records = run_on_ray(args.workers, policy_cfg, prm_cfg, fmt, work, args.seed, overrides, args.token_cap, records_path)
     else:
         records = run_local(
-            policy_cfg, prm_cfg, fmt, examples, jobs, args.seed, overrides, args.token_cap, records_path, args.concurrency
+            policy_cfg, prm_cfg, fmt, work, args.seed, overrides, args.token_cap, records_path, args.concurrency
         )
+    records = done + records
     summary = summarize(records) | {"dataset": args.dataset, "strategies": strategies, "budgets": budgets, "seed": args.seed}
     summary["winners"] = winners(summary)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
