@@ -41,14 +41,11 @@ def solve(
     from nexus_ray.tasks import arith
     from nexus_ray.tasks.format import ARITH
 
-    expression = problem.strip()
-    if expression.startswith(arith.QUESTION_PREFIX.strip()):
-        expression = expression[len(arith.QUESTION_PREFIX.strip()) :].strip()
-    expression = expression.replace(" ", "")
     try:
-        gold = arith.evaluate(expression)
-    except ValueError:
-        _fail(f"{problem!r} is not an arithmetic expression of integers with + - * (e.g. 12+7*3-5)")
+        expression = ARITH.parse(problem)
+    except ValueError as err:
+        _fail(str(err))
+    gold = arith.evaluate(expression)
     if engine not in ("hf", "vllm"):
         _fail(f"--engine must be hf or vllm, got {engine!r}")
     try:
@@ -111,6 +108,43 @@ def eval(ctx: typer.Context) -> None:
     from nexus_ray.jobs import eval as eval_job
 
     raise typer.Exit(eval_job.main(ctx.args))
+
+
+@app.command()
+def serve(
+    config: str = typer.Option("", help="A Serve config YAML (default: deployments/local-cpu.yaml)."),
+    port: int = typer.Option(0, min=0, max=65535, help="HTTP port (default: the config's, usually 8000)."),
+    smoke: bool = typer.Option(False, "--smoke", help="Send a few real requests, print them, stop."),
+) -> None:
+    """Run the HTTP service: /v1/solve, /v1/chat/completions, /v1/models, /healthz.
+
+    Starts a local Ray cluster (or joins the one at RAY_ADDRESS), deploys the config's
+    'nexus' application and serves until Ctrl-C. The same YAML works with `serve run`.
+    """
+    import time
+    from pathlib import Path
+
+    from nexus_ray.config import ConfigError
+    from nexus_ray.serving import local
+
+    path = Path(config) if config else local.DEFAULT_CONFIG
+    try:
+        url = local.start(path, port or None)
+    except (ConfigError, ValueError, TimeoutError) as err:
+        _fail(str(err))
+    try:
+        if smoke:
+            typer.echo(f"service up at {url}; a few real requests:")
+            ok = local.smoke(url, typer.echo)
+            raise typer.Exit(0 if ok else 1)
+        typer.echo(f"nexus_ray serving at {url} (Ctrl-C to stop). Try:")
+        typer.echo(f"  curl -s {url}/v1/solve -d '{{\"problem\": \"12+7*3-5\", \"strategy\": \"weighted\", \"budget\": 8}}'")
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        local.stop()
 
 
 @zoo_app.command("list")

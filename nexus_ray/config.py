@@ -61,6 +61,59 @@ class ModelsConfig(_Strict):
     prm: RewardConfig
 
 
+class WorkerConfig(_Strict):
+    """How many replicas hold one model, and what each reserves (GPUs come from the engine config)."""
+
+    replicas: int = Field(1, ge=1)
+    num_cpus: float = Field(0.5, ge=0, description="CPUs per replica; fractions share a small machine")
+    max_ongoing_requests: int = Field(256, ge=1, description="in-flight calls per replica; batched together")
+    batching: bool = Field(True, description="merge concurrent calls into one engine batch (off: one at a time)")
+
+
+class PlannerConfig(_Strict):
+    """The planner's static table and the cluster-wide compute budget it enforces.
+
+    ``tokens_per_second`` is in policy-token equivalents (see ``ComputeLedger``), per API key
+    when keys are configured, cluster-wide otherwise. A request reserves ``budget x
+    tokens_per_generation`` when admitted and is settled with what it really spent. When the
+    bucket would need more than ``max_queue_seconds`` to refill, the request gets a 429.
+    """
+
+    default_strategy: str = "weighted"
+    default_budget: int = Field(8, ge=1, description="generations, when a request names none")
+    max_budget: int = Field(64, ge=1, description="the highest budget a request may ask for")
+    tokens_per_second: float | None = Field(None, gt=0, description="None: no limit")
+    burst_seconds: float = Field(10.0, gt=0, description="bucket size, in seconds of the rate")
+    tokens_per_generation: float = Field(64.0, gt=0, description="admission's estimate per generation")
+    max_queue_seconds: float = Field(0.0, ge=0, description="wait this long for the bucket before 429")
+
+    @model_validator(mode="after")
+    def _defaults_within_limits(self) -> "PlannerConfig":
+        if self.default_budget > self.max_budget:
+            raise ValueError(f"default_budget {self.default_budget} exceeds max_budget {self.max_budget}")
+        return self
+
+
+class ServiceConfig(ModelsConfig):
+    """Everything ``build_app`` needs: the models, their workers, the planner, the API's limits.
+
+    This is the ``args:`` block of a Serve config (``deployments/*.yaml``).
+    """
+
+    model_id: str = Field("nexus-arith", description="the name /v1/models lists")
+    policy_worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    prm_worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    planner: PlannerConfig = Field(default_factory=PlannerConfig)
+    planner_name: str = Field("nexus-planner", description="the named Planner actor")
+    api_keys_env: str | None = Field(
+        None, description="environment variable with comma-separated API keys; unset: no auth"
+    )
+    max_problem_chars: int = Field(1000, ge=1)
+    max_body_bytes: int = Field(65536, ge=256)
+    request_timeout_s: float = Field(60.0, gt=0, description="a solve past this gets a 504")
+    num_cpus: float = Field(0.25, ge=0, description="CPUs of the ingress replica")
+
+
 def local_models(
     engine: Literal["hf", "vllm"] = "hf", policy: str = "arith-policy", prm: str = "arith-prm"
 ) -> ModelsConfig:
@@ -87,8 +140,30 @@ def load_yaml(path: str | Path, model: type[BaseModel]) -> BaseModel:
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        lines = [f"{path}: invalid {model.__name__}:"]
-        for e in err.errors():
-            where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-            lines.append(f"  {where}: {e['msg']}")
-        raise ConfigError("\n".join(lines)) from None
+        raise ConfigError(_explain(str(path), model, err)) from None
+
+
+def load_service_config(path: str | Path, app: str = "nexus") -> tuple[ServiceConfig, dict]:
+    """The ``ServiceConfig`` of application ``app`` in a Serve config YAML, and the whole YAML."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    apps = [a for a in data.get("applications") or [] if isinstance(a, dict) and a.get("name") == app]
+    if not apps:
+        raise ConfigError(f"{path}: no application named {app!r} under applications:")
+    try:
+        return ServiceConfig.model_validate(apps[0].get("args") or {}), data
+    except ValidationError as err:
+        raise ConfigError(_explain(f"{path}: applications[{app}].args", ServiceConfig, err)) from None
+
+
+def _explain(where: str, model: type[BaseModel], err: ValidationError) -> str:
+    lines = [f"{where}: invalid {model.__name__}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {loc}: {e['msg']}")
+    return "\n".join(lines)

@@ -2,15 +2,38 @@ from pathlib import Path
 
 import pytest
 
-from nexus_ray.config import ConfigError, ModelsConfig, RewardConfig, load_yaml
+import subprocess
+import sys
 
-DEPLOYMENTS = sorted((Path(__file__).parent.parent / "deployments").glob("*.yaml"))
+from nexus_ray.config import ConfigError, ModelsConfig, RewardConfig, load_service_config, load_yaml
+
+ROOT = Path(__file__).parent.parent
+DEPLOYMENTS = sorted((ROOT / "deployments").glob("*.yaml"))
+STRICT_SERVE = ROOT.parent / "shared" / "tools" / "strict_serve_config.py"
 
 
 @pytest.mark.parametrize("path", DEPLOYMENTS, ids=lambda p: p.name)
 def test_deployment_configs_validate(path):
-    cfg = load_yaml(path, ModelsConfig)
+    cfg, data = load_service_config(path)
     assert cfg.policy.model and cfg.prm.model
+    assert data["applications"][0]["import_path"] == "nexus_ray.serving.app:build_app"
+
+
+@pytest.mark.skipif(not STRICT_SERVE.exists(), reason="the shared Serve config validator is not checked out")
+@pytest.mark.parametrize("path", DEPLOYMENTS, ids=lambda p: p.name)
+def test_deployment_configs_pass_the_strict_serve_validator(path):
+    run = subprocess.run([sys.executable, str(STRICT_SERVE), str(path)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_service_config_errors_name_the_key(tmp_path):
+    f = tmp_path / "serve.yaml"
+    f.write_text("applications:\n- name: nexus\n  import_path: nexus_ray.serving.app:build_app\n  args:\n"
+                 "    policy: {model: arith-policy}\n    prm: {model: arith-prm}\n    planner: {max_budget: 0}\n")
+    with pytest.raises(ConfigError, match="planner.max_budget"):
+        load_service_config(f)
+    with pytest.raises(ConfigError, match="no application named 'other'"):
+        load_service_config(f, app="other")
 
 
 def test_errors_name_the_key(tmp_path):

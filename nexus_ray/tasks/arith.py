@@ -81,6 +81,25 @@ def format_solution(steps: tuple[str, ...] | list[str]) -> str:
     return f"{body}{ANSWER_PREFIX}{steps[-1]}{STEP_DELIMITER}"
 
 
+def parse_problem(text: str) -> str:
+    """The expression in a user's problem text (``Q: 12 + 7*3`` or ``12+7*3``).
+
+    Raises ValueError, with a message fit for the user, unless it is an expression of
+    integers with ``+ - *``.
+    """
+    expression = text.strip()
+    if expression.startswith(QUESTION_PREFIX.strip()):
+        expression = expression[len(QUESTION_PREFIX.strip()) :]
+    expression = expression.replace(" ", "")
+    try:
+        tokenize(expression)
+    except ValueError:
+        raise ValueError(
+            f"{text[:80]!r} is not an arithmetic expression of integers with + - * (e.g. 12+7*3-5)"
+        ) from None
+    return expression
+
+
 def tokenize(expression: str) -> list[int | str]:
     """Split an expression into numbers and operators; a leading ``-`` makes a negative number.
 

@@ -18,6 +18,14 @@ class TaskFormat:
     step_delimiter: str = arith.STEP_DELIMITER
     answer_kind: AnswerKind = "arith"
 
+    def parse(self, problem: str) -> str:
+        """The problem as the prompt template wants it; ValueError if it is not one."""
+        if self.answer_kind == "arith":
+            return arith.parse_problem(problem)
+        if not problem.strip():
+            raise ValueError("the problem is empty")
+        return problem.strip()
+
     def prompt(self, problem: str) -> str:
         return self.prompt_template.format(problem=problem)
 

@@ -1,0 +1,103 @@
+"""Start the service from a Serve config on this machine (or the cluster at RAY_ADDRESS),
+wait until it answers, and optionally send it a few real requests: ``nexus-ray serve``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import ray
+from ray import serve
+
+from nexus_ray.config import load_service_config
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "deployments" / "local-cpu.yaml"
+
+
+def start(config_path: Path, port: int | None = None, app: str = "nexus", timeout_s: float = 180) -> str:
+    """Deploy application ``app`` of a Serve config and return its URL once ``/healthz`` is 200."""
+    config, data = load_service_config(config_path, app)
+    http = dict(data.get("http_options") or {})
+    if port is not None:
+        http["port"] = port
+    http.setdefault("host", "127.0.0.1")
+    http.setdefault("port", 8000)
+    route = next(a for a in data["applications"] if a.get("name") == app).get("route_prefix", "/")
+    if not ray.is_initialized():
+        if "RAY_ADDRESS" not in os.environ:
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster
+        ray.init(log_to_driver=False)
+    serve.start(http_options=http)
+    from nexus_ray.serving.app import build_app
+
+    serve.run(build_app(config.model_dump()), name=app, route_prefix=route, blocking=False)
+    host = "127.0.0.1" if http["host"] in ("0.0.0.0", "::") else http["host"]
+    url = f"http://{host}:{http['port']}{route.rstrip('/')}"
+    wait_healthy(url, timeout_s)
+    return url
+
+
+def wait_healthy(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            status, _ = request(url + "/healthz")
+            if status == 200:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url}/healthz did not answer 200 within {timeout_s:.0f} s")
+        time.sleep(0.5)
+
+
+def request(url: str, body: dict | None = None, headers: dict | None = None, timeout: float = 120) -> tuple[int, dict]:
+    """A real HTTP request; returns (status, JSON body) for errors as well."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        raw = err.read()
+        try:
+            return err.code, json.loads(raw or b"{}")
+        except json.JSONDecodeError:
+            return err.code, {"raw": raw.decode(errors="replace")}
+
+
+def smoke(url: str, echo=print) -> bool:
+    """A few real requests a newcomer can read: two solves, a chat completion, a bad request."""
+    calls = [
+        ("/v1/solve", {"problem": "12+7*3-5", "strategy": "greedy"}),
+        ("/v1/solve", {"problem": "Q: 48*7-93+15*4", "strategy": "weighted", "budget": 8}),
+        ("/v1/chat/completions", {"model": "nexus-arith", "messages": [{"role": "user", "content": "57-8*6+19"}],
+                                  "nexus": {"strategy": "majority", "budget": 4}}),
+        ("/v1/solve", {"problem": "what is love?"}),
+    ]
+    ok = True
+    for path, body in calls:
+        start = time.monotonic()
+        status, out = request(url + path, body)
+        ms = (time.monotonic() - start) * 1000
+        echo(f"POST {path} {json.dumps(body)}")
+        if status == 200:
+            nexus = out.get("nexus", out)
+            ledger = nexus["ledger"]
+            echo(f"  -> 200 in {ms:.0f} ms: answer {nexus['answer']} via {nexus['strategy']} "
+                 f"(budget {nexus['budget']}, {ledger['policy_token_equivalents']:.0f} policy-token equivalents)")
+        else:
+            echo(f"  -> {status}: {out.get('error', {}).get('message', out)}")
+        ok = ok and (status == 200) == (body.get("problem") != "what is love?")
+    return ok
+
+
+def stop() -> None:
+    serve.shutdown()
+    ray.shutdown()
+
