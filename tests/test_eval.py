@@ -60,6 +60,7 @@ def test_eval_on_ray_workers(tmp_path):
     records = [json.loads(l) for l in (tmp_path / "ray" / "records.jsonl").read_text().splitlines()]
     assert len(records) == 10 * 2
     assert len({r["problem"] for r in records}) == 10
+    assert len({(r["problem"], r["strategy"]) for r in records}) == 20  # each pair exactly once
 
 
 def test_interrupted_run_resumes_without_redoing_or_losing_work(tmp_path, capsys):

@@ -6,8 +6,9 @@
 Writes ``results/<run>/``: ``records.jsonl`` (one line per problem x strategy x budget:
 answer, correct, ledger, level), ``summary.json`` (accuracy and mean compute per strategy x
 budget x level) and ``accuracy_vs_compute.png``. Records are appended as they finish, so an
-interrupted run keeps what it did, and ``--resume`` finishes it. ``--workers N`` shards problems over N Ray tasks, each
-with its own engines (local Ray, or the cluster at RAY_ADDRESS).
+interrupted run keeps what it did, and ``--resume`` finishes it. ``--workers N`` fans the
+work out over Ray tasks (local Ray, or the cluster at RAY_ADDRESS) that share one policy and
+one PRM worker deployment, the same workers the service runs.
 """
 
 from __future__ import annotations
@@ -97,64 +98,104 @@ def load_records(path: Path) -> list[dict]:
     return records
 
 
+async def solve_all(
+    policy, prm, fmt: TaskFormat, work: list[tuple[datasets.Example, Job]], seed: int, overrides: dict,
+    cap: float | None, out: Path | None, concurrency: int, progress: bool,
+) -> list[dict]:
+    """Every (example, job) pair, ``concurrency`` at a time, so their engine calls batch together;
+    records are appended to ``out`` as they finish."""
+    records: list[dict] = []
+    sem = asyncio.Semaphore(concurrency)
+    bar = tqdm(total=len(work), desc="eval", unit="solve", disable=not progress)
+
+    async def one(e, j):
+        async with sem:
+            rec = await solve_one(policy, prm, fmt, e, j, seed, overrides, cap)
+        records.append(rec)
+        if out is not None:
+            with out.open("a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+        bar.update(1)
+
+    await asyncio.gather(*(one(e, j) for e, j in work))
+    bar.close()
+    return records
+
+
 def run_local(
     policy_cfg: EngineConfig, prm_cfg: RewardConfig, fmt: TaskFormat, work: list[tuple[datasets.Example, Job]],
-    seed: int, overrides: dict, cap: float | None, out: Path | None, concurrency: int = 16, progress: bool = True,
+    seed: int, overrides: dict, cap: float | None, out: Path | None, concurrency: int = 16,
 ) -> list[dict]:
-    """Run every (example, job) pair in this process; records are appended to ``out`` as they finish."""
+    """Run every (example, job) pair in this process, on engines it loads."""
     from nexus_ray.engines import build_policy_engine, build_reward_engine
 
     policy = build_policy_engine(policy_cfg)
     prm = build_reward_engine(prm_cfg)
-    records: list[dict] = []
-
-    async def main() -> None:
-        sem = asyncio.Semaphore(concurrency)
-        bar = tqdm(total=len(work), desc="eval", unit="solve", disable=not progress)
-
-        async def one(e, j):
-            async with sem:
-                rec = await solve_one(policy, prm, fmt, e, j, seed, overrides, cap)
-            records.append(rec)
-            if out is not None:
-                with out.open("a") as fh:
-                    fh.write(json.dumps(rec) + "\n")
-            bar.update(1)
-
-        await asyncio.gather(*(one(e, j) for e, j in work))
-        bar.close()
-
     try:
-        asyncio.run(main())
+        return asyncio.run(solve_all(policy, prm, fmt, work, seed, overrides, cap, out, concurrency, True))
     finally:
         policy.shutdown()
         prm.shutdown()
-    return records
 
 
-def run_on_ray(workers: int, policy_cfg, prm_cfg, fmt, work, seed, overrides, cap, out: Path) -> list[dict]:
-    """Shard the (example, job) pairs over ``workers`` Ray tasks; gather records as they complete."""
+def run_on_ray(
+    workers: int, policy_cfg: EngineConfig, prm_cfg: RewardConfig, fmt: TaskFormat,
+    work: list[tuple[datasets.Example, Job]], seed: int, overrides: dict, cap: float | None, out: Path,
+    concurrency: int = 16,
+) -> list[dict]:
+    """Fan the pairs out over Ray tasks that share one policy and one PRM worker deployment.
+
+    The models load once, in the same ``PolicyWorker`` / ``RewardWorker`` the service uses;
+    up to ``workers`` tasks run at a time, each solving a small chunk through engine proxies,
+    so the workers see batches from all of them. Records are written as each chunk returns,
+    which is what ``--resume`` picks up after an interruption.
+    """
+    import uuid
+
     import ray
+    from ray import serve
+
+    from nexus_ray.config import WorkerConfig
+    from nexus_ray.serving.workers import PolicyWorker, RewardWorker, connect, worker_options
 
     if not ray.is_initialized():
         ray.init(ignore_reinit_error=True, log_to_driver=False)
+    serve.start(proxy_location="Disabled")  # no-op when Serve already runs (e.g. the service)
+    tag = uuid.uuid4().hex[:6]
+    cpus = max(0.1, min(1.0, ray.available_resources().get("CPU", 1) / 4))
+    worker = WorkerConfig(num_cpus=cpus)
+    policy = serve.run(PolicyWorker.options(**worker_options(policy_cfg, worker)).bind(policy_cfg.model_dump()),
+                       name=f"eval-policy-{tag}", route_prefix=None)
+    prm = serve.run(RewardWorker.options(**worker_options(prm_cfg, worker)).bind(prm_cfg.model_dump()),
+                    name=f"eval-prm-{tag}", route_prefix=None)
 
-    @ray.remote(num_cpus=max(0.1, min(1.0, (ray.available_resources().get("CPU", 1)) / workers)))
+    @ray.remote(num_cpus=0.05)
     def shard(chunk):
-        return run_local(policy_cfg, prm_cfg, fmt, chunk, seed, overrides, cap, None, progress=False)
+        async def go():
+            p, r = await connect(policy, prm)
+            return await solve_all(p, r, fmt, chunk, seed, overrides, cap, None, max(1, concurrency // workers), False)
 
-    chunks = [work[i::workers] for i in range(workers)]
-    pending = [shard.remote(c) for c in chunks if c]
+        return asyncio.run(go())
+
+    size = max(1, min(32, len(work) // (4 * workers) or 1))
+    chunks = [work[i : i + size] for i in range(0, len(work), size)]
     records: list[dict] = []
-    with tqdm(total=len(pending), desc=f"eval on {len(pending)} Ray workers", unit="shard") as bar:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            for rec_list in ray.get(done):
-                records += rec_list
-                with out.open("a") as fh:
-                    for rec in rec_list:
-                        fh.write(json.dumps(rec) + "\n")
-            bar.update(len(done))
+    pending: list = []
+    try:
+        with tqdm(total=len(work), desc=f"eval on Ray ({workers} tasks in flight)", unit="solve") as bar:
+            while chunks or pending:
+                while chunks and len(pending) < workers:
+                    pending.append(shard.remote(chunks.pop(0)))
+                done, pending = ray.wait(pending, num_returns=1)
+                for rec_list in ray.get(done):
+                    records += rec_list
+                    with out.open("a") as fh:
+                        for rec in rec_list:
+                            fh.write(json.dumps(rec) + "\n")
+                    bar.update(len(rec_list))
+    finally:
+        serve.delete(f"eval-policy-{tag}")
+        serve.delete(f"eval-prm-{tag}")
     return records
 
 
@@ -253,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", default=[], help="strategy.key=value override (repeatable)")
     p.add_argument("--token-cap", type=float, default=None,
                    help="hard ceiling in policy-token equivalents per budgeted generation (default: none)")
-    p.add_argument("--workers", type=int, default=0, help="shard over N Ray tasks (0: run in this process)")
+    p.add_argument("--workers", type=int, default=0, help="N Ray tasks in flight over shared model workers (0: run in this process)")
     p.add_argument("--concurrency", type=int, default=16,
                    help="solves in flight per process; their engine calls are batched together")
     p.add_argument("--engine", choices=["hf", "vllm"], default="hf")
@@ -298,7 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(examples)} problems x {len(jobs)} strategy/budget pairs -> {run_dir}"
           + (f" ({len(done)} done before, {len(work)} to go)" if done else ""))
     if args.workers > 0:
-        records = run_on_ray(args.workers, policy_cfg, prm_cfg, fmt, work, args.seed, overrides, args.token_cap, records_path)
+        records = run_on_ray(
+            args.workers, policy_cfg, prm_cfg, fmt, work, args.seed, overrides, args.token_cap, records_path,
+            args.concurrency,
+        )
     else:
         records = run_local(
             policy_cfg, prm_cfg, fmt, work, args.seed, overrides, args.token_cap, records_path, args.concurrency
