@@ -31,8 +31,9 @@ $(VLLM): $(STAMP)
 
 setup-vllm: $(VLLM)  ## add vLLM's CPU build to .venv (the vLLM engine tests need it)
 
-demo: setup  ## greedy vs. best-of-8 + PRM on built-in problems of rising difficulty
+demo: setup  ## greedy vs. best-of-8 + PRM by difficulty, then the HTTP service answers a few requests
 	$(BIN)/nexus-ray demo
+	$(BIN)/nexus-ray serve --smoke
 
 test: setup-vllm  ## run the whole test suite, vLLM engine tests included
 	$(BIN)/python -m pytest -q

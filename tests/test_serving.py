@@ -105,7 +105,7 @@ def test_solve_matches_in_process_search(service):
 def test_planner_default_plan_and_greedy(service):
     status, out = post(service + "/v1/solve", {"problem": "Q: 12 + 7*3"})
     assert status == 200 and out["plan"]["source"] == "table"
-    assert out["strategy"] == "best_of_n" and out["budget"] == 8
+    assert out["strategy"] == "weighted" and out["budget"] == 8
     status, out = post(service + "/v1/solve", {"problem": "12+7*3", "strategy": "greedy"})
     assert status == 200 and out["answer"] == str(arith.evaluate("12+7*3"))
     assert out["ledger"]["generations"] == 1
@@ -119,7 +119,7 @@ def test_chat_completions_openai_shape(service):
     assert status == 200, out
     assert out["object"] == "chat.completion" and out["choices"][0]["message"]["role"] == "assistant"
     assert out["usage"]["completion_tokens"] == out["nexus"]["ledger"]["policy_generated_tokens"] > 0
-    assert out["nexus"]["strategy"] == "best_of_n"
+    assert out["nexus"]["strategy"] == "majority"
 
 
 @pytest.mark.parametrize(

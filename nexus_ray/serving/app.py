@@ -276,6 +276,7 @@ class Ingress:
         out = result.to_dict(with_candidates=options.return_candidates)
         plan_out = {k: v for k, v in plan.to_dict().items() if k not in ("ticket", "reserved")}
         self.metrics.solved(plan.strategy, plan.difficulty, out["ledger"])
+        out["strategy"] = plan.strategy  # the name asked for ("weighted"), not its family ("best_of_n")
         return {"problem": expression, **out, "budget": plan.budget, "difficulty": plan.difficulty, "plan": plan_out}
 
     async def _respond(self, route: str, make) -> JSONResponse:
