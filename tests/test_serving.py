@@ -252,3 +252,34 @@ def test_killing_a_worker_mid_flight(service):
     while post(service + "/v1/solve", {"problem": "1+2", "strategy": "greedy"})[0] != 200:
         assert time.monotonic() < deadline, "not serving again within 30 s"
         time.sleep(0.5)
+
+
+def test_remote_proxies_implement_the_engine_protocols():
+    from nexus_ray.engines.base import PolicyEngine, RewardEngine
+    from nexus_ray.serving.workers import RemotePolicyEngine, RemoteRewardEngine, WorkerInfo
+
+    info = WorkerInfo("arith-policy", str(resolve("arith-policy")), 866_000, "node", (), None)
+    policy = RemotePolicyEngine(None, info)
+    assert isinstance(policy, PolicyEngine) and isinstance(RemoteRewardEngine(None, info), RewardEngine)
+    assert policy.count_tokens("Q: 1+2\n") == HFPolicyEngine(resolve("arith-policy")).count_tokens("Q: 1+2\n")
+
+
+def test_planner_admission_without_ray():
+    """The token bucket: reserve the estimate, refuse with a retry-after, settle the difference."""
+    p = planner_mod.Planner({"tokens_per_second": 10, "burst_seconds": 10, "tokens_per_generation": 16})
+    plan = p.plan("1+2", 4, "weighted", "key-a")
+    assert (plan.strategy, plan.budget, plan.reserved, plan.source) == ("weighted", 4, 64.0, "request")
+    with pytest.raises(planner_mod.AdmissionDenied) as denied:
+        p.plan("1+2", 4, "weighted", "key-a")  # 36 left, 64 needed: ~2.8 s at 10/s
+    assert 2.0 < denied.value.retry_after < 3.0
+    assert p.plan("1+2", 4, "weighted", "key-b").reserved == 64.0  # keys have their own buckets
+    p.settle("key-a", 64.0, 10.0)  # it spent less than reserved: the rest comes back
+    assert p.plan("1+2", 4, "weighted", "key-a").budget == 4
+    assert p.plan("1+2", None, None, "key-c").source == "table"
+    with pytest.raises(planner_mod.PlanError, match="ceiling"):
+        p.plan("1+2", 65, None)
+    with pytest.raises(planner_mod.PlanError, match="unknown strategy"):
+        p.plan("1+2", None, "telepathy")
+    assert p.stats()["counters"]["rejected_rate"] == 1
+    queued = planner_mod.Planner({"tokens_per_second": 10, "burst_seconds": 1, "max_queue_seconds": 30})
+    assert queued.plan("1+2", 1, "greedy").wait_s > 0  # over the bucket but within the queue limit

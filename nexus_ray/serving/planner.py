@@ -121,7 +121,8 @@ class Planner:
         if cfg.tokens_per_second is not None:
             bucket = self._bucket(api_key)
             bucket.refill(time.time())
-            wait = bucket.wait_for(estimate)
+            # A request bigger than the whole bucket waits for a full bucket, then runs in debt.
+            wait = bucket.wait_for(min(estimate, bucket.capacity))
             if wait > cfg.max_queue_seconds:
                 self.counters["rejected_rate"] += 1
                 self._save()
