@@ -282,4 +282,5 @@ def test_planner_admission_without_ray():
         p.plan("1+2", None, "telepathy")
     assert p.stats()["counters"]["rejected_rate"] == 1
     queued = planner_mod.Planner({"tokens_per_second": 10, "burst_seconds": 1, "max_queue_seconds": 30})
-    assert queued.plan("1+2", 1, "greedy").wait_s > 0  # over the bucket but within the queue limit
+    assert queued.plan("1+2", 1, "greedy").wait_s == 0  # bigger than the bucket: runs, in debt
+    assert 5 < queued.plan("1+2", 1, "greedy").wait_s < 30  # queued, not refused, until it is repaid
