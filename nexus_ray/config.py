@@ -129,14 +129,21 @@ class ConfigError(ValueError):
     """A config file is missing or invalid; the message names the file and the keys."""
 
 
-def load_yaml(path: str | Path, model: type[BaseModel]) -> BaseModel:
-    path = Path(path)
+def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def load_yaml(path: str | Path, model: type[BaseModel]) -> BaseModel:
+    path = Path(path)
+    data = _read_yaml(path)
     try:
         return model.model_validate(data)
     except ValidationError as err:
@@ -146,12 +153,7 @@ def load_yaml(path: str | Path, model: type[BaseModel]) -> BaseModel:
 def load_service_config(path: str | Path, app: str = "nexus") -> tuple[ServiceConfig, dict]:
     """The ``ServiceConfig`` of application ``app`` in a Serve config YAML, and the whole YAML."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    data = _read_yaml(path)
     apps = [a for a in data.get("applications") or [] if isinstance(a, dict) and a.get("name") == app]
     if not apps:
         raise ConfigError(f"{path}: no application named {app!r} under applications:")

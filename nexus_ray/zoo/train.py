@@ -223,52 +223,140 @@ def auroc(scores: list[float], labels: list[int]) -> float:
     return (rank_sum - pos * (pos + 1) / 2) / (pos * neg)
 
 
-def train_prm(
-    policy_dir: Path, out: Path, problems_per_level: int, samples: int, steps: int, seed: int, lr: float = 5e-4
-) -> dict:
-    """Sample the policy, label every step with the checker, fine-tune a token classifier.
+PRM_EXTRA_LAYERS = 2
+PRM_CURRICULUM_STEPS = 600  # levels 1-2 only at first: the new layers learn to compare digits there
+PRM_FRESH_PER_BATCH = 24  # of each batch: fresh gold solutions, most with one corrupted step
 
-    The PRM starts from the policy's weights (it already reads arithmetic) with a fresh
-    2-way head; the loss is cross-entropy on every step character (see ``prm_example``). A
-    tenth of the problems is held out to measure step-level AUROC (at step ends only).
+
+def prm_from_policy(policy_dir: Path, extra_layers: int, seed: int) -> LlamaForTokenClassification:
+    """A token classifier made of the policy, frozen, under ``extra_layers`` fresh layers.
+
+    Checking the digit at position t needs what the policy predicted at t-1; a classifier of
+    the policy's own depth at position t cannot reach that, layers on top of it can (they
+    attend to t-1's final hidden state). Freezing the policy keeps its arithmetic intact.
+    """
+    policy = LlamaForCausalLM.from_pretrained(policy_dir)
+    config = LlamaConfig.from_pretrained(policy_dir)
+    frozen = config.num_hidden_layers
+    config.num_hidden_layers = frozen + extra_layers
+    config.num_labels = 2
+    config.id2label = {0: "wrong", 1: "correct"}
+    config.label2id = {"wrong": 0, "correct": 1}
+    torch.manual_seed(seed)
+    model = LlamaForTokenClassification(config)
+    missing, unexpected = model.model.load_state_dict(policy.model.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("layers.") for k in missing), (missing, unexpected)
+    model.model.embed_tokens.requires_grad_(False)
+    for layer in model.model.layers[:frozen]:
+        layer.requires_grad_(False)
+    return model
+
+
+def _fresh_gold_rows(stream: ProblemStream, levels: list[int], n: int, rng: random.Random) -> list[tuple]:
+    """``n`` new problems' gold solutions, four in five with one step made wrong."""
+    rows = []
+    for _ in range(n):
+        p = stream.batch(rng.choice(levels), 1)[0]
+        steps = list(p.steps)
+        if rng.random() < 0.8:
+            steps = arith.corrupt_step(p, rng.randrange(len(p.steps)), rng)
+        rows.append((p.level, p.prompt, *prm_example(p, arith.format_solution(steps))))
+    return rows
+
+
+def corruption_probe(score, problems: list[arith.Problem], seed: int) -> dict[str, float]:
+    """Gold step vs. the same step corrupted, per problem: the PRM must tell them apart.
+
+    ``score`` maps (prompts, step lists) to each list's last-step score.
+    """
+    rng = random.Random(seed)
+    gold, bad = [], []
+    for p in problems:
+        i = rng.randrange(len(p.steps))
+        gold.append((p.prompt, tuple(p.steps[: i + 1])))
+        bad.append((p.prompt, tuple(arith.corrupt_step(p, i, rng)[: i + 1])))
+    g, b = score(gold), score(bad)
+    return {
+        "gold_mean": round(sum(g) / len(g), 4),
+        "corrupted_mean": round(sum(b) / len(b), 4),
+        "gold_above_corrupted": round(sum(x > y for x, y in zip(g, b)) / len(g), 4),
+    }
+
+
+def _last_step_scorer(model, tok):
+    def score(items: list[tuple[str, tuple[str, ...]]]) -> list[float]:
+        rows = [(prompt, steps, tuple((1,) * (len(s) + 1) for s in steps)) for prompt, steps in items]
+        batch = _prm_batch(rows, tok, dense=False)
+        with torch.inference_mode():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        probs = torch.softmax(logits, -1)[..., 1]
+        ends = (batch["labels"] != -100).long().cumsum(1).argmax(1)  # last labelled position
+        return probs[torch.arange(len(rows)), ends].tolist()
+
+    return score
+
+
+def train_prm(
+    policy_dir: Path, out: Path, problems_per_level: int, samples: int, steps: int, seed: int, lr: float = 1e-3
+) -> dict:
+    """Sample the policy, label every step with the checker, train a token classifier on it.
+
+    The PRM is the policy, frozen, with two fresh layers and a 2-way head on top
+    (``prm_from_policy``); the loss is cross-entropy on every step character
+    (``prm_example``). Each batch mixes the policy's own samples with fresh gold solutions,
+    most with one corrupted step, so the PRM sees both the policy's errors and clean
+    single-step errors; the first ``PRM_CURRICULUM_STEPS`` use levels 1-2 only. A tenth of
+    the problems is held out to measure step-level AUROC (at step ends), and a separate
+    held-out set measures gold vs. corrupted steps (``corruption_probe``).
     """
     _set_seed(seed)
+    probe_problems = [p for level in (2, 3, 4, 5) for p in ProblemStream(seed + 2).batch(level, 50)]
     stream = ProblemStream(seed + 1)
+    stream.heldout |= {p.expression for p in probe_problems}
     problems = [p for level in arith.LEVELS for p in stream.batch(level, problems_per_level)]
     random.Random(seed).shuffle(problems)
     n_eval = len(problems) // 10
+    stream.heldout |= {p.expression for p in problems[:n_eval]}  # fresh rows never repeat them
     data = [
-        (p.prompt, *prm_example(p, text))
+        (p.level, p.prompt, *prm_example(p, text))
         for p, text in policy_samples(policy_dir, problems, samples, seed, "sampling policy")
     ]
-    data = [row for row in data if row[1]]
-    rng = random.Random(seed)
-    for p in problems[n_eval:]:  # plus one corrupted gold solution per training problem
-        bad = arith.corrupt_step(p, rng.randrange(len(p.steps)), rng)
-        text = arith.format_solution(bad)
-        data.append((p.prompt, *prm_example(p, text)))
+    data = [row for row in data if row[2]]
     eval_prompts = {p.prompt for p in problems[:n_eval]}
-    train_rows = [r for r in data if r[0] not in eval_prompts]
-    eval_rows = [r for r in data if r[0] in eval_prompts]
+    train_rows = [r for r in data if r[1] not in eval_prompts]
+    eval_rows = [r[1:] for r in data if r[1] in eval_prompts]
+    early = [r for r in train_rows if r[0] <= 2]
 
     tok = build_tokenizer()
-    model = LlamaForTokenClassification.from_pretrained(policy_dir, num_labels=2)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    model = prm_from_policy(policy_dir, PRM_EXTRA_LAYERS, seed)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.01)
+    rng = random.Random(seed)
     batch_size = 64
     bar = tqdm(range(steps), desc="arith-prm", unit="step")
     log = []
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = _lr(step, steps, lr, warmup=100)
-        batch = _prm_batch(rng.sample(train_rows, batch_size), tok, dense=True)
+        levels = [1, 2] if step < PRM_CURRICULUM_STEPS else list(arith.LEVELS)
+        pool = early if step < PRM_CURRICULUM_STEPS else train_rows
+        rows = rng.sample(pool, batch_size - PRM_FRESH_PER_BATCH)
+        rows += _fresh_gold_rows(stream, levels, PRM_FRESH_PER_BATCH, rng)
+        batch = _prm_batch([r[1:] for r in rows], tok, dense=True)
         loss = model(**batch).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
             log.append({"step": step, "loss": round(loss.item(), 5)})
+        if (step + 1) % 500 == 0 or step + 1 == steps:
+            model.eval()
+            probe = corruption_probe(_last_step_scorer(model, tok), probe_problems, seed)
+            model.train()
+            log.append({"step": step + 1, **probe})
+            tqdm.write(f"step {step + 1}: {probe}")
 
     model.eval()
     scores, labels = [], []
@@ -282,20 +370,24 @@ def train_prm(
     meta = {
         "kind": "prm",
         "policy": policy_dir.name,
+        "frozen_policy_layers": model.config.num_hidden_layers - PRM_EXTRA_LAYERS,
+        "extra_layers": PRM_EXTRA_LAYERS,
+        "curriculum_steps": PRM_CURRICULUM_STEPS,
         "problems_per_level": problems_per_level,
         "samples_per_problem": samples,
         "train_solutions": len(train_rows),
+        "fresh_gold_per_batch": PRM_FRESH_PER_BATCH,
         "heldout_solutions": len(eval_rows),
         "heldout_step_auroc": round(auroc(scores, labels), 4),
         "heldout_positive_rate": round(sum(labels) / max(1, len(labels)), 4),
+        "corruption_probe": corruption_probe(_last_step_scorer(model, tok), probe_problems, seed),
         "steps": steps,
         "lr": lr,
         "seed": seed,
         "parameters": sum(p.numel() for p in model.parameters()),
+        "trainable_parameters": sum(p.numel() for p in trainable),
         "loss_log": log,
     }
-    model.config.id2label = {0: "wrong", 1: "correct"}
-    model.config.label2id = {"wrong": 0, "correct": 1}
     _save(model, tok, out, meta)
     return meta
 
@@ -309,7 +401,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--prm-problems-per-level", type=int, default=600)
     parser.add_argument("--prm-samples", type=int, default=8, help="policy samples per problem")
-    parser.add_argument("--prm-steps", type=int, default=2000)
+    parser.add_argument("--prm-steps", type=int, default=5000)
     args = parser.parse_args(argv)
     if args.which in ("policy", "all"):
         train_policy(args.out_dir / "arith-policy", args.policy_steps, args.batch_size, 1.5e-3, args.seed)
