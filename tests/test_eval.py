@@ -78,3 +78,20 @@ def test_interrupted_run_resumes_without_redoing_or_losing_work(tmp_path, capsys
     assert len({(r["problem"], r["strategy"]) for r in records}) == 10
     rows = json.loads((tmp_path / "r" / "summary.json").read_text())["rows"]
     assert [r["problems"] for r in rows if r["level"] == "all"] == [5, 5]
+
+
+def test_a_larger_selection_reuses_a_smaller_runs_records(tmp_path, capsys):
+    base = ["--dataset", "arith-test", "--strategy", "greedy", "--out", str(tmp_path), "--run", "r"]
+    assert eval_job.main([*base, "--per-level", "1"]) == 0
+    assert eval_job.main([*base, "--per-level", "2", "--resume"]) == 0
+    assert "5 done before, 5 to go" in capsys.readouterr().out
+    assert eval_job.main([*base, "--per-level", "1", "--resume"]) == 0  # back to the subset: 0 to go
+    rows = json.loads((tmp_path / "r" / "summary.json").read_text())["rows"]
+    assert [r["problems"] for r in rows if r["level"] == "all"] == [5]
+
+
+def test_interleave_levels_takes_levels_in_turn():
+    from nexus_ray.tasks.datasets import Example
+
+    examples = [Example(f"p{i}", "0", level) for i, level in enumerate([1, 1, 1, 2, 3, 3])]
+    assert [e.problem for e in eval_job.interleave_levels(examples)] == ["p0", "p3", "p4", "p1", "p5", "p2"]

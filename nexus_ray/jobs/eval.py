@@ -60,6 +60,15 @@ def select_examples(dataset: str, limit_per_level: int | None) -> list[datasets.
     return out
 
 
+def interleave_levels(examples: list[datasets.Example]) -> list[datasets.Example]:
+    """The first problem of each level, then the second of each, and so on."""
+    by_level: dict[Any, list[datasets.Example]] = defaultdict(list)
+    for e in examples:
+        by_level[e.level].append(e)
+    rounds = max((len(v) for v in by_level.values()), default=0)
+    return [v[i] for i in range(rounds) for v in by_level.values() if i < len(v)]
+
+
 async def solve_one(
     policy, prm, fmt: TaskFormat, example: datasets.Example, job: Job, seed: int, overrides: dict,
     token_cap_per_generation: float | None,
@@ -334,8 +343,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {records_path} already holds {len(done)} records; pass --resume to continue "
               "that run, or choose another --run")
         return 2
+    # Records outside this selection (another --per-level, say) stay in the file, out of the summary.
+    wanted = {(e.problem, j.strategy, j.budget) for e in examples for j in jobs}
+    done = [r for r in done if (r["problem"], r["strategy"], r["budget"]) in wanted]
     finished = {(r["problem"], r["strategy"], r["budget"]) for r in done}
-    work = [(e, j) for j in jobs for e in examples if (e.problem, j.strategy, j.budget) not in finished]
+    # Problem by problem, levels taken in turn: a run stopped early is a level-balanced subsample
+    # with every strategy, and --resume completes it.
+    work = [(e, j) for e in interleave_levels(examples) for j in jobs if (e.problem, j.strategy, j.budget) not in finished]
     print(f"{len(examples)} problems x {len(jobs)} strategy/budget pairs -> {run_dir}"
           + (f" ({len(done)} done before, {len(work)} to go)" if done else ""))
     if args.workers > 0:
