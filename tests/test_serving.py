@@ -32,6 +32,7 @@ from nexus_ray.tasks.format import ARITH
 from nexus_ray.zoo.registry import resolve
 
 KEY = "test-key-1"
+METRICS_PORT = 0
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
@@ -44,7 +45,10 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def service():
     os.environ["NEXUS_TEST_KEYS"] = f"{KEY},test-key-2"  # inherited by the cluster's workers
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="nexus-test")
+    global METRICS_PORT
+    METRICS_PORT = _free_port()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="nexus-test",
+             _metrics_export_port=METRICS_PORT)
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     config, _ = load_service_config("deployments/local-cpu.yaml")
@@ -284,3 +288,18 @@ def test_planner_admission_without_ray():
     queued = planner_mod.Planner({"tokens_per_second": 10, "burst_seconds": 1, "max_queue_seconds": 30})
     assert queued.plan("1+2", 1, "greedy").wait_s == 0  # bigger than the bucket: runs, in debt
     assert 5 < queued.plan("1+2", 1, "greedy").wait_s < 30  # queued, not refused, until it is repaid
+
+
+def test_prometheus_metrics_are_exported(service):
+    """Ray's metrics agent serves the ingress's counters and histograms to Prometheus."""
+    assert post(service + "/v1/solve", {"problem": "2+3", "strategy": "greedy"})[0] == 200
+    deadline = time.monotonic() + 60
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        names = ("ray_nexus_requests", "ray_nexus_tokens", "ray_nexus_strategy", "ray_nexus_latency_seconds_bucket")
+        if all(n in text for n in names):
+            break
+        assert time.monotonic() < deadline, [n for n in names if n not in text]
+        time.sleep(2)
+    assert 'route="/v1/solve"' in text and 'strategy="greedy"' in text
