@@ -137,11 +137,14 @@ def cold_start() -> dict:
                 pass
             time.sleep(0.25)
         seconds = time.perf_counter() - start
+        print(f"  cold start, serve run -> first 200: {seconds:.1f} s")
     finally:
         os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=60)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
         subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], env=env, capture_output=True)
-    print(f"  cold start, serve run -> first 200: {seconds:.1f} s")
     return {"seconds_to_first_200": round(seconds, 1)}
 
 

@@ -120,9 +120,14 @@ def local_models(
     """The embedded default: models on this machine's CPU. vLLM's CPU build runs the zoo in
     float32, eagerly, with a small KV cache (``gpu_memory_utilization`` is a share of RAM)."""
     options: dict[str, Any] = {"engine": engine, "dtype": "float32"}
+    prm_options: dict[str, Any] = {}
     if engine == "vllm":
         options |= {"max_model_len": 256, "gpu_memory_utilization": 0.1, "enforce_eager": True}
-    return ModelsConfig(policy=EngineConfig(model=policy, **options), prm=RewardConfig(model=prm, **options))
+    else:  # on 2 CPU cores the PRM is fastest in chunks of ~16 (0.41 s vs 0.90 s at 128, 256 solutions)
+        prm_options["max_batch_size"] = 16
+    return ModelsConfig(
+        policy=EngineConfig(model=policy, **options), prm=RewardConfig(model=prm, **options, **prm_options)
+    )
 
 
 class ConfigError(ValueError):

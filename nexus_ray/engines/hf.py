@@ -247,12 +247,15 @@ class HFRewardEngine:
         return await self._batcher.submit(None, requests)
 
     def score_sync(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        """Requests are scored in chunks of similar length (little padding), results in order."""
         encoded = [encode_steps(self.tokenizer, r, self.step_delimiter) for r in requests]
-        results: list[ScoreResult] = []
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+        results: list[ScoreResult | None] = [None] * len(encoded)
         pad = self.tokenizer.pad_token_id or 0
         with self._lock, torch.inference_mode():
-            for start in range(0, len(encoded), self.max_batch_size):
-                chunk = encoded[start : start + self.max_batch_size]
+            for start in range(0, len(order), self.max_batch_size):
+                positions = order[start : start + self.max_batch_size]
+                chunk = [encoded[i] for i in positions]
                 width = max(len(ids) for ids, _ in chunk)
                 ids = torch.full((len(chunk), width), pad, dtype=torch.long)
                 mask = torch.zeros_like(ids)
@@ -261,6 +264,6 @@ class HFRewardEngine:
                     mask[r, : len(row)] = 1
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
                 probs = torch.softmax(logits.float(), dim=-1)[..., self.positive_label].cpu()
-                for r, (row, ends) in enumerate(chunk):
-                    results.append(ScoreResult(tuple(float(probs[r, e]) for e in ends), len(row)))
-        return results
+                for r, (i, (row, ends)) in enumerate(zip(positions, chunk)):
+                    results[i] = ScoreResult(tuple(float(probs[r, e]) for e in ends), len(row))
+        return results  # type: ignore[return-value]
