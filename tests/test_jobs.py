@@ -4,28 +4,22 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def cluster_address():
     env = os.environ | {"RAY_AUTH_MODE": "disabled"}
-    dashboard = _free_port()
+    dashboard = free_port()
     subprocess.run(
-        [str(BIN / "ray"), "start", "--head", "--num-cpus", "2", "--port", str(_free_port()),
+        [str(BIN / "ray"), "start", "--head", "--num-cpus", "2", "--port", str(free_port()),
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--disable-usage-stats"],
         env=env, check=True, capture_output=True,
     )

@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import threading
 import time
 import urllib.request
 
 import pytest
+from ports import free_port
 import ray
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -36,20 +36,14 @@ METRICS_PORT = 0
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def service():
     os.environ["NEXUS_TEST_KEYS"] = f"{KEY},test-key-2"  # inherited by the cluster's workers
     global METRICS_PORT
-    METRICS_PORT = _free_port()
+    METRICS_PORT = free_port()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="nexus-test",
              _metrics_export_port=METRICS_PORT)
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     config, _ = load_service_config("deployments/local-cpu.yaml")
     args = config.model_dump() | {"api_keys_env": "NEXUS_TEST_KEYS", "planner_name": "planner-main"}

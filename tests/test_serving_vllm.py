@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import pytest
+from ports import free_port
 import ray
 from ray import serve
 
@@ -25,9 +25,7 @@ pytestmark = pytest.mark.vllm
 def service():
     pytest.importorskip("vllm")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="nexus-vllm-test")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     config, _ = load_service_config("deployments/local-cpu-vllm.yaml")
     args = config.model_dump() | {"planner_name": "planner-vllm", "num_cpus": 0.1}
