@@ -67,8 +67,9 @@ def prm_batching(problems: list[str], concurrencies: list[int]) -> list[dict]:
         app = RewardWorker.options(**worker_options(prm, worker)).bind(prm.model_dump(), batching)
         handles[batching] = serve.run(app, name=f"prm-batching-{batching}", route_prefix=None)
     rows = []
+    all_solves = score_requests(problems[: max(concurrencies)], 4)
     for c in concurrencies:
-        solves = score_requests(problems[:c], 4)
+        solves = all_solves[:c]
         row = {"concurrent_solves": c}
         for batching, handle in handles.items():
             asyncio.run(_score_all(handle, solves[:2]))  # warm-up

@@ -132,8 +132,7 @@ class _Guard:
                 await self._too_large(scope, receive, send)
 
     def _authorized(self, headers: dict[str, str]) -> bool:
-        auth = headers.get("authorization", "")
-        key = auth[7:].strip() if auth.lower().startswith("bearer ") else headers.get("x-api-key", "")
+        key = _api_key(headers) or ""
         return any(hmac.compare_digest(key.encode(), k.encode()) for k in self.api_keys)
 
     async def _too_large(self, scope, receive, send) -> None:
@@ -155,9 +154,10 @@ def _api_keys(env: str | None) -> tuple[str, ...]:
     return keys
 
 
-def api_key_of(request: Request) -> str | None:
-    auth = request.headers.get("authorization", "")
-    return auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key")
+def _api_key(headers) -> str | None:
+    """The key of ``Authorization: Bearer <key>`` or ``x-api-key: <key>`` (header names lower-case)."""
+    auth = headers.get("authorization", "")
+    return auth[7:].strip() if auth.lower().startswith("bearer ") else headers.get("x-api-key")
 
 
 api = FastAPI(title="nexus_ray", description="Test-time compute allocation for LLM reasoning.")
@@ -256,14 +256,11 @@ class Ingress:
             if plan.wait_s > 0:
                 await asyncio.sleep(plan.wait_s)
             policy, prm = await self._engines()
-            greedy = plan.strategy == "greedy"
             ctx = SearchContext(
-                policy, None if greedy else prm, ARITH.prompt(expression), ARITH,
-                seed=options.seed, prefix_caching=self.prefix_caching,
+                policy, prm, ARITH.prompt(expression), ARITH, seed=options.seed, prefix_caching=self.prefix_caching
             )
-            generations = None if greedy else plan.budget
             result = await asyncio.wait_for(
-                registry.run(plan.strategy, ctx, generations, plan.params), cfg.request_timeout_s
+                registry.run(plan.strategy, ctx, plan.budget, plan.params), cfg.request_timeout_s
             )
             spent = result.ledger.policy_token_equivalents
         except asyncio.TimeoutError:
@@ -292,7 +289,7 @@ class Ingress:
     @api.post("/v1/solve")
     async def solve(self, body: SolveRequest, request: Request) -> JSONResponse:
         """Solve one problem; without strategy and budget the planner chooses."""
-        return await self._respond("/v1/solve", lambda: self._solve(body.problem, body, api_key_of(request)))
+        return await self._respond("/v1/solve", lambda: self._solve(body.problem, body, _api_key(request.headers)))
 
     @api.post("/v1/chat/completions")
     async def chat(self, body: ChatRequest, request: Request) -> JSONResponse:
@@ -307,7 +304,7 @@ class Ingress:
             users = [m.content for m in body.messages if m.role == "user"]
             if not users:
                 raise _Failure(422, "messages hold no user message with the problem", "invalid_request")
-            solved = await self._solve(users[-1], body.nexus or NexusOptions(), api_key_of(request))
+            solved = await self._solve(users[-1], body.nexus or NexusOptions(), _api_key(request.headers))
             ledger = solved["ledger"]
             return {
                 "id": f"chatcmpl-{uuid.uuid4().hex}",
