@@ -110,6 +110,20 @@ def eval(ctx: typer.Context) -> None:
     raise typer.Exit(eval_job.main(ctx.args))
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def calibrate(ctx: typer.Context) -> None:
+    """Calibrate the planner: sample pools on a calibration set, then the plan table (JSON).
+
+    nexus-ray calibrate --dataset arith-calib --estimator learned (see calibrate --help)
+    """
+    from nexus_ray.jobs import calibrate as calibrate_job
+
+    raise typer.Exit(calibrate_job.main(ctx.args))
+
+
 @app.command()
 def serve(
     config: str = typer.Option("", help="A Serve config YAML (default: deployments/local-cpu.yaml)."),

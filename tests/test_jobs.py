@@ -43,3 +43,18 @@ def test_eval_as_a_ray_job(cluster_address, tmp_path):
     bad = subprocess.run([*cmd[:4], sys.executable, "-m", "nexus_ray.jobs.eval", "--strategy", "nope"],
                          env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "unknown strategy" in bad.stdout + bad.stderr
+
+
+def test_calibrate_as_a_ray_job(cluster_address, tmp_path):
+    """Calibration records its pools on Ray tasks over shared model workers and writes the table."""
+    env = os.environ | {"RAY_AUTH_MODE": "disabled", "RAY_API_SERVER_ADDRESS": cluster_address}
+    cmd = [str(BIN / "ray"), "job", "submit", "--", sys.executable, "-m", "nexus_ray.jobs.calibrate",
+           "--dataset", "arith-calib", "--per-level", "1", "--samples", "3", "--sizes", "2,4", "--bins", "2",
+           "--estimator", "surprisal", "--workers", "2", "--out", str(tmp_path)]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    from nexus_ray.planner.table import PlanTable
+
+    table = PlanTable.load(tmp_path / "table-surprisal.json")
+    assert table.problems == 5 and table.dataset == "arith-calib"
+    assert len((tmp_path / "pools.jsonl").read_text().splitlines()) == 5

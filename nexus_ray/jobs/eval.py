@@ -19,8 +19,9 @@ import json
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from tqdm import tqdm
 
@@ -70,9 +71,10 @@ def interleave_levels(examples: list[datasets.Example]) -> list[datasets.Example
 
 
 async def solve_one(
-    policy, prm, fmt: TaskFormat, example: datasets.Example, job: Job, seed: int, overrides: dict,
+    policy, prm, item: tuple[datasets.Example, Job], *, fmt: TaskFormat, seed: int, overrides: dict,
     token_cap_per_generation: float | None,
 ) -> dict:
+    example, job = item
     budget = None
     if token_cap_per_generation and job.budget:
         budget = Budget(token_cap_per_generation * job.budget)
@@ -107,52 +109,53 @@ def load_records(path: Path) -> list[dict]:
     return records
 
 
+Solver = Callable[[Any, Any, Any], Awaitable[dict]]  # (policy, prm, work item) -> record
+
+
 async def solve_all(
-    policy, prm, fmt: TaskFormat, work: list[tuple[datasets.Example, Job]], seed: int, overrides: dict,
-    cap: float | None, out: Path | None, concurrency: int, progress: bool,
+    policy, prm, solver: Solver, work: list, out: Path | None, concurrency: int, progress: bool,
 ) -> list[dict]:
-    """Every (example, job) pair, ``concurrency`` at a time, so their engine calls batch together;
-    records are appended to ``out`` as they finish."""
+    """``solver`` on every work item, ``concurrency`` at a time, so their engine calls batch
+    together; records are appended to ``out`` as they finish."""
     records: list[dict] = []
     sem = asyncio.Semaphore(concurrency)
     bar = tqdm(total=len(work), desc="eval", unit="solve", disable=not progress)
 
-    async def one(e, j):
+    async def one(item):
         async with sem:
-            rec = await solve_one(policy, prm, fmt, e, j, seed, overrides, cap)
+            rec = await solver(policy, prm, item)
         records.append(rec)
         if out is not None:
             with out.open("a") as fh:
                 fh.write(json.dumps(rec) + "\n")
         bar.update(1)
 
-    await asyncio.gather(*(one(e, j) for e, j in work))
+    await asyncio.gather(*(one(item) for item in work))
     bar.close()
     return records
 
 
 def run_local(
-    policy_cfg: EngineConfig, prm_cfg: RewardConfig, fmt: TaskFormat, work: list[tuple[datasets.Example, Job]],
-    seed: int, overrides: dict, cap: float | None, out: Path | None, concurrency: int = 16,
+    policy_cfg: EngineConfig, prm_cfg: RewardConfig, solver: Solver, work: list, out: Path | None,
+    concurrency: int = 16,
 ) -> list[dict]:
-    """Run every (example, job) pair in this process, on engines it loads."""
+    """Run ``solver`` on every work item in this process, on engines it loads."""
     from nexus_ray.engines import build_policy_engine, build_reward_engine
 
     policy = build_policy_engine(policy_cfg)
     prm = build_reward_engine(prm_cfg)
     try:
-        return asyncio.run(solve_all(policy, prm, fmt, work, seed, overrides, cap, out, concurrency, True))
+        return asyncio.run(solve_all(policy, prm, solver, work, out, concurrency, True))
     finally:
         policy.shutdown()
         prm.shutdown()
 
 
 def run_on_ray(
-    workers: int, policy_cfg: EngineConfig, prm_cfg: RewardConfig, fmt: TaskFormat,
-    work: list[tuple[datasets.Example, Job]], seed: int, overrides: dict, cap: float | None, out: Path,
+    workers: int, policy_cfg: EngineConfig, prm_cfg: RewardConfig, solver: Solver, work: list, out: Path,
     concurrency: int = 16,
 ) -> list[dict]:
-    """Fan the pairs out over Ray tasks that share one policy and one PRM worker deployment.
+    """Fan the work items out over Ray tasks that share one policy and one PRM worker deployment.
 
     The models load once, in the same ``PolicyWorker`` / ``RewardWorker`` the service uses;
     up to ``workers`` tasks run at a time, each solving a small chunk through engine proxies,
@@ -182,7 +185,7 @@ def run_on_ray(
     def shard(chunk):
         async def go():
             p, r = await connect(policy, prm)
-            return await solve_all(p, r, fmt, chunk, seed, overrides, cap, None, max(1, concurrency // workers), False)
+            return await solve_all(p, r, solver, chunk, None, max(1, concurrency // workers), False)
 
         return asyncio.run(go())
 
@@ -352,15 +355,11 @@ def main(argv: list[str] | None = None) -> int:
     work = [(e, j) for e in interleave_levels(examples) for j in jobs if (e.problem, j.strategy, j.budget) not in finished]
     print(f"{len(examples)} problems x {len(jobs)} strategy/budget pairs -> {run_dir}"
           + (f" ({len(done)} done before, {len(work)} to go)" if done else ""))
+    solver = partial(solve_one, fmt=fmt, seed=args.seed, overrides=overrides, token_cap_per_generation=args.token_cap)
     if args.workers > 0:
-        records = run_on_ray(
-            args.workers, policy_cfg, prm_cfg, fmt, work, args.seed, overrides, args.token_cap, records_path,
-            args.concurrency,
-        )
+        records = run_on_ray(args.workers, policy_cfg, prm_cfg, solver, work, records_path, args.concurrency)
     else:
-        records = run_local(
-            policy_cfg, prm_cfg, fmt, work, args.seed, overrides, args.token_cap, records_path, args.concurrency
-        )
+        records = run_local(policy_cfg, prm_cfg, solver, work, records_path, args.concurrency)
     records = done + records
     summary = summarize(records) | {"dataset": args.dataset, "strategies": strategies, "budgets": budgets, "seed": args.seed}
     summary["winners"] = winners(summary)

@@ -31,17 +31,21 @@ class ComputeLedger:
     def charge_generation(self, results: list[GenerationResult]) -> None:
         """Charge a generate call: each prompt's prefill once and every sampled token."""
         for r in results:
-            self.policy_prefill_tokens += self._uncached_prefill(r)
-            self.policy_generated_tokens += r.completion_tokens
+            self.charge_call(r.prompt, r.prompt_tokens, r.completion_tokens)
 
-    def _uncached_prefill(self, r: GenerationResult) -> int:
+    def charge_call(self, prompt: str, prompt_tokens: int, generated_tokens: int) -> None:
+        """One prompt of a generate call, from its token counts (a replayed call charges this too)."""
+        self.policy_prefill_tokens += self._uncached_prefill(prompt, prompt_tokens)
+        self.policy_generated_tokens += generated_tokens
+
+    def _uncached_prefill(self, prompt: str, prompt_tokens: int) -> int:
         """Prompt tokens past the longest prompt charged before (exact when a prompt's tokens
         start with its prefix's tokens, as with the zoo's character tokenizer)."""
         if not self.prefix_caching:
-            return r.prompt_tokens
-        cached = max((n for p, n in self._cached_prompts.items() if r.prompt.startswith(p)), default=0)
-        self._cached_prompts[r.prompt] = r.prompt_tokens
-        return max(0, r.prompt_tokens - cached)
+            return prompt_tokens
+        cached = max((n for p, n in self._cached_prompts.items() if prompt.startswith(p)), default=0)
+        self._cached_prompts[prompt] = prompt_tokens
+        return max(0, prompt_tokens - cached)
 
     def charge_scoring(self, results: list[ScoreResult]) -> None:
         self.prm_tokens += sum(r.tokens for r in results)

@@ -1,0 +1,108 @@
+"""Running a plan: probe, estimate difficulty, pick the bin's plan, extend the probe, answer.
+
+The same code runs online (``EngineSampler``), in calibration and in the benchmark
+(``ReplaySampler``), so the table's curves price exactly what the service does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from nexus_ray.planner.allocate import Allocation, Mix
+from nexus_ray.planner.difficulty import Estimator, Probe, run_probe
+from nexus_ray.planner.sampling import Sample, Sampler, fits
+from nexus_ray.planner.table import PlanOption, PlanTable
+from nexus_ray.search.aggregate import select
+from nexus_ray.search.ledger import Budget, ComputeLedger
+from nexus_ray.search.result import Candidate, SearchResult
+
+
+@dataclass
+class Outcome:
+    answer: str | None
+    solution: str
+    candidates: list[Sample]
+    early_exit: bool
+    truncated: bool
+
+
+def probe_answer(probe: Probe) -> int:
+    """Index of the probe's answer: PRM-weighted vote when scored, else majority (ties: greedy)."""
+    answers = [s.answer for s in probe.samples]
+    if probe.scored:
+        return select(answers, [s.prm or 0.0 for s in probe.samples], "weighted")
+    return select(answers, None, "majority")
+
+
+async def execute(
+    sampler: Sampler, probe: Probe, option: PlanOption, ledger: ComputeLedger,
+    budget: Budget | None = None, early_exit: bool = True,
+) -> Outcome:
+    """Extend the probe to ``option.n`` samples and vote; stop at the probe when the option says
+    so, when the probe is unanimous (``early_exit``), or when the budget has no room."""
+    unanimous_exit = early_exit and probe.unanimous and option.strategy != "stop"
+    if option.strategy == "stop" or unanimous_exit:
+        i = probe_answer(probe)
+        return Outcome(probe.samples[i].answer, probe.samples[i].text, list(probe.samples), unanimous_exit, False)
+    weighted = option.strategy == "weighted"
+    more = max(0, option.n - len(probe.samples))
+    affordable = fits(sampler, ledger, budget, more, weighted)
+    pool = list(probe.samples) + await sampler.sample(affordable, ledger)
+    if weighted:
+        pool = await sampler.score(pool, ledger)
+        i = select([s.answer for s in pool], [s.prm or 0.0 for s in pool], "weighted")
+    else:
+        i = select([s.answer for s in pool], None, "majority")
+    return Outcome(pool[i].answer, pool[i].text, pool, False, affordable < more)
+
+
+@dataclass
+class Planned:
+    """What the planner did for one prompt, for the response and the records."""
+
+    difficulty: float
+    bin: int
+    option: PlanOption
+    outcome: Outcome
+    ledger: ComputeLedger
+
+    def to_search_result(self) -> SearchResult:
+        candidates = [Candidate(s.text, s.answer, s.prm) for s in self.outcome.candidates]
+        return SearchResult("planner", self.outcome.answer, self.outcome.solution, self.ledger, candidates,
+                            self.outcome.truncated)
+
+    def to_dict(self) -> dict:
+        return {
+            "difficulty": round(self.difficulty, 4),
+            "bin": self.bin,
+            "plan": self.option.label,
+            "early_exit": self.outcome.early_exit,
+            "truncated": self.outcome.truncated,
+        }
+
+
+def draw(problem: str) -> float:
+    """A uniform number in [0, 1) fixed by the problem text: mixed plans pick the same way on
+    every run, online and in replay."""
+    return int.from_bytes(hashlib.sha256(problem.encode()).digest()[:8], "big") / 2**64
+
+
+async def solve(
+    sampler: Sampler, problem: str, table: PlanTable, allocation: Allocation, ledger: ComputeLedger,
+    budget: Budget | None = None, estimator: Estimator | None = None, oracle_pass_at_1: float | None = None,
+) -> Planned:
+    """Probe, bin, and run the allocation's plan for the bin (``estimator`` overrides the
+    table's, for benchmarks that swap in the oracle)."""
+    estimator = estimator or table.estimator
+    probe = await run_probe(sampler, estimator.probe, ledger)
+    difficulty = estimator.difficulty(problem, probe, oracle_pass_at_1)
+    b = table.bin_of(difficulty)
+    option = table.option(b, allocation.mixes[b].pick(draw(problem)))
+    outcome = await execute(sampler, probe, option, ledger, budget, table.early_exit)
+    return Planned(difficulty, b, option, outcome, ledger)
+
+
+def allocation_from_mixes(mixes: list[list[float]]) -> Allocation:
+    """An allocation as the Planner actor sends it: per bin [low, high, p_high]."""
+    return Allocation([Mix(int(lo), int(hi), float(p)) for lo, hi, p in mixes], 0.0, 0.0)

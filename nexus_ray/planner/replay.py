@@ -1,0 +1,135 @@
+"""Recorded pools, and running plans on them: what calibration and the benchmark measure with.
+
+A pool record (one JSON line) is a ``Pool`` plus the gold answer, the level and the models'
+parameter counts, which the ledger needs to price PRM tokens in policy-token equivalents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from nexus_ray.planner.allocate import Allocation
+from nexus_ray.planner.difficulty import Estimator, Probe, run_probe
+from nexus_ray.planner.execute import Planned, execute, solve
+from nexus_ray.planner.sampling import Pool, ReplaySampler, record_pool
+from nexus_ray.planner.table import PlanOption, PlanTable
+from nexus_ray.search.aggregate import select
+from nexus_ray.search.ledger import ComputeLedger
+from nexus_ray.search.registry import SearchContext
+from nexus_ray.tasks import datasets
+from nexus_ray.tasks.format import TaskFormat
+from nexus_ray.tasks.grading import is_equivalent
+
+
+@dataclass(frozen=True)
+class Recorded:
+    pool: Pool
+    gold: str
+    level: int | str | None
+    policy_parameters: int
+    prm_parameters: int
+    answer_kind: str
+
+    def correct(self, answer: str | None) -> bool:
+        return is_equivalent(answer, self.gold, self.answer_kind)
+
+    @property
+    def pass_at_1(self) -> float:
+        return self.pool.pass_at_1(self.correct)
+
+    def ledger(self) -> ComputeLedger:
+        return ComputeLedger(self.policy_parameters, self.prm_parameters)
+
+
+async def record_one(policy, prm, example: datasets.Example, *, fmt: TaskFormat, samples: int, seed: int) -> dict:
+    """A work item for the eval harness's runners: one problem's pool, as a JSON-able record."""
+    ctx = SearchContext(policy, prm, fmt.prompt(example.problem), fmt, None, seed)
+    pool = await record_pool(ctx, example.problem, samples)
+    return {**pool.to_dict(), "gold": example.answer, "level": example.level, "answer_kind": fmt.answer_kind,
+            "policy_parameters": policy.num_parameters, "prm_parameters": prm.num_parameters}
+
+
+def load_pools(path: Path) -> list[Recorded]:
+    out = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        d = json.loads(line)
+        out.append(Recorded(Pool.from_dict(d), d["gold"], d["level"], d["policy_parameters"],
+                            d["prm_parameters"], d["answer_kind"]))
+    return out
+
+
+@dataclass(frozen=True)
+class Result:
+    correct: bool
+    compute: float  # policy-token equivalents
+    planned: Planned | None = None
+
+
+async def _probe(rec: Recorded, estimator: Estimator) -> tuple[Probe, ComputeLedger, ReplaySampler]:
+    sampler = ReplaySampler(rec.pool)
+    ledger = rec.ledger()
+    return await run_probe(sampler, estimator.probe, ledger), ledger, sampler
+
+
+async def _difficulty(rec: Recorded, estimator: Estimator) -> float:
+    probe, _, _ = await _probe(rec, estimator)
+    return estimator.difficulty(rec.pool.problem, probe, rec.pass_at_1)
+
+
+async def _option(rec: Recorded, estimator: Estimator, option: PlanOption, early_exit: bool) -> Result:
+    probe, ledger, sampler = await _probe(rec, estimator)
+    outcome = await execute(sampler, probe, option, ledger, None, early_exit)
+    return Result(rec.correct(outcome.answer), ledger.policy_token_equivalents)
+
+
+async def _planned(rec: Recorded, table: PlanTable, allocation: Allocation, estimator: Estimator | None) -> Result:
+    ledger = rec.ledger()
+    planned = await solve(ReplaySampler(rec.pool), rec.pool.problem, table, allocation, ledger, None,
+                          estimator, rec.pass_at_1)
+    return Result(rec.correct(planned.outcome.answer), ledger.policy_token_equivalents, planned)
+
+
+async def _uniform(rec: Recorded, selection: str, n: int) -> Result:
+    """Uniform best-of-n without a planner: n temperature-1 samples, majority or PRM-weighted."""
+    sampler, ledger = ReplaySampler(rec.pool), rec.ledger()
+    pool = await sampler.sample(n, ledger)
+    scores = None
+    if selection == "weighted":
+        pool = await sampler.score(pool, ledger)
+        scores = [s.prm or 0.0 for s in pool]
+    i = select([s.answer for s in pool], scores, selection)  # type: ignore[arg-type]
+    return Result(rec.correct(pool[i].answer), ledger.policy_token_equivalents)
+
+
+def probes(recs: list[Recorded], estimator: Estimator) -> list[Probe]:
+    async def one(r: Recorded) -> Probe:
+        return (await _probe(r, estimator))[0]
+
+    return asyncio.run(_gather(one(r) for r in recs))
+
+
+def difficulties(recs: list[Recorded], estimator: Estimator) -> list[float]:
+    return asyncio.run(_gather(_difficulty(r, estimator) for r in recs))
+
+
+def option_results(recs: list[Recorded], estimator: Estimator, option: PlanOption, early_exit: bool) -> list[Result]:
+    return asyncio.run(_gather(_option(r, estimator, option, early_exit) for r in recs))
+
+
+def planned_results(
+    recs: list[Recorded], table: PlanTable, allocation: Allocation, estimator: Estimator | None = None,
+) -> list[Result]:
+    return asyncio.run(_gather(_planned(r, table, allocation, estimator) for r in recs))
+
+
+def uniform_results(recs: list[Recorded], selection: str, n: int) -> list[Result]:
+    return asyncio.run(_gather(_uniform(r, selection, n) for r in recs))
+
+
+async def _gather(coros) -> list:
+    return list(await asyncio.gather(*coros))

@@ -1,0 +1,188 @@
+"""Where the planner's samples come from: the engines (online) or a recorded pool (replay).
+
+The planner is written once against ``Sampler``. Online, ``EngineSampler`` draws from the
+policy and PRM engines. Calibration and the benchmark record a pool per problem (the greedy
+decode plus M temperature-1 samples, all PRM-scored, with their token counts) and replay it
+through ``ReplaySampler``, which hands out the recorded samples in order and charges the
+ledger for exactly the calls an online run would make (each ``sample`` call one prefill plus
+its tokens, each scored sample its PRM tokens). So every plan the table compares is costed
+as it would be online, and one pool prices every plan (Snell et al. subsample their 2048
+samples per question the same way).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Callable, Protocol
+
+from nexus_ray.engines.base import Completion, GenerationParams, ScoreRequest, ScoreResult
+from nexus_ray.search.aggregate import aggregate_steps
+from nexus_ray.search.ledger import Budget, ComputeLedger, worst_case_round
+from nexus_ray.search.registry import SearchContext
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One complete solution: its answer, what it cost, and the signals the planner reads."""
+
+    answer: str | None
+    tokens: int  # completion tokens
+    surprisal: float  # mean -log p per generated token (nats)
+    text: str = ""
+    prm: float | None = None  # last-step PRM score, once scored
+    prm_tokens: int = 0
+    ref: int = -1  # replay only: 0 the pool's greedy decode, i its i-th sample
+
+
+class Sampler(Protocol):
+    prompt: str
+    prompt_tokens: int
+    max_tokens: int
+
+    async def greedy(self, ledger: ComputeLedger) -> Sample:
+        """The temperature-0 decode (one generate call)."""
+        ...
+
+    async def sample(self, n: int, ledger: ComputeLedger) -> list[Sample]:
+        """``n`` temperature-1 samples in one generate call."""
+        ...
+
+    async def score(self, samples: list[Sample], ledger: ComputeLedger) -> list[Sample]:
+        """The samples with PRM scores (already scored ones are not charged again)."""
+        ...
+
+
+def fits(sampler: Sampler, ledger: ComputeLedger, budget: Budget | None, n: int, scored: bool) -> int:
+    """How many of ``n`` more samples fit the budget in the worst case."""
+    while n > 0 and budget is not None and not budget.fits(
+        ledger, worst_case_round(ledger, [sampler.prompt_tokens], n, sampler.max_tokens, scored)
+    ):
+        n -= 1
+    return n
+
+
+def _surprisal(c: Completion) -> float:
+    if not c.logprobs:
+        return 0.0
+    return -sum(c.logprobs) / len(c.logprobs)
+
+
+class EngineSampler:
+    """Draws from the engines of a ``SearchContext`` (the online path)."""
+
+    def __init__(self, ctx: SearchContext, max_tokens: int = 256) -> None:
+        self.ctx = ctx
+        self.prompt = ctx.prompt
+        self.prompt_tokens = ctx.policy.count_tokens(ctx.prompt)
+        self.max_tokens = max_tokens
+        self._calls = 0
+
+    async def _generate(self, n: int, temperature: float, ledger: ComputeLedger) -> list[Sample]:
+        # Each call gets its own seed, so a later call does not redraw the probe's samples.
+        seed = None if self.ctx.seed is None else self.ctx.seed + 7919 * self._calls
+        self._calls += 1
+        params = GenerationParams(n=n, temperature=temperature, max_tokens=self.max_tokens, seed=seed, logprobs=True)
+        [result] = await self.ctx.policy.generate([self.prompt], params)
+        ledger.charge_generation([result])
+        ledger.generations += n
+        return [Sample(self.ctx.fmt.answer(c.text), c.num_tokens, _surprisal(c), c.text) for c in result.completions]
+
+    async def greedy(self, ledger: ComputeLedger) -> Sample:
+        [s] = await self._generate(1, 0.0, ledger)
+        return s
+
+    async def sample(self, n: int, ledger: ComputeLedger) -> list[Sample]:
+        return await self._generate(n, 1.0, ledger) if n > 0 else []
+
+    async def score(self, samples: list[Sample], ledger: ComputeLedger) -> list[Sample]:
+        todo = [i for i, s in enumerate(samples) if s.prm is None]
+        if not todo:
+            return samples
+        prm = self.ctx.require_prm("the planner's PRM-scored plans")
+        fmt = self.ctx.fmt
+        results = await prm.score([ScoreRequest(self.prompt, fmt.steps(samples[i].text)) for i in todo])
+        ledger.charge_scoring(results)
+        out = list(samples)
+        for i, r in zip(todo, results):
+            out[i] = replace(samples[i], prm=aggregate_steps(r.scores, "last"), prm_tokens=r.tokens)
+        return out
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A problem's recorded samples: the greedy decode and M temperature-1 samples, all scored."""
+
+    problem: str
+    prompt: str
+    prompt_tokens: int
+    greedy: Sample
+    samples: tuple[Sample, ...]
+
+    def to_dict(self) -> dict:
+        strip = lambda s: {k: v for k, v in asdict(s).items() if k not in ("text", "ref")}  # noqa: E731
+        return {"problem": self.problem, "prompt": self.prompt, "prompt_tokens": self.prompt_tokens,
+                "greedy": strip(self.greedy), "samples": [strip(s) for s in self.samples]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Pool":
+        return cls(d["problem"], d["prompt"], d["prompt_tokens"], Sample(**d["greedy"]),
+                   tuple(Sample(**s) for s in d["samples"]))
+
+    def pass_at_1(self, correct: Callable[[str | None], bool]) -> float:
+        """Fraction of the temperature-1 samples that are right: the oracle's difficulty signal."""
+        return sum(correct(s.answer) for s in self.samples) / max(1, len(self.samples))
+
+
+async def record_pool(ctx: SearchContext, problem: str, m: int, max_tokens: int = 256) -> Pool:
+    """Draw and score what replay needs: the greedy decode and ``m`` samples."""
+    sampler = EngineSampler(ctx, max_tokens)
+    ledger = ctx.new_ledger()
+    greedy = await sampler.greedy(ledger)
+    samples = await sampler.sample(m, ledger)
+    scored = await sampler.score([greedy, *samples], ledger)
+    return Pool(problem, ctx.prompt, sampler.prompt_tokens, scored[0], tuple(scored[1:]))
+
+
+class ReplaySampler:
+    """Hands out a pool's samples in order, charging the ledger as the online calls would.
+
+    Samples go out unscored (``prm`` None) whatever the pool recorded, so a plan pays for the
+    PRM exactly when it asks ``score`` for it."""
+
+    def __init__(self, pool: Pool, max_tokens: int = 256) -> None:
+        self.pool = pool
+        self.prompt = pool.prompt
+        self.prompt_tokens = pool.prompt_tokens
+        self.max_tokens = max_tokens
+        self._next = 0
+
+    def _recorded(self, s: Sample) -> Sample:
+        return self.pool.greedy if s.ref == 0 else self.pool.samples[s.ref - 1]
+
+    async def greedy(self, ledger: ComputeLedger) -> Sample:
+        ledger.charge_call(self.prompt, self.prompt_tokens, self.pool.greedy.tokens)
+        ledger.generations += 1
+        return replace(self.pool.greedy, prm=None, prm_tokens=0, ref=0)
+
+    async def sample(self, n: int, ledger: ComputeLedger) -> list[Sample]:
+        if n <= 0:
+            return []
+        if self._next + n > len(self.pool.samples):
+            raise ValueError(
+                f"the recorded pool holds {len(self.pool.samples)} samples; a plan asked for {self._next + n}"
+            )
+        start, self._next = self._next, self._next + n
+        drawn = self.pool.samples[start : self._next]
+        ledger.charge_call(self.prompt, self.prompt_tokens, sum(s.tokens for s in drawn))
+        ledger.generations += n
+        return [replace(s, prm=None, prm_tokens=0, ref=start + 1 + i) for i, s in enumerate(drawn)]
+
+    async def score(self, samples: list[Sample], ledger: ComputeLedger) -> list[Sample]:
+        out = []
+        for s in samples:
+            if s.prm is None:
+                rec = self._recorded(s)
+                ledger.charge_scoring([ScoreResult((rec.prm or 0.0,), rec.prm_tokens)])
+                s = replace(s, prm=rec.prm, prm_tokens=rec.prm_tokens)
+            out.append(s)
+        return out

@@ -1,0 +1,247 @@
+"""The planner's parts: allocation against brute force, cross-validation hygiene, budgets,
+replay priced like the online path, and the table artifact."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import random
+
+import pytest
+
+from nexus_ray.planner.allocate import Point, allocate, split_batch, upper_hull
+from nexus_ray.planner.calibrate import cross_validated, fold, menu, quantile_edges
+from nexus_ray.planner.difficulty import Estimator, LogisticModel, ProbeSpec, run_probe, spearman
+from nexus_ray.planner.execute import execute, solve
+from nexus_ray.planner.replay import Result
+from nexus_ray.planner.sampling import EngineSampler, ReplaySampler, record_pool
+from nexus_ray.planner.table import (
+    BinEntry, BudgetChoice, ModelStamp, OptionStats, PlanOption, PlanTable, TableError, model_fingerprint,
+)
+from nexus_ray.search.ledger import Budget, ComputeLedger
+from nexus_ray.search.registry import SearchContext
+from nexus_ray.tasks.format import ARITH
+from tests.sim import SimPolicy, SimPRM
+
+
+def random_curves(rng: random.Random, bins: int, points: int) -> list[list[Point]]:
+    curves = []
+    for _ in range(bins):
+        costs = sorted(rng.uniform(1, 100) for _ in range(points))
+        curves.append([Point(c, rng.uniform(0, 1), i) for i, c in enumerate(costs)])
+    return curves
+
+
+def brute_force(curves: list[list[Point]], weights: list[float], budget: float) -> float:
+    """Best weighted accuracy over every one-plan-per-bin choice within the budget."""
+    best = -1.0
+    for combo in itertools.product(*curves):
+        if sum(w * p.compute for w, p in zip(weights, combo)) <= budget + 1e-9:
+            best = max(best, sum(w * p.accuracy for w, p in zip(weights, combo)))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_allocation_matches_brute_force(seed):
+    rng = random.Random(seed)
+    curves = random_curves(rng, bins=rng.randint(1, 4), points=rng.randint(1, 5))
+    raw = [rng.random() + 0.1 for _ in curves]
+    weights = [w / sum(raw) for w in raw]
+    cheapest = sum(w * min(p.compute for p in c) for w, c in zip(weights, curves))
+    budget = cheapest + rng.uniform(0, 80)
+    alloc = allocate(curves, weights, budget)
+    # The (fractional) allocation is feasible and at least as good as any integral choice...
+    assert alloc.mean_compute <= budget + 1e-9
+    assert alloc.expected_accuracy >= brute_force(curves, weights, budget) - 1e-9
+    # ...its reported numbers are what its mixes give...
+    by_index = [{p.index: p for p in c} for c in curves]
+    acc = sum(w * ((1 - m.p_high) * by[m.low].accuracy + m.p_high * by[m.high].accuracy)
+              for w, m, by in zip(weights, alloc.mixes, by_index))
+    cost = sum(w * ((1 - m.p_high) * by[m.low].compute + m.p_high * by[m.high].compute)
+               for w, m, by in zip(weights, alloc.mixes, by_index))
+    assert acc == pytest.approx(alloc.expected_accuracy) and cost == pytest.approx(alloc.mean_compute)
+    # ...and at the budget its integral part spends, it is exactly the brute-force optimum.
+    integral = sum(w * by[m.low].compute for w, m, by in zip(weights, alloc.mixes, by_index))
+    exact = allocate(curves, weights, integral)
+    assert all(m.p_high in (0.0, 1.0) or m.low == m.high for m in exact.mixes)
+    assert exact.expected_accuracy == pytest.approx(brute_force(curves, weights, integral), abs=1e-9)
+
+
+def test_allocation_spends_nothing_where_compute_does_not_help():
+    flat = [Point(10, 0.9, 0), Point(100, 0.9, 1), Point(400, 0.85, 2)]
+    steep = [Point(10, 0.2, 0), Point(100, 0.6, 1), Point(400, 0.7, 2)]
+    alloc = allocate([flat, steep], [0.5, 0.5], mean_budget=10 + 45)  # room for the steep bin's step only
+    assert [alloc.mixes[0].pick(u) for u in (0.0, 0.99)] == [0, 0]
+    assert [alloc.mixes[1].pick(u) for u in (0.0, 0.99)] == [1, 1]
+    assert alloc.mean_compute == pytest.approx(55) and alloc.expected_accuracy == pytest.approx(0.75)
+    assert upper_hull(flat) == [flat[0]]
+
+
+def test_split_batch_stays_within_the_total_and_prefers_marginal_gain():
+    easy = [Point(10, 0.95, 0), Point(50, 0.96, 1)]
+    hard = [Point(10, 0.3, 0), Point(50, 0.6, 1), Point(200, 0.7, 2)]
+    plans, spent = split_batch([easy, hard, hard], total_budget=120)
+    assert spent <= 120
+    assert plans == [0, 1, 1]  # the hard prompts get the compute, the easy one does not
+    rng = random.Random(0)
+    for _ in range(50):
+        curves = random_curves(rng, bins=4, points=3)
+        total = sum(c[0].compute for c in curves) + rng.uniform(0, 150)
+        plans, spent = split_batch(curves, total)
+        assert spent <= total + 1e-9
+        assert spent == pytest.approx(sum({p.index: p for p in c}[i].compute for c, i in zip(curves, plans)))
+
+
+def test_cross_validation_never_scores_the_plan_on_the_problems_that_picked_it():
+    problems = [f"{i}+{i}" for i in range(40)]
+    folds = [fold(p) for p in problems]
+    assert 0 < sum(folds) < len(folds)
+    # Plan 0 is right exactly on fold 0, plan 1 exactly on fold 1: in-sample either looks like
+    # 50%, but chosen on one half it is always scored on the half where it is wrong.
+    results = {
+        0: [Result(f == 0, 1.0) for f in folds],
+        1: [Result(f == 1, 1.0) for f in folds],
+    }
+    assert cross_validated([0, 1], results, list(range(40)), folds) == 0.0
+    # A plan right everywhere beats plans right on half of one fold, on both halves.
+    results = {
+        0: [Result(f == 0 and i % 2 == 0, 1.0) for i, f in enumerate(folds)],
+        1: [Result(f == 1 and i % 2 == 0, 1.0) for i, f in enumerate(folds)],
+        2: [Result(True, 5.0) for _ in folds],
+    }
+    assert cross_validated([0, 1, 2], results, list(range(40)), folds) == 1.0
+
+
+def test_quantile_edges_leave_no_bin_empty():
+    rng = random.Random(1)
+    values = [rng.choice([0.0, 0.0, 0.0, 0.1, 0.5, 0.9]) for _ in range(100)]
+    edges = quantile_edges(values, 5)
+    import bisect
+
+    counts = [sum(bisect.bisect_left(edges, v) == b for v in values) for b in range(len(edges) + 1)]
+    assert all(counts) and edges == sorted(set(edges))
+
+
+def test_menu_rejects_plans_the_pools_cannot_price():
+    with pytest.raises(ValueError, match="more samples than the pools hold"):
+        menu([4, 32], pool_samples=15)
+
+
+def test_logistic_model_learns_a_monotone_signal_and_spearman_ranks():
+    rng = random.Random(0)
+    x = [[rng.uniform(-2, 2), rng.uniform(-1, 1)] for _ in range(300)]
+    import numpy as np
+
+    y = np.array([1 / (1 + np.exp(-3 * a)) for a, _ in x])
+    model = LogisticModel.fit(np.array(x), y)
+    pred = model.predict(np.array(x))
+    assert spearman(list(pred), list(y)) > 0.98
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+
+
+def sim_ctx(seed: int = 0, budget: Budget | None = None) -> SearchContext:
+    return SearchContext(SimPolicy(step_error=0.15), SimPRM(), ARITH.prompt("3+4*5-6"), ARITH, budget, seed)
+
+
+def make_table(policy: str = "arith-policy", prm: str = "arith-prm") -> PlanTable:
+    """A two-bin table: easy prompts stop at the probe, hard ones go to weighted@8."""
+    stop, w8 = PlanOption(strategy="stop"), PlanOption(strategy="weighted", n=8)
+
+    def entry(option: PlanOption) -> BinEntry:
+        return BinEntry(problems=10, weight=0.5, options=[OptionStats(option=option, compute=100.0, accuracy=0.5)],
+                        choices=[BudgetChoice(budget=1, option=stop, compute=50, accuracy=0.5, cv_accuracy=0.5),
+                                 BudgetChoice(budget=8, option=option, compute=500, accuracy=0.8, cv_accuracy=0.8)])
+
+    return PlanTable(
+        created="now", dataset="synthetic", problems=20, seed=0,
+        policy=ModelStamp(name=policy, fingerprint=model_fingerprint(policy)),
+        prm=ModelStamp(name=prm, fingerprint=model_fingerprint(prm)),
+        estimator=Estimator.named("probe"), early_exit=False, edges=[0.3], bins=[entry(stop), entry(w8)],
+    )
+
+
+def test_replay_charges_exactly_what_the_online_path_charges():
+    """Same samples, same calls: a pool recorded from the engines and replayed through a plan
+    costs what running that plan on the engines costs."""
+    ctx = sim_ctx()
+    pool = asyncio.run(record_pool(ctx, "3+4*5-6", m=7))
+    option = PlanOption(strategy="weighted", n=8)
+    spec = ProbeSpec(samples=4, prm=True)
+
+    async def run(sampler) -> ComputeLedger:
+        ledger = ctx.new_ledger()
+        probe = await run_probe(sampler, spec, ledger)
+        await execute(sampler, probe, option, ledger, None, early_exit=False)
+        return ledger
+
+    online = asyncio.run(run(EngineSampler(sim_ctx())))
+    replayed = asyncio.run(run(ReplaySampler(pool)))
+    # The engine's second call draws other samples than the pool's tail, so token counts may
+    # differ by the samples' lengths; prefills, generations and calls must agree exactly.
+    assert replayed.policy_prefill_tokens == online.policy_prefill_tokens
+    assert replayed.generations == online.generations == 8
+    greedy_only = ProbeSpec(samples=1, prm=False)
+
+    async def stop(sampler) -> ComputeLedger:
+        ledger = ctx.new_ledger()
+        probe = await run_probe(sampler, greedy_only, ledger)
+        await execute(sampler, probe, PlanOption(strategy="stop"), ledger)
+        return ledger
+
+    assert asyncio.run(stop(EngineSampler(sim_ctx()))).to_dict() == asyncio.run(stop(ReplaySampler(pool))).to_dict()
+
+
+@pytest.mark.parametrize("ceiling", [150.0, 400.0, 900.0, 3000.0])
+def test_the_planner_respects_a_budget(ceiling):
+    table = make_table()
+    alloc = table.allocate(10_000)  # the table would give the hard bin weighted@8
+    for seed in range(5):
+        ctx = sim_ctx(seed, Budget(ceiling))
+        ledger = ctx.new_ledger()
+        planned = asyncio.run(solve(EngineSampler(ctx), "3+4*5-6", table, alloc, ledger, ctx.budget))
+        # The probe always runs (it is the cheapest answer there is); what follows fits.
+        probe_ledger = ctx.new_ledger()
+        asyncio.run(run_probe(EngineSampler(sim_ctx(seed)), table.estimator.probe, probe_ledger))
+        assert ledger.policy_token_equivalents <= max(ceiling, probe_ledger.policy_token_equivalents) + 1e-9
+        assert planned.outcome.answer is not None
+
+
+def test_table_round_trips_and_refuses_stale_or_missing(tmp_path):
+    table = make_table()
+    path = tmp_path / "table.json"
+    table.save(path)
+    assert PlanTable.load(path) == table
+    table.check_models("arith-policy", "arith-prm")
+    with pytest.raises(TableError, match="calibrated with policy"):
+        make_table(policy="arith-prm").check_models("arith-policy", "arith-prm")
+    with pytest.raises(TableError, match="not found"):
+        PlanTable.load(tmp_path / "missing.json")
+    raw = json.loads(path.read_text())
+    raw["schema_version"] = 0
+    path.write_text(json.dumps(raw))
+    with pytest.raises(TableError, match="schema version"):
+        PlanTable.load(path)
+    path.write_text("{")
+    with pytest.raises(TableError, match="not JSON"):
+        PlanTable.load(path)
+
+
+def test_calibrate_end_to_end_on_the_zoo(tmp_path):
+    """Real zoo models: pools, tables for two estimators, plots; then the refusals."""
+    from nexus_ray.jobs import calibrate as job
+
+    args = ["--dataset", "arith-calib", "--per-level", "2", "--samples", "3", "--sizes", "2,4", "--bins", "2",
+            "--estimator", "surprisal,learned", "--concurrency", "8", "--out", str(tmp_path)]
+    assert job.main(args) == 0
+    for name in ("surprisal", "learned"):
+        table = PlanTable.load(tmp_path / f"table-{name}.json")
+        table.check_models("arith-policy", "arith-prm")
+        assert table.problems == 10 and sum(b.problems for b in table.bins) == 10
+        assert [c.budget for c in table.bins[0].choices] == [1, 2, 4]
+        assert (tmp_path / f"curves-{name}.png").stat().st_size > 0
+    assert PlanTable.load(tmp_path / "table-learned.json").estimator.model is not None
+    assert job.main(args) == 2  # pools are there: refuses to overwrite without --resume
+    assert job.main([*args, "--resume"]) == 0  # nothing left to record; tables rebuilt
+    assert job.main([*args, "--resume", "--estimator", "telepathy"]) == 2
+    assert job.main([*args, "--resume", "--sizes", "4,64"]) == 2
