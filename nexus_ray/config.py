@@ -86,6 +86,12 @@ class PlannerConfig(_Strict):
     burst_seconds: float = Field(10.0, gt=0, description="bucket size, in seconds of the rate")
     tokens_per_generation: float = Field(64.0, gt=0, description="admission's estimate per generation")
     max_queue_seconds: float = Field(0.0, ge=0, description="wait this long for the bucket before 429")
+    table: str | None = Field(
+        None,
+        description="plan table for requests without strategy and budget: a built-in name (arith-zoo) "
+        "or the JSON path nexus-ray calibrate wrote; none: default_strategy at default_budget",
+    )
+    mean_budget: float = Field(300.0, gt=0, description="table plans: mean compute per request (policy-token equivalents)")
 
     @model_validator(mode="after")
     def _defaults_within_limits(self) -> "PlannerConfig":
@@ -112,6 +118,15 @@ class ServiceConfig(ModelsConfig):
     max_body_bytes: int = Field(65536, ge=256)
     request_timeout_s: float = Field(60.0, gt=0, description="a solve past this gets a 504")
     num_cpus: float = Field(0.25, ge=0, description="CPUs of the ingress replica")
+
+    @model_validator(mode="after")
+    def _table_fits_models(self) -> "ServiceConfig":
+        """A missing, unreadable or stale plan table fails here, at start-up, not at a request."""
+        if self.planner.table is not None:
+            from nexus_ray.planner.table import load_table
+
+            load_table(self.planner.table).check_models(self.policy.model, self.prm.model)
+        return self
 
 
 def local_models(

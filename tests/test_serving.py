@@ -26,6 +26,7 @@ from nexus_ray.search import registry
 from nexus_ray.search.registry import SearchContext
 from nexus_ray.serving import planner as planner_mod
 from nexus_ray.serving.app import build_app
+from nexus_ray.planner.table import load_table
 from nexus_ray.serving.local import request, wait_healthy
 from nexus_ray.tasks import arith
 from nexus_ray.tasks.format import ARITH
@@ -101,9 +102,17 @@ def test_solve_matches_in_process_search(service):
 
 
 def test_planner_default_plan_and_greedy(service):
+    """No strategy and no budget: the calibrated table plans it and the response says how."""
     status, out = post(service + "/v1/solve", {"problem": "Q: 12 + 7*3"})
-    assert status == 200 and out["plan"]["source"] == "table"
-    assert out["strategy"] == "weighted" and out["budget"] == 8
+    assert status == 200 and out["plan"]["source"] == "table", out
+    assert out["strategy"] == "planner" and out["answer"] == str(arith.evaluate("12+7*3"))
+    table = load_table("arith-zoo")
+    assert 0 <= out["difficulty"] < len(table.bins) == len(table.edges) + 1
+    chosen = out["plan"]["params"]
+    assert chosen["bin"] == out["difficulty"] and chosen["plan"].split("@")[0] in ("stop", "majority", "weighted")
+    assert out["ledger"]["generations"] >= table.estimator.probe.samples
+    status, out = post(service + "/v1/solve", {"problem": "Q: 12 + 7*3", "budget": 2})
+    assert status == 200 and out["plan"]["source"] == "request" and out["strategy"] == "weighted"
     status, out = post(service + "/v1/solve", {"problem": "12+7*3", "strategy": "greedy"})
     assert status == 200 and out["answer"] == str(arith.evaluate("12+7*3"))
     assert out["ledger"]["generations"] == 1
@@ -274,7 +283,7 @@ def test_planner_admission_without_ray():
     assert p.plan("1+2", 4, "weighted", "key-b").reserved == 64.0  # keys have their own buckets
     p.settle("key-a", 64.0, 10.0)  # it spent less than reserved: the rest comes back
     assert p.plan("1+2", 4, "weighted", "key-a").budget == 4
-    assert p.plan("1+2", None, None, "key-c").source == "table"
+    assert p.plan("1+2", None, None, "key-c").source == "defaults"
     with pytest.raises(planner_mod.PlanError, match="ceiling"):
         p.plan("1+2", 65, None)
     with pytest.raises(planner_mod.PlanError, match="unknown strategy"):
@@ -283,6 +292,29 @@ def test_planner_admission_without_ray():
     queued = planner_mod.Planner({"tokens_per_second": 10, "burst_seconds": 1, "max_queue_seconds": 30})
     assert queued.plan("1+2", 1, "greedy").wait_s == 0  # bigger than the bucket: runs, in debt
     assert 5 < queued.plan("1+2", 1, "greedy").wait_s < 30  # queued, not refused, until it is repaid
+
+
+def test_planner_serves_the_table_allocation_without_ray():
+    p = planner_mod.Planner({"table": "arith-zoo", "mean_budget": 200.0})
+    plan = p.plan("1+2", None, None)
+    table = load_table("arith-zoo")
+    assert (plan.strategy, plan.source) == ("planner", "table") and len(plan.params["mixes"]) == len(table.bins)
+    spend = sum(b.weight * ((1 - p_) * b.choices[lo].compute + p_ * b.choices[hi].compute)
+                for b, (lo, hi, p_) in zip(table.bins, plan.params["mixes"]))
+    assert spend <= 200.0 + 1e-6 or all(lo == 0 and p_ == 0 for lo, _, p_ in plan.params["mixes"])
+    assert p.plan("1+2", 4, None).strategy == "weighted"  # a budget alone: the default strategy
+
+
+def test_a_missing_or_stale_table_fails_at_startup():
+    config, _ = load_service_config("deployments/local-cpu.yaml")
+    args = config.model_dump()
+    args["planner"] |= {"table": "no-such-table.json"}
+    with pytest.raises(ValueError, match="not found"):
+        build_app(args)
+    args["planner"] |= {"table": "arith-zoo"}
+    args["policy"] |= {"model": "arith-prm"}  # another model than the table was calibrated with
+    with pytest.raises(ValueError, match="calibrated with policy"):
+        build_app(args)
 
 
 def test_prometheus_metrics_are_exported(service):

@@ -18,6 +18,7 @@ import logging
 import os
 import time
 import uuid
+from dataclasses import replace
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -28,6 +29,10 @@ from ray import serve
 from ray.util import metrics
 
 from nexus_ray.config import ServiceConfig
+from nexus_ray.planner.execute import allocation_from_mixes
+from nexus_ray.planner.execute import solve as solve_planned
+from nexus_ray.planner.sampling import EngineSampler
+from nexus_ray.planner.table import load_table
 from nexus_ray.search import registry
 from nexus_ray.search.registry import SearchContext
 from nexus_ray.serving.planner import AdmissionDenied, PlanError, get_planner
@@ -226,6 +231,7 @@ class Ingress:
         _Guard.api_keys = _api_keys(self.config.api_keys_env)
         self.policy_handle, self.prm_handle = policy_handle, prm_handle
         self.planner = get_planner(self.config.planner, self.config.planner_name)
+        self.table = load_table(self.config.planner.table) if self.config.planner.table else None
         self.engines = None
         self._connecting = asyncio.Lock()
         self.prefix_caching = self.config.policy.engine == "vllm" and self.config.policy.enable_prefix_caching
@@ -259,9 +265,19 @@ class Ingress:
             ctx = SearchContext(
                 policy, prm, ARITH.prompt(expression), ARITH, seed=options.seed, prefix_caching=self.prefix_caching
             )
-            result = await asyncio.wait_for(
-                registry.run(plan.strategy, ctx, plan.budget, plan.params), cfg.request_timeout_s
-            )
+            if plan.strategy == "planner":
+                ledger = ctx.new_ledger()
+                planned = await asyncio.wait_for(
+                    solve_planned(EngineSampler(ctx), expression, self.table, allocation_from_mixes(plan.params["mixes"]),
+                                  ledger),
+                    cfg.request_timeout_s,
+                )
+                result = planned.to_search_result()
+                plan = replace(plan, difficulty=planned.bin, params=planned.to_dict())
+            else:
+                result = await asyncio.wait_for(
+                    registry.run(plan.strategy, ctx, plan.budget, plan.params), cfg.request_timeout_s
+                )
             spent = result.ledger.policy_token_equivalents
         except asyncio.TimeoutError:
             spent = plan.reserved

@@ -72,8 +72,11 @@ def request(url: str, body: dict | None = None, headers: dict | None = None, tim
 
 
 def smoke(url: str, echo=print) -> bool:
-    """A few real requests a newcomer can read: two solves, a chat completion, a bad request."""
+    """A few real requests a newcomer can read: solves planned by the table and chosen by the
+    caller, a chat completion, a bad request."""
     calls = [
+        ("/v1/solve", {"problem": "12+7*3-5"}, 200),
+        ("/v1/solve", {"problem": "Q: 48*7-93+15*4-(6*7+8)"}, 200),
         ("/v1/solve", {"problem": "12+7*3-5", "strategy": "greedy"}, 200),
         ("/v1/solve", {"problem": "Q: 48*7-93+15*4", "strategy": "weighted", "budget": 8}, 200),
         ("/v1/chat/completions", {"model": "nexus-arith", "messages": [{"role": "user", "content": "57-8*6+19"}],
@@ -89,8 +92,13 @@ def smoke(url: str, echo=print) -> bool:
         if status == 200:
             nexus = out.get("nexus", out)
             ledger = nexus["ledger"]
-            echo(f"  -> 200 in {ms:.0f} ms: answer {nexus['answer']} via {nexus['strategy']} "
-                 f"(budget {nexus['budget']}, {ledger['policy_token_equivalents']:.0f} policy-token equivalents)")
+            how = f"{nexus['strategy']}, budget {nexus['budget']}"
+            if nexus["plan"]["source"] == "table":
+                chosen = nexus["plan"]["params"]
+                how = f"planner: difficulty bin {chosen['bin']}, plan {chosen['plan']}" + (
+                    ", early exit" if chosen["early_exit"] else "")
+            echo(f"  -> 200 in {ms:.0f} ms: answer {nexus['answer']} via {how} "
+                 f"({ledger['policy_token_equivalents']:.0f} policy-token equivalents)")
         else:
             echo(f"  -> {status}: {out.get('error', {}).get('message', out)}")
         ok = ok and status == expected

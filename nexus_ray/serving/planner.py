@@ -1,8 +1,11 @@
 """The Planner actor: one per cluster, it turns a request into a plan and admits it or not.
 
-A plan is (strategy, parameters, budget in generations). Until the calibrated table lands,
-plans come from the static defaults of ``PlannerConfig``; the calibrated planner will fill
-``difficulty`` and choose from its table behind the same ``plan`` / ``settle`` interface.
+A plan is (strategy, parameters, budget in generations). A request that names a strategy or
+a budget gets that (defaults from ``PlannerConfig`` fill the other). A request that names
+neither is planned from the calibrated table when one is configured: the actor holds the
+table's allocation for ``mean_budget`` (which plan each difficulty bin runs) and hands it out
+as a ``planner`` plan; the ingress then probes the prompt, bins it and runs the bin's plan
+(``nexus_ray.planner.execute.solve``), and reports the bin in the response.
 
 Admission control is a token bucket in policy-token equivalents per second, per API key
 when keys are configured: a request reserves its estimated cost, waits up to
@@ -19,12 +22,14 @@ import json
 import time
 import uuid
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import ray
 from ray.experimental import internal_kv
 
 from nexus_ray.config import PlannerConfig
+from nexus_ray.planner.allocate import Allocation
+from nexus_ray.planner.table import PlanTable, load_table
 from nexus_ray.search import registry
 
 NAMESPACE = "nexus_ray"
@@ -51,7 +56,7 @@ class Plan:
     strategy: str
     budget: int  # generations (Snell et al.'s unit)
     params: dict = field(default_factory=dict)  # overrides of the strategy's parameter model
-    source: str = "table"  # "request": the caller chose; "table": the planner did
+    source: str = "defaults"  # "request": the caller chose; "defaults": the config's; "table": the calibrated table
     difficulty: int | None = None  # the estimated difficulty bin, once an estimator is configured
     ticket: str = ""
     reserved: float = 0.0  # policy-token equivalents held until ``settle``
@@ -85,6 +90,7 @@ class Planner:
     def __init__(self, config: dict, state_key: str | None = None) -> None:
         """``state_key``: where in Ray's GCS key-value store the state lives (None: not kept)."""
         self.config = PlannerConfig.model_validate(config)
+        self._load_table()
         self.state_key = state_key
         self.buckets: dict[str, TokenBucket] = {}
         self.counters: Counter[str] = Counter()
@@ -95,15 +101,25 @@ class Planner:
     def configure(self, config: dict) -> None:
         """New limits and defaults; buckets keep their levels, counters their counts."""
         self.config = PlannerConfig.model_validate(config)
+        self._load_table()
         for bucket in self.buckets.values():
             bucket.rate = self.config.tokens_per_second or bucket.rate
             bucket.capacity = self._capacity()
         self._save()
 
+    def _load_table(self) -> None:
+        self.table: PlanTable | None = None
+        self.allocation: Allocation | None = None
+        if self.config.table is not None:
+            self.table = load_table(self.config.table)
+            self.allocation = self.table.allocate(self.config.mean_budget)
+
     def plan(self, problem: str, budget: int | None, strategy: str | None, api_key: str | None = None) -> Plan:
         """A plan for one problem, admitted against the compute budget (raises ``AdmissionDenied``)."""
         cfg = self.config
         self.counters["requests"] += 1
+        if strategy is None and budget is None and self.table is not None:
+            return self._admit(self._table_plan(), api_key)
         name = strategy or cfg.default_strategy
         try:
             registry.get(name)
@@ -116,7 +132,22 @@ class Planner:
             raise PlanError(f"budget {generations} exceeds this service's ceiling of {cfg.max_budget} generations")
         if name == "greedy":
             generations = 1
-        estimate = generations * cfg.tokens_per_generation
+        source = "request" if strategy or budget else "defaults"
+        plan = Plan(name, generations, {}, source, None, uuid.uuid4().hex, generations * cfg.tokens_per_generation)
+        return self._admit(plan, api_key)
+
+    def _table_plan(self) -> Plan:
+        """The allocation as a plan: per bin (low, high, p_high) indices into the table's choices.
+        It reserves what the most expensive bin's plan costs on the calibration set."""
+        assert self.table is not None and self.allocation is not None
+        mixes = [[m.low, m.high, m.p_high] for m in self.allocation.mixes]
+        chosen = [self.table.bins[b].choices[i] for b, m in enumerate(self.allocation.mixes) for i in (m.low, m.high)]
+        return Plan("planner", max(c.option.n for c in chosen), {"mixes": mixes}, "table", None, uuid.uuid4().hex,
+                    max(c.compute for c in chosen))
+
+    def _admit(self, plan: Plan, api_key: str | None) -> Plan:
+        cfg = self.config
+        estimate = plan.reserved
         wait = 0.0
         if cfg.tokens_per_second is not None:
             bucket = self._bucket(api_key)
@@ -129,11 +160,10 @@ class Planner:
                 raise AdmissionDenied(wait)
             bucket.level -= estimate
         self.counters["admitted"] += 1
-        self.counters[f"strategy:{name}"] += 1
+        self.counters[f"strategy:{plan.strategy}"] += 1
         self.counters["queued"] += wait > 0
-        source = "request" if strategy or budget else "table"
         self._save()
-        return Plan(name, generations, {}, source, None, uuid.uuid4().hex, estimate, wait)
+        return replace(plan, wait_s=wait)
 
     def settle(self, api_key: str | None, reserved: float, spent: float) -> None:
         """Give back what a request reserved and did not spend (or take what it overspent)."""
