@@ -1,0 +1,314 @@
+"""Is the compute-optimal planner worth it? Accuracy vs. mean compute on arith-test for the
+planner (tables calibrated on arith-calib only) and for uniform strategies, in one run.
+
+    python benchmarks/planner_efficiency.py --tables benchmarks/results/calibration/arith-calib
+
+1. Records a pool per arith-test problem (greedy decode + ``--samples`` temperature-1
+   samples, PRM-scored), resumable.
+2. Uniform baselines on those pools: weighted best-of-N and majority vote at n = 1..32, and
+   greedy; beam search runs for real (``--beam-budgets``) through the eval harness.
+3. The planner, for every table (estimator) and the oracle, over a grid of mean budgets,
+   replayed on the same pools (same samples for everyone: a paired comparison), probe costs
+   included; and online, through the engines, at the low/medium/high budgets, to check that
+   replay predicts what the service does.
+4. Reports (a) the accuracy gain at equal compute over uniform weighted best-of-N, (b) the
+   efficiency ratio: the compute weighted best-of-N needs to reach the planner's accuracy
+   (interpolated on its curve) over the planner's, (c) both with oracle difficulty; Spearman
+   of each estimator against oracle difficulty. Writes JSON and a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from nexus_ray.config import local_models  # noqa: E402
+from nexus_ray.engines import build_policy_engine, build_reward_engine  # noqa: E402
+from nexus_ray.jobs.eval import Job, interleave_levels, load_records, run_local, select_examples, solve_one  # noqa: E402
+from nexus_ray.planner import replay  # noqa: E402
+from nexus_ray.planner.difficulty import spearman  # noqa: E402
+from nexus_ray.planner.execute import solve  # noqa: E402
+from nexus_ray.planner.sampling import EngineSampler  # noqa: E402
+from nexus_ray.planner.table import PlanTable  # noqa: E402
+from nexus_ray.search.registry import SearchContext  # noqa: E402
+from nexus_ray.tasks.format import ARITH  # noqa: E402
+from nexus_ray.tasks.grading import is_equivalent  # noqa: E402
+
+SIZES = (1, 2, 4, 8, 16, 32)
+
+
+def point(results: list[replay.Result]) -> dict:
+    return {"compute": float(np.mean([r.compute for r in results])),
+            "accuracy": float(np.mean([r.correct for r in results]))}
+
+
+def compute_to_reach(curve: list[dict], accuracy: float) -> float | None:
+    """Least compute at which the curve (linearly interpolated, running max) reaches ``accuracy``;
+    None if it never does."""
+    pts = sorted((p["compute"], p["accuracy"]) for p in curve)
+    best = -1.0
+    prev = None
+    for c, a in pts:
+        if a >= accuracy:
+            if prev is None or prev[1] >= accuracy:
+                return c
+            (c0, a0) = prev
+            return c0 + (accuracy - a0) / (a - a0) * (c - c0)
+        if a > best:
+            best, prev = a, (c, a)
+    return None
+
+
+def accuracy_at(curve: list[dict], compute: float) -> float | None:
+    """The curve's accuracy at ``compute`` (linear between measured points; None outside)."""
+    pts = sorted((p["compute"], p["accuracy"]) for p in curve)
+    if compute < pts[0][0] or compute > pts[-1][0]:
+        return None
+    return float(np.interp(compute, [c for c, _ in pts], [a for _, a in pts]))
+
+
+def compare(planner: dict, weighted: list[dict]) -> dict:
+    need = compute_to_reach(weighted, planner["accuracy"])
+    at = accuracy_at(weighted, planner["compute"])
+    top = max(p["compute"] for p in weighted)
+    return {
+        **planner,
+        "weighted_accuracy_at_equal_compute": at,
+        "accuracy_gain": None if at is None else planner["accuracy"] - at,
+        "weighted_compute_to_match": need,
+        # when weighted never gets there, the ratio is at least what its most expensive point cost
+        "efficiency_ratio": (need / planner["compute"]) if need is not None else None,
+        "efficiency_ratio_at_least": None if need is not None else top / planner["compute"],
+    }
+
+
+def bootstrap(planner: list[replay.Result], weighted: dict[int, list[replay.Result]], draws: int = 1000,
+              seed: int = 0) -> dict:
+    """90% intervals of the efficiency ratio and the accuracy gain, resampling problems (paired:
+    the planner and the baseline see the same resampled problems)."""
+    rng = np.random.default_rng(seed)
+    pc, pa = np.array([r.compute for r in planner]), np.array([r.correct for r in planner], dtype=float)
+    wc = {n: np.array([r.compute for r in rs]) for n, rs in weighted.items()}
+    wa = {n: np.array([r.correct for r in rs], dtype=float) for n, rs in weighted.items()}
+    ratios, gains = [], []
+    for _ in range(draws):
+        idx = rng.integers(0, len(planner), len(planner))
+        curve = [{"compute": wc[n][idx].mean(), "accuracy": wa[n][idx].mean()} for n in weighted]
+        mine = {"compute": pc[idx].mean(), "accuracy": pa[idx].mean()}
+        need = compute_to_reach(curve, mine["accuracy"])
+        ratios.append(math.inf if need is None else need / mine["compute"])
+        at = accuracy_at(curve, mine["compute"])
+        if at is not None:
+            gains.append(mine["accuracy"] - at)
+    lo, hi = np.percentile(ratios, [5, 95], method="nearest")  # inf: weighted never got there
+    out = {"ratio_90ci": [float(lo), float(hi)]}
+    if len(gains) > draws // 2:
+        out["gain_90ci"] = [float(x) for x in np.percentile(gains, [5, 95])]
+    return out
+
+
+def record_pools(args, path: Path) -> list[replay.Recorded]:
+    examples = select_examples("arith-test", args.per_level)
+    done = {r["problem"] for r in load_records(path)}
+    work = [e for e in interleave_levels(examples) if e.problem not in done]
+    if work:
+        print(f"recording {len(work)} arith-test pools ({len(done)} done) -> {path}")
+        models = local_models("hf", args.policy, args.prm)
+        solver = partial(replay.record_one, fmt=ARITH, samples=args.samples, seed=args.seed + 1)
+        run_local(models.policy, models.prm, solver, work, path, args.concurrency)
+    wanted = {e.problem for e in examples}
+    return [r for r in replay.load_pools(path) if r.pool.problem in wanted]
+
+
+def beam_points(args, path: Path, recs: list[replay.Recorded]) -> list[dict]:
+    """Beam search for real (it cannot be replayed from complete samples), through the eval harness."""
+    examples = {e.problem: e for e in select_examples("arith-test", args.per_level)}
+    jobs = [Job("beam", b) for b in args.beam_budgets]
+    done = {(r["problem"], r["budget"]) for r in load_records(path)}
+    work = [(examples[r.pool.problem], j) for r in recs for j in jobs if (r.pool.problem, j.budget) not in done]
+    if work:
+        print(f"running beam search on {len(work)} (problem, budget) pairs -> {path}")
+        models = local_models("hf", args.policy, args.prm)
+        solver = partial(solve_one, fmt=ARITH, seed=args.seed, overrides={}, token_cap_per_generation=None)
+        run_local(models.policy, models.prm, solver, work, path, args.concurrency)
+    records = [r for r in load_records(path) if r["problem"] in examples]
+    out = []
+    for b in args.beam_budgets:
+        rs = [r for r in records if r["budget"] == b]
+        out.append({"n": b, "compute": float(np.mean([r["ledger"]["policy_token_equivalents"] for r in rs])),
+                    "accuracy": float(np.mean([r["correct"] for r in rs])), "problems": len(rs)})
+    return out
+
+
+def online(args, table: PlanTable, budgets: list[float], recs: list[replay.Recorded]) -> list[dict]:
+    """The planner through the engines, as the service runs it (other samples than the pools)."""
+    models = local_models("hf", args.policy, args.prm)
+    policy, prm = build_policy_engine(models.policy), build_reward_engine(models.prm)
+    gold = {r.pool.problem: r.gold for r in recs}
+
+    async def run_all(budget: float) -> list[replay.Result]:
+        alloc = table.allocate(budget)
+        sem = asyncio.Semaphore(args.concurrency)
+
+        async def one(problem: str) -> replay.Result:
+            async with sem:
+                ctx = SearchContext(policy, prm, ARITH.prompt(problem), ARITH, None, args.seed + 2)
+                ledger = ctx.new_ledger()
+                planned = await solve(EngineSampler(ctx), problem, table, alloc, ledger)
+            return replay.Result(is_equivalent(planned.outcome.answer, gold[problem], "arith"),
+                                 ledger.policy_token_equivalents, planned)
+
+        return list(await asyncio.gather(*(one(p) for p in gold)))
+
+    out = []
+    try:
+        for b in budgets:
+            start = time.perf_counter()
+            results = asyncio.run(run_all(b))
+            out.append({"mean_budget": b, **point(results), "seconds": round(time.perf_counter() - start, 1)})
+            print(f"  online planner at mean budget {b:.0f}: accuracy {out[-1]['accuracy']:.3f}, "
+                  f"compute {out[-1]['compute']:.0f}")
+    finally:
+        policy.shutdown()
+        prm.shutdown()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--tables", type=Path, default=Path("benchmarks/results/calibration/arith-calib"),
+                   help="folder with table-<estimator>.json from nexus-ray calibrate on arith-calib")
+    p.add_argument("--estimators", default="learned,probe,surprisal")
+    p.add_argument("--online-estimator", default="surprisal", help="the table run online through the engines")
+    p.add_argument("--budgets", default="60,150,500", help="low, medium, high mean budgets (policy-token equivalents)")
+    p.add_argument("--beam-budgets", type=lambda s: [int(x) for x in s.split(",") if x], default=[4, 16])
+    p.add_argument("--samples", type=int, default=32, help="temperature-1 samples per test pool")
+    p.add_argument("--per-level", type=int, default=None)
+    p.add_argument("--concurrency", type=int, default=48)
+    p.add_argument("--policy", default="arith-policy")
+    p.add_argument("--prm", default="arith-prm")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/planner"))
+    args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    tables = {}
+    for name in [*args.estimators.split(","), "oracle"]:
+        tables[name] = PlanTable.load(args.tables / f"table-{name}.json")
+        tables[name].check_models(args.policy, args.prm)
+        if tables[name].dataset == "arith-test":
+            raise SystemExit("error: the tables must be calibrated on another set than arith-test")
+    budgets = [float(b) for b in args.budgets.split(",")]
+
+    recs = record_pools(args, args.out / "pools-arith-test.jsonl")
+    beam = beam_points(args, args.out / "beam-records.jsonl", recs)
+    print(f"{len(recs)} arith-test problems; baselines and planner replays")
+    sizes = [n for n in SIZES if n <= min(len(r.pool.samples) for r in recs)]
+    weighted_results = {n: replay.uniform_results(recs, "weighted", n) for n in sizes}
+    weighted = [{"n": n, **point(rs)} for n, rs in weighted_results.items()]
+    majority = [{"n": n, **point(replay.uniform_results(recs, "majority", n))} for n in sizes]
+    stop = tables["surprisal"] if "surprisal" in tables else tables["oracle"]
+    greedy = point(replay.planned_results(recs, stop, stop.allocate(0.0)))  # every bin stops at the greedy probe
+
+    oracle_diff = [1 - r.pass_at_1 for r in recs]
+    grid = sorted(set(np.geomspace(40, 4000, 24).round(1).tolist()) | set(budgets))
+    curves, ranking, at_budgets = {}, {}, {}
+    for name, table in tables.items():
+        ranking[name] = spearman(replay.difficulties(recs, table.estimator), oracle_diff)
+        curves[name], at_budgets[name] = [], []
+        for b in grid:
+            results = replay.planned_results(recs, table, table.allocate(b))
+            curves[name].append({"mean_budget": b, **point(results)})
+            if b in budgets:
+                plans = {}
+                for r in results:
+                    plans[r.planned.option.label] = plans.get(r.planned.option.label, 0) + 1
+                at_budgets[name].append({**compare(curves[name][-1], weighted), **bootstrap(results, weighted_results),
+                                         "plans": plans})
+    print(f"online: the {args.online_estimator} planner through the engines")
+    online_points = online(args, tables[args.online_estimator], budgets, recs)
+
+    report = {
+        "date": time.strftime("%Y-%m-%d"), "problems": len(recs), "samples_per_pool": args.samples,
+        "budgets": budgets, "greedy": greedy, "weighted": weighted, "majority": majority, "beam": beam,
+        "spearman_vs_oracle": ranking, "planner_curves": curves, "planner_at_budgets": at_budgets,
+        "online": {"estimator": args.online_estimator,
+                   "points": [compare(o, weighted) for o in online_points]},
+        "tables": {name: str(args.tables / f"table-{name}.json") for name in tables},
+    }
+    (args.out / "planner_efficiency.json").write_text(json.dumps(report, indent=1) + "\n")
+    plot(report, args.out / "planner_efficiency.png")
+    print_report(report)
+    return 0
+
+
+def _ratio(row: dict) -> str:
+    if row["efficiency_ratio"] is not None:
+        return f"{row['efficiency_ratio']:.1f}x"
+    return f">{row['efficiency_ratio_at_least']:.1f}x (never reached)"
+
+
+def print_report(report: dict) -> None:
+    print(f"\n{report['problems']} arith-test problems; greedy {report['greedy']['accuracy']:.3f} "
+          f"at {report['greedy']['compute']:.0f}")
+    print("uniform weighted best-of-N: " + ", ".join(
+        f"n={p['n']} {p['accuracy']:.3f}@{p['compute']:.0f}" for p in report["weighted"]))
+    print("uniform majority:           " + ", ".join(
+        f"n={p['n']} {p['accuracy']:.3f}@{p['compute']:.0f}" for p in report["majority"]))
+    print("beam search:                " + ", ".join(
+        f"n={p['n']} {p['accuracy']:.3f}@{p['compute']:.0f}" for p in report["beam"]))
+    print("Spearman vs oracle difficulty: " + ", ".join(f"{k} {v:+.3f}" for k, v in report["spearman_vs_oracle"].items()))
+    print(f"\n{'planner':<10} {'budget':>7} {'compute':>8} {'accuracy':>8} {'weighted@=':>10} {'gain':>7} "
+          f"{'ratio':>24} {'ratio 90% CI':>14}  plans")
+    for name, rows in report["planner_at_budgets"].items():
+        for r in rows:
+            at = "-" if r["weighted_accuracy_at_equal_compute"] is None else f"{r['weighted_accuracy_at_equal_compute']:.3f}"
+            gain = "-" if r["accuracy_gain"] is None else f"{r['accuracy_gain']:+.3f}"
+            ci = "-".join("never" if math.isinf(x) else f"{x:.1f}" for x in r["ratio_90ci"])
+            print(f"{name:<10} {r['mean_budget']:>7.0f} {r['compute']:>8.0f} {r['accuracy']:>8.3f} {at:>10} {gain:>7} "
+                  f"{_ratio(r):>24} {ci:>14}  {r['plans']}")
+    for r in report["online"]["points"]:
+        print(f"{'online':<10} {r['mean_budget']:>7.0f} {r['compute']:>8.0f} {r['accuracy']:>8.3f} "
+              f"{'':>10} {'':>7} {_ratio(r):>24}")
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for key, style in (("weighted", "o-"), ("majority", "s-"), ("beam", "^-")):
+        pts = report[key]
+        ax.plot([p["compute"] for p in pts], [p["accuracy"] for p in pts], style, label=f"uniform {key}", alpha=0.8)
+    g = report["greedy"]
+    ax.plot([g["compute"]], [g["accuracy"]], "k*", markersize=12, label="greedy")
+    for name, curve in report["planner_curves"].items():
+        ax.plot([p["compute"] for p in curve], [p["accuracy"] for p in curve], "--" if name == "oracle" else "-",
+                linewidth=2, label=f"planner ({name} difficulty)")
+    on = report["online"]["points"]
+    ax.plot([p["compute"] for p in on], [p["accuracy"] for p in on], "rX", markersize=10,
+            label=f"planner online ({report['online']['estimator']})")
+    ax.set_xscale("log")
+    ax.set_xlabel("mean compute per problem (policy-token equivalents, probes included)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"arith-test ({report['problems']} problems): planner vs. uniform test-time compute")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
