@@ -76,7 +76,7 @@ def smoke(url: str, echo=print) -> bool:
     caller, a chat completion, a bad request."""
     calls = [
         ("/v1/solve", {"problem": "12+7*3-5"}, 200),
-        ("/v1/solve", {"problem": "Q: 48*7-93+15*4-(6*7+8)"}, 200),
+        ("/v1/solve", {"problem": "Q: 8+0-54*68"}, 200),
         ("/v1/solve", {"problem": "12+7*3-5", "strategy": "greedy"}, 200),
         ("/v1/solve", {"problem": "Q: 48*7-93+15*4", "strategy": "weighted", "budget": 8}, 200),
         ("/v1/chat/completions", {"model": "nexus-arith", "messages": [{"role": "user", "content": "57-8*6+19"}],
