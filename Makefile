@@ -7,7 +7,7 @@ VLLM   := $(VENV)/.vllm-installed
 export RAY_AUTH_MODE := disabled
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-vllm demo test test-fast zoo clean help
+.PHONY: setup setup-vllm demo test test-fast k8s-check zoo clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -40,6 +40,11 @@ test: setup-vllm  ## run the whole test suite, vLLM engine tests included
 
 test-fast: setup  ## the test suite without the vLLM engine tests (local iteration)
 	$(BIN)/python -m pytest -q -m "not vllm"
+
+KUBERAY_CHECK := ../shared/tools/validate_kuberay.py
+k8s-check: setup  ## validate k8s/ against the KubeRay CRDs (strict) and Ray Serve's schema
+	@if [ -f $(KUBERAY_CHECK) ]; then $(BIN)/python $(KUBERAY_CHECK) k8s/*.yaml; \
+	else echo "k8s-check: $(KUBERAY_CHECK) not found next to this checkout; skipped"; fi
 
 zoo: setup  ## retrain every zoo model from scratch (about an hour on 2 cores)
 	$(BIN)/python -m nexus_ray.zoo.train all
