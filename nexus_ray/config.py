@@ -149,7 +149,7 @@ class ConfigError(ValueError):
     """A config file is missing or invalid; the message names the file and the keys."""
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -163,27 +163,27 @@ def _read_yaml(path: Path) -> dict:
 
 def load_yaml(path: str | Path, model: type[BaseModel]) -> BaseModel:
     path = Path(path)
-    data = _read_yaml(path)
+    data = read_yaml(path)
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_explain(str(path), model, err)) from None
+        raise ConfigError(explain(str(path), model, err)) from None
 
 
 def load_service_config(path: str | Path, app: str = "nexus") -> tuple[ServiceConfig, dict]:
     """The ``ServiceConfig`` of application ``app`` in a Serve config YAML, and the whole YAML."""
     path = Path(path)
-    data = _read_yaml(path)
+    data = read_yaml(path)
     apps = [a for a in data.get("applications") or [] if isinstance(a, dict) and a.get("name") == app]
     if not apps:
         raise ConfigError(f"{path}: no application named {app!r} under applications:")
     try:
         return ServiceConfig.model_validate(apps[0].get("args") or {}), data
     except ValidationError as err:
-        raise ConfigError(_explain(f"{path}: applications[{app}].args", ServiceConfig, err)) from None
+        raise ConfigError(explain(f"{path}: applications[{app}].args", ServiceConfig, err)) from None
 
 
-def _explain(where: str, model: type[BaseModel], err: ValidationError) -> str:
+def explain(where: str, model: type[BaseModel], err: ValidationError) -> str:
     lines = [f"{where}: invalid {model.__name__}:"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"

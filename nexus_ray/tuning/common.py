@@ -1,0 +1,133 @@
+"""What both Tune searches share: config loading with clear errors, a resumable Tuner, plots.
+
+A search is resumable: its experiment lives at ``storage_path/name``; running the same command
+again after the driver was killed restores it (``Tuner.restore``) and finishes the trials that
+were pending or running, instead of starting over.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class SearchError(ValueError):
+    """A search config is missing or invalid; the message names the file and the key."""
+
+
+class Resources(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0, description="fractions share a GPU between trials")
+
+
+class SearchSettings(BaseModel):
+    """The Tune side of a search: how many trials, how many at once, where they are kept."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str
+    num_samples: int = Field(16, ge=1)
+    max_concurrent_trials: int = Field(2, ge=1)
+    resources: Resources = Field(default_factory=Resources)
+    storage_path: str = Field("results/tune", description="a folder every node sees, or s3://, gs://")
+    seed: int = 0
+
+
+def load_config(path: str | Path, model: type[M], overrides: dict[str, Any] | None = None) -> M:
+    """A search config from YAML, command-line overrides on top; errors name the file and key."""
+    from nexus_ray.config import ConfigError, explain, read_yaml
+
+    try:
+        raw = read_yaml(Path(path)) | {k: v for k, v in (overrides or {}).items() if v is not None}
+        return model.model_validate(raw)
+    except ConfigError as err:
+        raise SearchError(str(err)) from None
+    except ValidationError as err:
+        raise SearchError(explain(str(path), model, err)) from None
+
+
+def storage_uri(storage_path: str) -> str:
+    """Tune wants an absolute path or a URI."""
+    return storage_path if "://" in storage_path else str(Path(storage_path).resolve())
+
+
+def fit(
+    trainable: Callable, settings: SearchSettings, param_space: dict, metric: str,
+    search_alg: Any = None, scheduler: Any = None, fresh: bool = False,
+):
+    """Run the search, or resume it when its experiment folder already holds one."""
+    from ray import tune
+
+    root = storage_uri(settings.storage_path)
+    path = f"{root.rstrip('/')}/{settings.name}"
+    wrapped = tune.with_resources(trainable, {"cpu": settings.resources.cpu, "gpu": settings.resources.gpu})
+    if not fresh and tune.Tuner.can_restore(path):
+        print(f"resuming the search in {path}")
+        tuner = tune.Tuner.restore(path, trainable=wrapped, resume_unfinished=True, resume_errored=True,
+                                   param_space=param_space)
+    else:
+        tuner = tune.Tuner(
+            wrapped,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                metric=metric, mode="max", num_samples=settings.num_samples, search_alg=search_alg,
+                scheduler=scheduler, max_concurrent_trials=settings.max_concurrent_trials,
+            ),
+            run_config=tune.RunConfig(name=settings.name, storage_path=root, verbose=1),
+        )
+    return tuner.fit(), path
+
+
+def trials_in_order(results) -> list:
+    """Finished trials in the order they started (Tune's trial ids sort that way)."""
+    return sorted((r for r in results if r.metrics), key=lambda r: r.path)
+
+
+def trials_to_reach(values: list[float], fraction: float = 0.95) -> int | None:
+    """How many trials, in order, until the running best reaches ``fraction`` of the final best."""
+    if not values:
+        return None
+    target = max(values) * fraction if max(values) > 0 else max(values)
+    best = float("-inf")
+    for i, v in enumerate(values, 1):
+        best = max(best, v)
+        if best >= target:
+            return i
+    return None
+
+
+def plot_search(values: list[float], coefficients: dict[str, list[float]], baselines: dict[str, float],
+                title: str, path: Path) -> None:
+    """Objective vs. trial (with the running best and the baselines), then each coefficient vs. objective."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = 1 + len(coefficients)
+    fig, axes = plt.subplots(1, cols, figsize=(4.2 * cols, 3.6), squeeze=False)
+    ax = axes[0][0]
+    xs = list(range(1, len(values) + 1))
+    ax.plot(xs, values, "o", label="trial")
+    running = [max(values[:i]) for i in xs]
+    ax.plot(xs, running, "-", label="best so far")
+    for name, v in baselines.items():
+        ax.axhline(v, linestyle="--", linewidth=1, label=name, color=None)
+    ax.set_xlabel("trial")
+    ax.set_ylabel("objective")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    for ax, (name, xs_) in zip(axes[0][1:], coefficients.items()):
+        ax.scatter(xs_, values, s=14)
+        ax.set_xlabel(name)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

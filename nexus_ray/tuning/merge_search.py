@@ -1,0 +1,222 @@
+"""Ray Tune search over a merge's coefficients: per-model weight and density, lambda, method.
+
+    python tune/merge_search.py --config tune/configs/merge-zoo.yaml
+    ray job submit --working-dir . -- python tune/merge_search.py --config tune/configs/merge-zoo.yaml
+
+Each trial merges the experts into its own trial folder (``nexus_ray.merge``) and scores the
+merged model by greedy decoding on held-out problems of every sub-task, on growing subsets
+(``problems``: the ASHA rungs), so ASHA stops poor trials after the first few dozen problems.
+The searcher is Optuna's TPE, seeded, its first trial the default TIES merge. At the end the
+best config is merged again and re-scored on the full set (the reported best must match), and
+the search writes ``best-merge.yaml`` (mergekit-compatible), ``trials.csv``, ``summary.json``
+and ``search.png`` next to the experiment. Run the same command again to resume it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field, model_validator
+
+from nexus_ray.tuning.common import (
+    SearchError, SearchSettings, fit, load_config, plot_search, storage_uri, trials_in_order, trials_to_reach,
+)
+
+Method = Literal["ties", "dare_ties", "della"]
+
+
+class MergeSearchConfig(SearchSettings):
+    name: str = "merge-search"
+    base_model: str = Field(description="zoo name or model directory the experts were fine-tuned from")
+    models: list[str] = Field(min_length=2, description="the experts (zoo names or model directories)")
+    methods: list[Method] = Field(default_factory=lambda: ["ties", "dare_ties", "della"], min_length=1)
+    weight: tuple[float, float] = (0.1, 1.0)
+    density: tuple[float, float] = (0.2, 0.8)
+    lambda_: tuple[float, float] = Field((0.6, 1.4), alias="lambda")
+    objective: dict[str, float] | None = Field(None, description="sub-task weights (default: the mean)")
+    problems: list[int] = Field(default_factory=lambda: [25, 50, 100], description="ASHA rungs, problems per sub-task")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "MergeSearchConfig":
+        for key, (lo, hi) in (("weight", self.weight), ("density", self.density), ("lambda", self.lambda_)):
+            if not 0 < lo <= hi:
+                raise ValueError(f"{key}: expected 0 < low <= high, got ({lo}, {hi})")
+        if not 0 < self.density[0] <= self.density[1] < 1:
+            raise ValueError(f"density must lie in (0, 1) (della needs room around it), got {self.density}")
+        if sorted(self.problems) != self.problems or self.problems[0] < 1:
+            raise ValueError(f"problems must be increasing positive counts, got {self.problems}")
+        from nexus_ray.merge.subtasks import SUBTASKS
+
+        unknown = sorted(set(self.objective or {}) - set(SUBTASKS))
+        if unknown:
+            raise ValueError(f"objective names unknown sub-tasks {unknown}; known: {', '.join(SUBTASKS)}")
+        return self
+
+
+def merge_config(cfg: MergeSearchConfig, point: dict) -> dict:
+    """A trial's point as a mergekit-style config (what ``best-merge.yaml`` holds)."""
+    method = point["method"]
+    models = []
+    for i, model in enumerate(cfg.models):
+        params = {"weight": round(point[f"weight_{i}"], 4)}
+        if method != "linear":
+            density = round(point[f"density_{i}"], 4)
+            params["density"] = density
+            if method == "della":  # mergekit needs 0 < density - epsilon and density + epsilon < 1
+                params["epsilon"] = round(min(0.15, 0.49 * min(density, 1 - density)), 4)
+        models.append({"model": model, "parameters": params})
+    out = {"merge_method": method, "base_model": cfg.base_model, "models": models, "dtype": cfg.dtype}
+    if method != "linear":
+        out["parameters"] = {"lambda": round(point["lambda"], 4)}
+    return out
+
+
+def objective(accuracy: dict[str, float], weights: dict[str, float] | None) -> float:
+    weights = weights or {k: 1.0 for k in accuracy}
+    return sum(weights[k] * accuracy[k] for k in weights) / sum(weights.values())
+
+
+def score(model_dir: Path, rungs: list[int], weights: dict[str, float] | None, report=None) -> dict:
+    """Greedy accuracy per sub-task on growing prefixes of the held-out sets; ``report`` is
+    called after each rung (Tune's, in a trial). Returns the last rung's metrics."""
+    from nexus_ray.engines.hf import HFPolicyEngine
+    from nexus_ray.merge.subtasks import SUBTASKS, count_correct, eval_set
+
+    engine = HFPolicyEngine(model_dir)
+    try:
+        correct = {name: 0 for name in SUBTASKS}
+        done, metrics = 0, {}
+        for n in rungs:
+            for name in SUBTASKS:
+                correct[name] += count_correct(engine, eval_set(name, n)[done:n])
+            done = n
+            accuracy = {name: correct[name] / n for name in SUBTASKS}
+            metrics = {"objective": objective(accuracy, weights), "problems": n, **{f"acc_{k}": v for k, v in accuracy.items()}}
+            if report is not None:
+                report(metrics)
+        return metrics
+    finally:
+        engine.shutdown()
+
+
+def trial(point: dict, search: dict) -> None:
+    """One Tune trial: merge into the trial folder, score rung by rung, clean up."""
+    from ray import tune
+
+    from nexus_ray.merge.run import merge
+
+    cfg = MergeSearchConfig.model_validate(search)
+    out = Path(tune.get_context().get_trial_dir()) / "merged"
+    merge(merge_config(cfg, point), out, workers=1, seed=cfg.seed, overwrite=True, progress=False)
+    try:
+        score(out, cfg.problems, cfg.objective, report=tune.report)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def evaluate_merge(merge_cfg: dict, out: Path, cfg: MergeSearchConfig) -> dict:
+    """Merge a config and score it on the full held-out sets (baselines, and the re-check)."""
+    from nexus_ray.merge.run import merge
+
+    merge(merge_cfg, out, workers=1, seed=cfg.seed, overwrite=True, progress=False)
+    try:
+        return score(out, [cfg.problems[-1]], cfg.objective)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def default_ties(cfg: MergeSearchConfig) -> dict:
+    """mergekit's usual TIES starting point: weight 1 and density 0.5 per expert, lambda 1."""
+    point = {"method": "ties", "lambda": 1.0}
+    for i in range(len(cfg.models)):
+        point |= {f"weight_{i}": 1.0, f"density_{i}": 0.5}
+    return point
+
+
+def run(cfg: MergeSearchConfig, fresh: bool = False) -> dict:
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from nexus_ray.merge.plan import build
+
+    for m in [cfg.base_model, *cfg.models]:  # unknown models fail here, before any trial
+        build({"merge_method": "linear", "models": [{"model": m, "parameters": {"weight": 1.0}}]})
+    space = {"method": tune.choice(cfg.methods), "lambda": tune.uniform(*cfg.lambda_)}
+    for i in range(len(cfg.models)):
+        space[f"weight_{i}"] = tune.uniform(*cfg.weight)
+        space[f"density_{i}"] = tune.uniform(*cfg.density)
+    start = [default_ties(cfg)] if "ties" in cfg.methods else None
+    searcher = OptunaSearch(points_to_evaluate=start, seed=cfg.seed)
+    rungs = len(cfg.problems)
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=rungs, grace_period=1, reduction_factor=2)
+    if not ray.is_initialized():
+        ray.init(log_to_driver=False)
+    trainable = tune.with_parameters(trial, search=cfg.model_dump(by_alias=True))
+    results, path = fit(trainable, cfg, space, "objective", searcher, scheduler, fresh)
+
+    finished = [r for r in trials_in_order(results) if r.metrics.get("problems") == cfg.problems[-1]]
+    if not finished:
+        raise SearchError("no trial finished every rung; raise num_samples or lower the early-stopping pressure")
+    best = max(finished, key=lambda r: r.metrics["objective"])
+    best_cfg = merge_config(cfg, best.config)
+    local = Path(path) if "://" not in path else Path(storage_uri("results/tune")) / cfg.name
+    local.mkdir(parents=True, exist_ok=True)
+    scratch = local / "scratch-model"
+    recheck = evaluate_merge(best_cfg, scratch, cfg)
+    uniform = {"merge_method": "linear", "base_model": cfg.base_model, "dtype": cfg.dtype,
+               "models": [{"model": m, "parameters": {"weight": 1.0 / len(cfg.models)}} for m in cfg.models]}
+    baselines = {"uniform linear": evaluate_merge(uniform, scratch, cfg),
+                 "default ties": evaluate_merge(merge_config(cfg, default_ties(cfg)), scratch, cfg)}
+    for i, m in enumerate(cfg.models):
+        baselines[f"expert {m}"] = score(_resolve(m), [cfg.problems[-1]], cfg.objective)
+    values = [r.metrics["objective"] for r in trials_in_order(results)]
+    summary = {
+        "best": {"config": best_cfg, "objective": best.metrics["objective"],
+                 "accuracy": {k[4:]: v for k, v in best.metrics.items() if k.startswith("acc_")}, "recheck": recheck},
+        "baselines": baselines,
+        "trials": len(values),
+        "finished_all_rungs": len(finished),
+        "trials_to_95pct_of_best": trials_to_reach(values),
+    }
+    (local / "best-merge.yaml").write_text(yaml.safe_dump(best_cfg, sort_keys=False))
+    results.get_dataframe().to_csv(local / "trials.csv", index=False)
+    (local / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    coefficients = {k: [r.config[k] for r in trials_in_order(results)] for k in sorted(space) if k != "method"}
+    plot_search(values, coefficients, {k: v["objective"] for k, v in baselines.items()},
+                f"merge search: {cfg.name}", local / "search.png")
+    print(f"\nbest ({best_cfg['merge_method']}): objective {best.metrics['objective']:.3f}, "
+          f"re-scored {recheck['objective']:.3f}; " + ", ".join(f"{k} {v['objective']:.3f}" for k, v in baselines.items()))
+    print(f"wrote {local / 'best-merge.yaml'}, trials.csv, summary.json, search.png")
+    return summary
+
+
+def _resolve(model: str) -> Path:
+    from nexus_ray.zoo.registry import resolve
+
+    return resolve(model)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="tune/merge_search.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="search config YAML (see tune/configs/merge-zoo.yaml)")
+    p.add_argument("--storage", default=None, help="overrides storage_path (a shared folder, s3:// or gs://)")
+    p.add_argument("--num-samples", type=int, default=None, help="overrides num_samples")
+    p.add_argument("--fresh", action="store_true", help="start over even if the experiment folder holds a search")
+    args = p.parse_args(argv)
+    try:
+        cfg = load_config(args.config, MergeSearchConfig,
+                          {"storage_path": args.storage, "num_samples": args.num_samples})
+        run(cfg, args.fresh)
+    except (SearchError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}")
+        return 2
+    return 0

@@ -1,0 +1,70 @@
+"""The Tune searches end to end on a local Ray cluster, as users run them (the scripts).
+
+Tiny configs, a handful of trials each: the merge search must beat uniform `linear` weights on
+the zoo experts, the YaRN search must beat no scaling at 4x the base's context, and each
+reported best must equal a re-evaluation of its config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = os.environ | {"RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(ROOT)}
+
+
+def run_script(script: str, config: dict, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return subprocess.run([sys.executable, str(ROOT / "tune" / script), "--config", str(path), *extra],
+                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
+
+
+def test_merge_search_beats_uniform_linear_and_its_best_rescores_the_same(tmp_path):
+    config = yaml.safe_load((ROOT / "tune" / "configs" / "merge-zoo.yaml").read_text())
+    config |= {"name": "tiny-merge", "num_samples": 4, "problems": [15, 30], "storage_path": str(tmp_path / "tune")}
+    run = run_script("merge_search.py", config, tmp_path)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    out = tmp_path / "tune" / "tiny-merge"
+    summary = json.loads((out / "summary.json").read_text())
+    best = summary["best"]
+    assert best["objective"] == pytest.approx(best["recheck"]["objective"])
+    assert best["objective"] > summary["baselines"]["uniform linear"]["objective"]
+    merged = yaml.safe_load((out / "best-merge.yaml").read_text())
+    assert merged["merge_method"] in ("ties", "dare_ties", "della") and len(merged["models"]) == 2
+    assert (out / "search.png").stat().st_size > 0 and (out / "trials.csv").exists()
+    again = run_script("merge_search.py", config, tmp_path)  # the experiment is there: resumed, not redone
+    assert again.returncode == 0 and "resuming" in again.stdout, again.stdout[-2000:] + again.stderr[-2000:]
+
+
+def test_yarn_search_beats_no_scaling_at_4x_and_its_best_reevaluates_the_same(tmp_path):
+    config = yaml.safe_load((ROOT / "tune" / "configs" / "yarn-zoo.yaml").read_text())
+    config |= {"name": "tiny-yarn", "num_samples": 5, "documents": 2, "passkey_trials": 4,
+               "storage_path": str(tmp_path / "tune")}
+    run = run_script("yarn_search.py", config, tmp_path)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    out = tmp_path / "tune" / "tiny-yarn"
+    summary = json.loads((out / "summary.json").read_text())
+    best = summary["best"]
+    assert best["metrics"]["objective"] == pytest.approx(best["recheck"]["objective"])
+    assert best["metrics"]["objective"] > summary["baselines"]["no scaling"]["objective"]
+    block = yaml.safe_load((out / "best-rope.yaml").read_text())
+    assert block["rope_parameters"]["rope_type"] == "yarn" and block["max_position_embeddings"] == 512
+
+
+@pytest.mark.parametrize("script,bad,message", [
+    ("merge_search.py", {"base_model": "arith-policy", "models": ["arith-expert-mul"]}, "models"),
+    ("merge_search.py", {"base_model": "arith-policy", "models": ["arith-expert-mul", "nope"]}, "nope"),
+    ("yarn_search.py", {"target_length": 512, "beta_slow": [1, 64]}, "beta_slow"),
+    ("yarn_search.py", {"target_length": 64}, "within the model's trained"),
+])
+def test_bad_search_configs_are_clear_errors(tmp_path, script, bad, message):
+    run = run_script(script, bad | {"storage_path": str(tmp_path / "tune")}, tmp_path)
+    assert run.returncode == 2 and message in run.stdout and "Traceback" not in run.stdout + run.stderr, run.stdout
