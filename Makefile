@@ -41,7 +41,7 @@ test: setup-vllm  ## run the whole test suite, vLLM engine tests included
 test-fast: setup  ## the test suite without the vLLM engine tests (local iteration)
 	$(BIN)/python -m pytest -q -m "not vllm"
 
-zoo: setup  ## retrain every zoo model from scratch (about an hour on 2 cores)
+zoo: setup  ## retrain every zoo model from scratch (about 75 minutes on 2 cores)
 	$(BIN)/python -m nexus_ray.zoo.train all
 
 clean:  ## remove the virtual environment and caches

@@ -234,3 +234,57 @@ def test_engine_config_rope_section_from_yaml(tmp_path):
     bad.write_text("model: rope-base\nrope:\n  rope_type: yarn\n  factor: 0.5\n")
     with pytest.raises(ConfigError, match=r"rope: Value error, factor must be >= 1"):
         load_yaml(bad, EngineConfig)
+
+
+def test_evaluate_measures_the_extension_on_the_zoo_base():
+    """Within its trained context the base retrieves the key; at 4x it fails unscaled and
+    perplexity rises, and YaRN recovers part of both: the protocol can tell methods apart."""
+    from nexus_ray.rope.evaluate import evaluate
+    from nexus_ray.zoo.registry import resolve
+
+    path = resolve("rope-base")
+    kwargs = dict(documents_per_length=2, trials=4, depths=(0.0, 0.5))
+    plain = evaluate(path, None, [512, 128], **kwargs)
+    yarn = evaluate(path, RopeConfig(rope_type="yarn", factor=4), [512], **kwargs)
+    assert list(plain["perplexity"]) == ["128", "512"]  # increasing order, whatever was asked
+    assert plain["passkey"]["128"]["accuracy"] >= 0.75
+    assert plain["passkey"]["512"]["accuracy"] <= 0.25
+    assert plain["perplexity"]["512"] > 1.2 * plain["perplexity"]["128"]
+    assert yarn["perplexity"]["512"] < plain["perplexity"]["512"]
+    assert yarn["passkey"]["512"]["answer_nll"] < plain["passkey"]["512"]["answer_nll"]
+    assert yarn["rope"] == {"rope_type": "yarn", "factor": 4.0}
+
+
+def test_sliding_window_scores_every_token_once():
+    from nexus_ray.rope.evaluate import sliding_window_nll
+
+    class Recorder(torch.nn.Module):
+        scored: list[int] = []
+
+        def forward(self, input_ids, labels):
+            self.scored.append(int((labels != -100).sum()))
+            return type("Out", (), {"loss": torch.tensor(0.0)})()
+
+    model = Recorder()
+    assert len(sliding_window_nll(model, list(range(100)), window=40, stride=25)) == 4
+    assert model.scored == [40, 25, 25, 10]  # windows 0-40, 25-65, 50-90, 75-100
+
+
+def test_cli_rope_eval_writes_json_plot_and_table(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    args = ["rope", "eval", "--methods", "none,yarn", "--lengths", "64,256", "--documents", "1", "--trials", "1",
+            "--rope", '{"rope_type": "linear", "factor": 2}', "--out", str(tmp_path)]
+    r = subprocess.run([sys.executable, "-m", "nexus_ray.cli", *args], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "rope_eval.json").read_text())
+    assert set(summary["methods"]) == {"none", "yarn", "custom"} and summary["original_context"] == 128
+    assert summary["methods"]["yarn"]["rope"] == {"64": {"rope_type": "yarn", "factor": 1.0},
+                                                   "256": {"rope_type": "yarn", "factor": 2.0}}
+    assert (tmp_path / "rope_eval.png").stat().st_size > 10_000
+    assert "| **best** |" in r.stdout
+    bad = subprocess.run([sys.executable, "-m", "nexus_ray.cli", "rope", "eval", "--methods", "yarn,ropex"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "unknown method 'ropex'" in bad.stderr and "Traceback" not in bad.stderr
