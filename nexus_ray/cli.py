@@ -171,9 +171,13 @@ def rope_eval(
         "", help='A scaling of your own, as JSON, run at every length as line "custom", e.g. '
         '\'{"rope_type": "yarn", "factor": 8, "beta_fast": 16}\'.',
     ),
-    lengths: str = typer.Option("", help="Comma-separated context lengths in tokens (default: 1x,2x,4x,8x the trained context)."),
+    lengths: str = typer.Option(
+        "", help="Comma-separated context lengths in tokens (default: 1x,2x,4x,8x the trained context)."
+    ),
     documents: int = typer.Option(8, min=1, help="Perplexity documents per length."),
-    trials: int = typer.Option(10, min=1, help="Passkey examples per length and key depth (depths: start, middle, end)."),
+    trials: int = typer.Option(
+        10, min=1, help="Passkey examples per length and key depth (depths: start, middle, end)."
+    ),
     seed: int = typer.Option(0, help="Seed of the documents and passkeys (fixed inputs for every method)."),
     out: str = typer.Option("results/rope-eval", help="Directory for rope_eval.json and rope_eval.png."),
 ) -> None:
@@ -181,7 +185,8 @@ def rope_eval(
 
     Every method sees the same seeded documents (arith + passkey text) and passkeys.
 
-    Writes OUT/rope_eval.json (per method and length: perplexity, passkey accuracy by key depth, answer NLL; the best method per length) and OUT/rope_eval.png, and prints a table.
+    Writes OUT/rope_eval.json (per method and length: perplexity, passkey accuracy by key
+    depth, answer NLL; the best method per length) and OUT/rope_eval.png; prints a table.
 
     Example: nexus-ray rope eval --lengths 128,256,512,1024 --rope '{"rope_type": "yarn", "factor": 8}'
     """
@@ -202,6 +207,8 @@ def rope_eval(
         if rope:
             custom = RopeConfig.model_validate_json(rope)
             lines["custom"] = lambda _length: custom
+        if lengths and not all(x.strip().isdigit() for x in lengths.split(",")):
+            raise ValueError(f"--lengths must be comma-separated integers, got {lengths!r}")
         sizes = [int(x) for x in lengths.split(",")] if lengths else [original * k for k in (1, 2, 4, 8)]
         if not lines:
             raise ValueError("no method to evaluate: give --methods or --rope")
@@ -210,7 +217,7 @@ def rope_eval(
     except ValidationError as err:
         _fail(f"--rope: {'; '.join(e['msg'] for e in err.errors())}")
     except (FileNotFoundError, ValueError) as err:
-        _fail(str(err) if "invalid literal" not in str(err) else f"--lengths must be integers, got {lengths!r}")
+        _fail(str(err))
     try:
         summary = rope_evaluate.compare(path, original, sizes, lines, documents_per_length=documents,
                                         trials=trials, seed=seed)

@@ -54,13 +54,14 @@ class RopeConfig(_Strict):
     truncate: bool | None = Field(None, description="yarn: round the correction range to integers (true)")
     low_freq_factor: float | None = Field(None, gt=0, description="llama3 (1)")
     high_freq_factor: float | None = Field(None, gt=0, description="llama3 (4)")
-    long_factor: list[float] | None = Field(None, description="longrope: per-pair divisor beyond the original length")
+    long_factor: list[float] | None = Field(None, description="longrope: per-pair divisor past the original length")
     short_factor: list[float] | None = Field(None, description="longrope: per-pair divisor within it")
 
     @model_validator(mode="after")
     def _consistent(self) -> "RopeConfig":
         allowed = _ROPE_KEYS[self.rope_type]
-        stray = sorted(k for k in self.model_fields_set - {"rope_type"} if k not in allowed and getattr(self, k) is not None)
+        given = {k for k in self.model_fields_set - {"rope_type"} if getattr(self, k) is not None}
+        stray = sorted(given - allowed)
         if stray:
             raise ValueError(f"rope_type {self.rope_type!r} does not use {', '.join(stray)}")
         if self.rope_type != "default":

@@ -182,8 +182,8 @@ def compare(
     best = {}
     for length in map(str, sorted(lengths)):
         ppl = {m: round(results[m]["perplexity"][length], 9) for m in results}
-        key = {m: (results[m]["passkey"][length]["accuracy"], -round(results[m]["passkey"][length]["answer_nll"], 9))
-               for m in results}
+        key = {m: (r["passkey"][length]["accuracy"], -round(r["passkey"][length]["answer_nll"], 9))
+               for m, r in results.items()}
         best[length] = {  # every method tied for the best (at factor 1 they all are)
             "perplexity": [m for m in results if ppl[m] == min(ppl.values())],
             "passkey": [m for m in results if key[m] == max(key.values())],
@@ -217,7 +217,8 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     ax_key.set_ylim(-0.03, 1.03)
     ax_key.set_title("passkey retrieval (key at start, middle, end)")
     ax_key.legend()
-    fig.suptitle(f"RoPE scaling on {Path(summary['model']).name} (trained at {summary['original_context']} tokens)")
+    name, trained = Path(summary["model"]).name, summary["original_context"]
+    fig.suptitle(f"RoPE scaling on {name} (trained at {trained} tokens)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
