@@ -46,7 +46,7 @@ k8s-check: setup  ## validate k8s/ against the KubeRay CRDs (strict) and Ray Ser
 	@if [ -f $(KUBERAY_CHECK) ]; then $(BIN)/python $(KUBERAY_CHECK) k8s/*.yaml; \
 	else echo "k8s-check: $(KUBERAY_CHECK) not found next to this checkout; skipped"; fi
 
-zoo: setup  ## retrain every zoo model from scratch (about an hour on 2 cores)
+zoo: setup  ## retrain every zoo model from scratch (about 75 minutes on 2 cores)
 	$(BIN)/python -m nexus_ray.zoo.train all
 
 clean:  ## remove the virtual environment and caches

@@ -15,6 +15,8 @@ app = typer.Typer(
 )
 zoo_app = typer.Typer(help="The built-in tiny models (the embedded default).", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
+rope_app = typer.Typer(help="RoPE context extension: evaluate scalings at long contexts.", no_args_is_help=True)
+app.add_typer(rope_app, name="rope")
 
 
 def _fail(message: str) -> None:
@@ -170,6 +172,77 @@ def zoo_list() -> None:
         params = f"{m.parameters / 1e6:.2f}M params" if m.parameters else "not built"
         typer.echo(f"{m.name:<14} {params:<14} {m.size_mb:5.1f} MB  {m.description}")
         typer.echo(f"{'':<14} {m.path}")
+
+
+@rope_app.command("eval")
+def rope_eval(
+    model: str = typer.Option("rope-base", help="Zoo model name or HF model directory (char-level tokenizer)."),
+    methods: str = typer.Option(
+        "none,linear,ntk,dynamic,yarn",
+        help="Comma-separated: none, linear, ntk, dynamic, yarn. Each runs at factor = length / trained context.",
+    ),
+    rope: str = typer.Option(
+        "", help='A scaling of your own, as JSON, run at every length as line "custom", e.g. '
+        '\'{"rope_type": "yarn", "factor": 8, "beta_fast": 16}\'.',
+    ),
+    lengths: str = typer.Option(
+        "", help="Comma-separated context lengths in tokens (default: 1x,2x,4x,8x the trained context)."
+    ),
+    documents: int = typer.Option(8, min=1, help="Perplexity documents per length."),
+    trials: int = typer.Option(
+        10, min=1, help="Passkey examples per length and key depth (depths: start, middle, end)."
+    ),
+    seed: int = typer.Option(0, help="Seed of the documents and passkeys (fixed inputs for every method)."),
+    out: str = typer.Option("results/rope-eval", help="Directory for rope_eval.json and rope_eval.png."),
+) -> None:
+    """Perplexity and passkey retrieval of a model under RoPE scalings, by context length.
+
+    Every method sees the same seeded documents (arith + passkey text) and passkeys.
+
+    Writes OUT/rope_eval.json (per method and length: perplexity, passkey accuracy by key
+    depth, answer NLL; the best method per length) and OUT/rope_eval.png; prints a table.
+
+    Example: nexus-ray rope eval --lengths 128,256,512,1024 --rope '{"rope_type": "yarn", "factor": 8}'
+    """
+    from pathlib import Path
+
+    from pydantic import ValidationError
+
+    from nexus_ray.config import RopeConfig
+    from nexus_ray.rope import evaluate as rope_evaluate
+    from nexus_ray.rope.apply import load_config
+    from nexus_ray.zoo.registry import resolve
+
+    try:
+        path = resolve(model)
+        original = load_config(path, None).max_position_embeddings
+        names = [m.strip() for m in methods.split(",") if m.strip()]
+        lines = rope_evaluate.standard_lines(names, original)
+        if rope:
+            custom = RopeConfig.model_validate_json(rope)
+            lines["custom"] = lambda _length: custom
+        if lengths and not all(x.strip().isdigit() for x in lengths.split(",")):
+            raise ValueError(f"--lengths must be comma-separated integers, got {lengths!r}")
+        sizes = [int(x) for x in lengths.split(",")] if lengths else [original * k for k in (1, 2, 4, 8)]
+        if not lines:
+            raise ValueError("no method to evaluate: give --methods or --rope")
+        if min(sizes) < 32:
+            raise ValueError(f"lengths must be at least 32 tokens, got {min(sizes)}")
+    except ValidationError as err:
+        _fail(f"--rope: {'; '.join(e['msg'] for e in err.errors())}")
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    try:
+        summary = rope_evaluate.compare(path, original, sizes, lines, documents_per_length=documents,
+                                        trials=trials, seed=seed)
+    except ValueError as err:
+        _fail(str(err))
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "rope_eval.json").write_text(json.dumps(summary, indent=1) + "\n")
+    rope_evaluate.plot(summary, out_dir / "rope_eval.png")
+    typer.echo(rope_evaluate.table(summary))
+    typer.echo(f"\nwrote {out_dir / 'rope_eval.json'} and {out_dir / 'rope_eval.png'}")
 
 
 def main() -> None:

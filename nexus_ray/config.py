@@ -16,6 +16,77 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+RopeType = Literal["default", "linear", "ntk", "dynamic", "yarn", "llama3", "longrope"]
+
+# Which optional keys each scaling reads; any other key set is a mistake worth an error.
+_ROPE_KEYS: dict[str, set[str]] = {
+    "default": set(),
+    "linear": {"factor"},
+    "ntk": {"factor"},
+    "dynamic": {"factor", "original_max_position_embeddings"},
+    "yarn": {
+        "factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "mscale",
+        "mscale_all_dim", "attention_factor", "truncate",
+    },
+    "llama3": {"factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor"},
+    "longrope": {"factor", "original_max_position_embeddings", "attention_factor", "long_factor", "short_factor"},
+}
+
+
+class RopeConfig(_Strict):
+    """A RoPE scaling (context extension), with transformers v5's key names and defaults.
+
+    ``factor`` is target length / ``original_max_position_embeddings`` (the pretraining
+    length; default: the model's ``max_position_embeddings``). ``ntk`` is static NTK-aware
+    scaling (a larger ``rope_theta``); ``dynamic`` is transformers' dynamic NTK. Keys a type
+    does not read are rejected rather than silently ignored. The factor lists of ``longrope``
+    need the model's rotary dimension, so their length is checked in ``nexus_ray.rope.scaling``.
+    """
+
+    rope_type: RopeType = "default"
+    factor: float | None = Field(None, description="target length / original length (>= 1)")
+    original_max_position_embeddings: int | None = Field(None, ge=1)
+    beta_fast: float | None = Field(None, gt=0, description="yarn: rotations below which pairs extrapolate (32)")
+    beta_slow: float | None = Field(None, gt=0, description="yarn: rotations above which pairs interpolate (1)")
+    mscale: float | None = Field(None, ge=0, description="yarn: used only together with mscale_all_dim")
+    mscale_all_dim: float | None = Field(None, ge=0)
+    attention_factor: float | None = Field(None, gt=0, description="cos/sin multiplier; overrides mscale")
+    truncate: bool | None = Field(None, description="yarn: round the correction range to integers (true)")
+    low_freq_factor: float | None = Field(None, gt=0, description="llama3 (1)")
+    high_freq_factor: float | None = Field(None, gt=0, description="llama3 (4)")
+    long_factor: list[float] | None = Field(None, description="longrope: per-pair divisor past the original length")
+    short_factor: list[float] | None = Field(None, description="longrope: per-pair divisor within it")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "RopeConfig":
+        allowed = _ROPE_KEYS[self.rope_type]
+        given = {k for k in self.model_fields_set - {"rope_type"} if getattr(self, k) is not None}
+        stray = sorted(given - allowed)
+        if stray:
+            raise ValueError(f"rope_type {self.rope_type!r} does not use {', '.join(stray)}")
+        if self.rope_type != "default":
+            if self.factor is None:
+                raise ValueError(f"rope_type {self.rope_type!r} needs a factor (target length / original length)")
+            if self.factor < 1:
+                raise ValueError(f"factor must be >= 1 (a context extension), got {self.factor}")
+        beta_fast = 32.0 if self.beta_fast is None else self.beta_fast
+        beta_slow = 1.0 if self.beta_slow is None else self.beta_slow
+        if self.rope_type == "yarn" and beta_fast <= beta_slow:
+            raise ValueError(f"beta_fast ({beta_fast}) must be greater than beta_slow ({beta_slow})")
+        low = 1.0 if self.low_freq_factor is None else self.low_freq_factor
+        high = 4.0 if self.high_freq_factor is None else self.high_freq_factor
+        if self.rope_type == "llama3" and high <= low:
+            raise ValueError(f"high_freq_factor ({high}) must be greater than low_freq_factor ({low})")
+        if self.rope_type == "longrope":
+            for name in ("long_factor", "short_factor"):
+                values = getattr(self, name)
+                if not values:
+                    raise ValueError(f"rope_type 'longrope' needs {name} (one positive divisor per rotary pair)")
+                if min(values) <= 0:
+                    raise ValueError(f"{name} must be positive, got {min(values)}")
+        return self
+
+
 class EngineConfig(_Strict):
     """One model and the engine that runs it. ``engine`` is the only switch between backends."""
 
@@ -31,6 +102,7 @@ class EngineConfig(_Strict):
     enable_prefix_caching: bool = True
     enforce_eager: bool = False
     hf_overrides: dict[str, Any] = Field(default_factory=dict)
+    rope: RopeConfig | None = Field(None, description="RoPE context extension, applied by either engine")
     seed: int = 0
     num_gpus: float = Field(0, ge=0, description="GPUs the worker that holds this engine reserves")
 

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
 from nexus_ray.engines.batching import MicroBatcher
 from nexus_ray.engines.prm_format import encode_steps
@@ -38,13 +38,23 @@ def _device(device: str | None) -> torch.device:
 
 
 
-def _load(engine, auto_class, model_path: str | Path, device: str | None, dtype: str) -> None:
-    """Load tokenizer and model onto the engine: the same for the policy and the PRM."""
+def _load(
+    engine, auto_class, model_path: str | Path, device: str | None, dtype: str, overrides: dict | None
+) -> None:
+    """Load tokenizer and model onto the engine: the same for the policy and the PRM.
+
+    ``overrides`` replace config keys before the model is built (vLLM's ``hf_overrides``).
+    """
     engine.model_path = Path(model_path)
     engine.model_name = engine.model_path.name
     engine.device = _device(device)
     engine.tokenizer = AutoTokenizer.from_pretrained(engine.model_path)
-    engine.model = auto_class.from_pretrained(engine.model_path, dtype=_DTYPES[dtype]).to(engine.device).eval()
+    config = AutoConfig.from_pretrained(engine.model_path)
+    for key, value in (overrides or {}).items():
+        setattr(config, key, value)
+    engine.model = (
+        auto_class.from_pretrained(engine.model_path, config=config, dtype=_DTYPES[dtype]).to(engine.device).eval()
+    )
     engine.num_parameters = sum(p.numel() for p in engine.model.parameters())
 
 
@@ -57,8 +67,9 @@ class HFPolicyEngine:
         device: str | None = None,
         dtype: str = "float32",
         max_batch_size: int = 256,
+        config_overrides: dict | None = None,
     ) -> None:
-        _load(self, AutoModelForCausalLM, model_path, device, dtype)
+        _load(self, AutoModelForCausalLM, model_path, device, dtype, config_overrides)
         self.max_batch_size = max_batch_size
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
         self._lock = threading.Lock()
@@ -231,8 +242,9 @@ class HFRewardEngine:
         step_delimiter: str = "\n",
         max_batch_size: int = 128,
         positive_label: int = 1,
+        config_overrides: dict | None = None,
     ) -> None:
-        _load(self, AutoModelForTokenClassification, model_path, device, dtype)
+        _load(self, AutoModelForTokenClassification, model_path, device, dtype, config_overrides)
         self.step_delimiter = step_delimiter
         self.positive_label = positive_label
         self.max_batch_size = max_batch_size

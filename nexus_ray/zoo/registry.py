@@ -11,6 +11,7 @@ ZOO_DIR = Path(__file__).parent / "models"
 DESCRIPTIONS = {
     "arith-policy": "tiny Llama policy: multi-step arithmetic, one step per line, then 'A: <answer>'",
     "arith-prm": "process reward model for arith-policy: P(still correct) at each step's newline",
+    "rope-base": "tiny Llama trained at a 128-token context (arith + passkey), for RoPE extension",
 }
 
 

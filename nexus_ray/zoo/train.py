@@ -1,7 +1,8 @@
 """Reproducible training of the zoo models from the synthetic arithmetic task.
 
-    python -m nexus_ray.zoo.train policy   # arith-policy: a tiny Llama that solves step by step
-    python -m nexus_ray.zoo.train prm      # arith-prm: scores each step of the policy's own samples
+    python -m nexus_ray.zoo.train policy     # arith-policy: a tiny Llama that solves step by step
+    python -m nexus_ray.zoo.train prm        # arith-prm: scores each step of the policy's own samples
+    python -m nexus_ray.zoo.train rope-base  # rope-base: trained at a 128-token context only
     python -m nexus_ray.zoo.train all
 
 Everything is seeded and runs on CPU with transformers' own model classes, so the outputs are
@@ -24,7 +25,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, LlamaForTokenClassificat
 from nexus_ray.engines.base import GenerationParams
 from nexus_ray.config import EngineConfig
 from nexus_ray.engines import build_policy_engine
-from nexus_ray.tasks import arith
+from nexus_ray.tasks import arith, passkey
 from nexus_ray.tasks.datasets import heldout_expressions
 from nexus_ray.zoo import registry
 from nexus_ray.zoo.tokenizer import build_tokenizer
@@ -392,9 +393,89 @@ def train_prm(
     return meta
 
 
+ROPE_BASE_CONTEXT = 128  # tokens, <s> included: everything beyond is for RoPE scaling to reach
+# Smaller than the policy (3 layers of 96, head_dim 32 as the policy's) so that it trains in
+# about 15 minutes on 2 shared cores; retrieval needs at least two layers (an induction head).
+ROPE_BASE_ARCH = {
+    **POLICY_ARCH,
+    "hidden_size": 96,
+    "intermediate_size": 288,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 3,
+    "num_key_value_heads": 3,
+    "max_position_embeddings": ROPE_BASE_CONTEXT,
+}
+
+
+def _rope_base_row(rng: random.Random, tok) -> list[int]:
+    """One training row of exactly ``ROPE_BASE_CONTEXT`` tokens.
+
+    Half the rows are one passkey example spanning the whole row (the key anywhere in it, so
+    retrieval is learnt at every distance up to the context), half are packed documents of
+    arithmetic solutions and shorter passkey examples.
+    """
+    n_chars = ROPE_BASE_CONTEXT - 1
+    if rng.random() < 0.5:
+        text = passkey.passkey(n_chars, rng.random(), rng).text[:n_chars]
+    else:
+        text = passkey.document(n_chars, rng, max_passkey_chars=n_chars)
+    ids = tok(text).input_ids
+    assert len(ids) == ROPE_BASE_CONTEXT, "the zoo tokenizer is one token per character"
+    return ids
+
+
+def train_rope_base(out: Path, steps: int, batch_size: int, lr: float, seed: int) -> dict:
+    """A tiny Llama trained only at a 128-token context, on arithmetic and passkey retrieval.
+
+    Every position is trained on (packed rows, loss on all tokens), so the model knows
+    positions 0-127 and nothing beyond: what a RoPE scaling must extend.
+    """
+    _set_seed(seed)
+    torch.set_num_threads(1)  # on a small shared CPU one thread is 2-3x faster than two
+    rng = random.Random(seed)
+    tok = build_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        **ROPE_BASE_ARCH,
+    )
+    model = LlamaForCausalLM(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    log = []
+    start = time.time()
+    bar = tqdm(range(steps), desc="rope-base", unit="step")
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, steps, lr)
+        ids = torch.tensor([_rope_base_row(rng, tok) for _ in range(batch_size)])
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            log.append({"step": step, "loss": round(loss.item(), 5)})
+    meta = {
+        "kind": "rope-base",
+        "context": ROPE_BASE_CONTEXT,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_seconds": round(time.time() - start, 1),
+        "loss_log": log,
+    }
+    _save(model, tok, out, meta)
+    return meta
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("which", choices=["policy", "prm", "all"])
+    parser.add_argument("which", choices=["policy", "prm", "rope-base", "all"])
     parser.add_argument("--out-dir", type=Path, default=registry.ZOO_DIR, help="where models are written")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--policy-steps", type=int, default=7000)
@@ -402,6 +483,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prm-problems-per-level", type=int, default=600)
     parser.add_argument("--prm-samples", type=int, default=8, help="policy samples per problem")
     parser.add_argument("--prm-steps", type=int, default=5000)
+    parser.add_argument("--rope-base-steps", type=int, default=2000)
     args = parser.parse_args(argv)
     if args.which in ("policy", "all"):
         train_policy(args.out_dir / "arith-policy", args.policy_steps, args.batch_size, 1.5e-3, args.seed)
@@ -415,6 +497,8 @@ def main(argv: list[str] | None = None) -> None:
             args.seed,
         )
         print(f"arith-prm held-out step AUROC: {meta['heldout_step_auroc']}")
+    if args.which in ("rope-base", "all"):
+        train_rope_base(args.out_dir / "rope-base", args.rope_base_steps, 32, 1.5e-3, args.seed)
 
 
 if __name__ == "__main__":
