@@ -4,7 +4,7 @@ Two disjoint slices of the arithmetic task, each harder than the base policy's t
 levels on its own axis, so fine-tuning on one helps it and merging has something to combine:
 
 - ``addsub``: long chains of additions and subtractions (6-8 operations, 1-2 digit numbers);
-- ``mul``: multiplication-heavy problems (2 non-adjacent products of 2-digit factors).
+- ``mul``: multiplication-heavy problems (2 non-adjacent products, each 2-digit x 1-digit).
 
 ``score(model_dir)`` greedy-decodes a fixed held-out set per sub-task and returns the
 accuracy of each: the objective a merge-coefficient search (issue 9) calls per trial.
@@ -36,7 +36,7 @@ EVAL_SEED = 7_000  # the held-out sets; training streams exclude their expressio
 
 
 def generate(task: SubTask, rng: random.Random) -> arith.Problem:
-    """One problem of ``task``: ``n_mul`` products of 2-digit factors among +/- operations."""
+    """One problem of ``task``: ``n_mul`` products (2-digit x 1-digit) among +/- operations."""
     n_ops = rng.randint(*task.n_ops)
     ops = [rng.choice(task.operators) for _ in range(n_ops)]
     while True:  # positions of the products, no two adjacent (the numbers would explode)
@@ -47,9 +47,13 @@ def generate(task: SubTask, rng: random.Random) -> arith.Problem:
         ops[i] = "*"
     numbers = []
     for i in range(n_ops + 1):
-        beside_mul = (i > 0 and ops[i - 1] == "*") or (i < n_ops and ops[i] == "*")
-        d = 2 if beside_mul else rng.randint(*task.digits)
-        numbers.append(rng.randint(10 ** (d - 1) if d > 1 else 0, 10**d - 1))
+        if i < n_ops and ops[i] == "*":
+            numbers.append(rng.randint(10, 99))
+        elif i > 0 and ops[i - 1] == "*":
+            numbers.append(rng.randint(2, 9))
+        else:
+            d = rng.randint(*task.digits)
+            numbers.append(rng.randint(10 ** (d - 1) if d > 1 else 0, 10**d - 1))
     tokens: list[int | str] = [numbers[0]]
     for op, n in zip(ops, numbers[1:]):
         tokens += [op, n]
