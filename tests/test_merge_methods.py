@@ -179,3 +179,13 @@ def test_random_methods_reproducible_by_seed(name):
 def test_della_domain_error():
     with pytest.raises(ValueError, match="epsilon"):
         methods.magprune(torch.randn(10), 0.9, 0.15, True, torch.Generator())
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_keep_ranks_equals_a_stable_sort(seed):
+    """The O(n) selection keeps exactly the values of ranks [lo, hi) of a sort, ties included."""
+    g = torch.Generator().manual_seed(seed)
+    mag = torch.randint(0, 6, (200,), generator=g).float()  # many ties
+    lo, hi = sorted(torch.randint(0, 201, (2,), generator=g).tolist())
+    got = methods._keep_ranks(mag, lo, hi)
+    assert sorted(mag[got].tolist()) == sorted(mag.tolist())[lo:hi]

@@ -7,7 +7,7 @@ merges to the same numbers. The math is re-derived from that description, not co
 Arithmetic runs in float32 (float64 inputs stay float64) and the result is cast back to the
 base's dtype. Differences from mergekit that change no result:
 
-- the TIES / Breadcrumbs trim selects with ``kthvalue`` (O(n)) instead of a full argsort;
+- the TIES / Breadcrumbs trim finds its cut with a selection (O(n)) instead of a full argsort;
 - deltas are weighted and reduced one model at a time, never stacked into one [n, ...] tensor;
 - random masks (DARE, DELLA) come from a generator seeded per (seed, tensor, model), so a merge
   is reproducible and independent of the order in which workers process tensors.
@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -83,33 +84,48 @@ def _l1_rescaled(delta: Tensor, kept: Tensor) -> Tensor:
     return kept.mul_(float(before / after))
 
 
+def _kth_smallest(flat: Tensor, k: int) -> Tensor:
+    """The value of 0-based ascending rank ``k``: numpy's introselect, O(n) and about twice as
+    fast as ``torch.kthvalue`` on CPU."""
+    return torch.as_tensor(np.partition(flat.numpy(), k)[k])
+
+
 def _keep_ranks(magnitude: Tensor, lo: int, hi: int) -> Tensor:
     """Mask of the elements whose ascending-magnitude rank is in [lo, hi), in O(n).
 
-    Two ``kthvalue`` thresholds instead of a sort; of the elements equal to a threshold, the
-    first in index order are kept, exactly ``hi - lo`` in all (a sort breaks ties arbitrarily).
+    A selection finds each cut value instead of a sort; of the elements equal to a cut value
+    (common in bf16), the first in index order are kept, exactly ``hi - lo`` in all (a sort
+    would break such ties arbitrarily).
     """
     flat = magnitude.reshape(-1)
     n = flat.numel()
-    keep = torch.ones(n, dtype=torch.bool)
-    if lo > 0:  # drop the ``lo`` smallest
-        t = flat.kthvalue(lo).values
-        below = flat < t
-        extra = lo - int(below.sum())
-        keep &= ~below
-        if extra:
-            at = (flat == t).nonzero().squeeze(1)[-extra:]
-            keep[at] = False
-    if hi < n:  # drop the ``n - hi`` largest
-        t = flat.kthvalue(hi + 1).values
-        above = flat > t
-        extra = (n - hi) - int(above.sum())
-        keep &= ~above
-        if extra:
+    if hi < n:  # keep ranks < hi: values below the cut, then the first ties up to hi
+        t = _kth_smallest(flat, hi)
+        keep = flat < t
+        _add_ties(keep, flat, t, hi - _count(keep), first=True)
+    else:
+        keep = torch.ones(n, dtype=torch.bool)
+    if lo > 0:  # drop ranks < lo: values below the cut, then the last ties up to lo
+        t = _kth_smallest(flat, lo)
+        low = flat < t
+        _add_ties(low, flat, t, lo - _count(low), first=False)
+        keep &= ~low
+        if hi < n and _count(keep) != hi - lo:  # both cuts in one tie group: keep its earliest
             at = (flat == t).nonzero().squeeze(1)
-            at = at[keep[at]][-extra:]
             keep[at] = False
+            keep[at[: hi - lo - _count(keep)]] = True
     return keep.reshape(magnitude.shape)
+
+
+def _count(mask: Tensor) -> int:
+    return int(np.count_nonzero(mask.numpy()))  # several times faster than a torch bool sum
+
+
+def _add_ties(mask: Tensor, flat: Tensor, t: Tensor, count: int, first: bool) -> None:
+    """Set ``mask`` on the first (or last) ``count`` elements equal to ``t``."""
+    if count > 0:
+        at = (flat == t).nonzero().squeeze(1)
+        mask[at[:count] if first else at[-count:]] = True
 
 
 def trim_magnitude(delta: Tensor, density: float) -> Tensor:
