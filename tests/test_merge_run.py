@@ -225,6 +225,22 @@ def test_matches_mergekit_yaml_on_checkpoints(experts, tmp_path, method, params)
             assert len(differ) == 0, name
 
 
+@pytest.mark.parametrize("method", ["ties", "task_arithmetic", "breadcrumbs"])
+def test_zoo_experts_match_mergekit_yaml(tmp_path, method):
+    """The committed zoo experts (real fine-tunes), merged by both tools."""
+    from tests.merge_oracle.oracle import mergekit_yaml
+
+    experts = [ZOO_DIR / "arith-expert-addsub", ZOO_DIR / "arith-expert-mul"]
+    cfg = _config(method, experts)
+    cfg["models"] = cfg["models"][:2]
+    mergekit_yaml(cfg, tmp_path / "mk")
+    ours = _load(merge(cfg, tmp_path / "ours", progress=False).out)
+    theirs = _load(tmp_path / "mk")
+    for name, t in ours.items():
+        differ = ((t - theirs[name]).abs() > 1e-5).flatten().nonzero().squeeze(1)
+        assert all(_at_trim_threshold(cfg, name, int(i)) for i in differ) if method == "ties" else len(differ) == 0, name
+
+
 def _at_trim_threshold(cfg: dict, name: str, index: int) -> bool:
     """Whether element ``index`` of tensor ``name`` ties the k-th largest |delta| of some model."""
     base = load_file(BASE / "model.safetensors")[name].flatten()
