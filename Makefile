@@ -4,10 +4,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 VLLM   := $(VENV)/.vllm-installed
+MERGEKIT := .venv-mergekit/.installed
 export RAY_AUTH_MODE := disabled
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-vllm demo test test-fast k8s-check zoo clean help
+.PHONY: setup setup-vllm setup-mergekit demo test test-fast k8s-check zoo clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -16,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0   # the CPU wheel; a plain `torch` pulls CUDA builds
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,tune]"
 	touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv and install nexus_ray with its test tools
@@ -31,12 +32,22 @@ $(VLLM): $(STAMP)
 
 setup-vllm: $(VLLM)  ## add vLLM's CPU build to .venv (the vLLM engine tests need it)
 
+# mergekit (LGPL, never imported by nexus_ray) in its own venv: it wants a newer transformers
+# than .venv's and peft/datasets/accelerate; the merge tests call it through a subprocess as
+# the oracle, and benchmarks/merge_speed.py as the baseline.
+$(MERGEKIT):
+	test -x .venv-mergekit/bin/python || $(PYTHON) -m venv .venv-mergekit
+	.venv-mergekit/bin/pip install -q torch==2.13.0 mergekit==0.1.5
+	touch $(MERGEKIT)
+
+setup-mergekit: $(MERGEKIT)  ## mergekit 0.1.5 in .venv-mergekit (the merge tests' oracle)
+
 demo: setup  ## greedy vs. best-of-8 + PRM by difficulty, then the HTTP service answers a few requests
 	$(BIN)/nexus-ray demo
 	$(BIN)/nexus-ray serve --smoke
 
-test: setup-vllm  ## run the whole test suite, vLLM engine tests included
-	$(BIN)/python -m pytest -q
+test: setup-vllm setup-mergekit  ## run the whole test suite, vLLM engine and mergekit-oracle tests included
+	NEXUS_REQUIRE_MERGEKIT=1 $(BIN)/python -m pytest -q
 
 test-fast: setup  ## the test suite without the vLLM engine tests (local iteration)
 	$(BIN)/python -m pytest -q -m "not vllm"
@@ -50,4 +61,4 @@ zoo: setup  ## retrain every zoo model from scratch (about 75 minutes on 2 cores
 	$(BIN)/python -m nexus_ray.zoo.train all
 
 clean:  ## remove the virtual environment and caches
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .venv-mergekit .pytest_cache

@@ -29,7 +29,7 @@ def test_loads_with_transformers_auto_classes(name, auto_class):
 
 def test_zoo_list_reports_built_models():
     models = {m.name: m for m in list_models()}
-    assert set(models) == {"arith-policy", "arith-prm", "rope-base"}
+    assert set(models) == {"arith-policy", "arith-prm", "arith-expert-addsub", "arith-expert-mul", "rope-base"}
     assert all(m.parameters and m.size_mb > 0 for m in models.values())
 
 

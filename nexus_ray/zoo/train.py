@@ -3,6 +3,7 @@
     python -m nexus_ray.zoo.train policy     # arith-policy: a tiny Llama that solves step by step
     python -m nexus_ray.zoo.train prm        # arith-prm: scores each step of the policy's own samples
     python -m nexus_ray.zoo.train rope-base  # rope-base: trained at a 128-token context only
+    python -m nexus_ray.zoo.train experts    # merge experts: arith-policy fine-tuned per sub-task
     python -m nexus_ray.zoo.train all
 
 Everything is seeded and runs on CPU with transformers' own model classes, so the outputs are
@@ -473,9 +474,60 @@ def train_rope_base(out: Path, steps: int, batch_size: int, lr: float, seed: int
     return meta
 
 
+def train_expert(base_dir: Path, out: Path, subtask: str, steps: int, batch_size: int, lr: float, seed: int) -> dict:
+    """Fine-tune the base policy on one merge sub-task (``nexus_ray.merge.subtasks``).
+
+    Same loss and batches as ``train_policy``; a short constant-after-warmup schedule and a
+    small learning rate keep the expert close to its base, as task vectors assume.
+    """
+    from nexus_ray.merge import subtasks
+
+    _set_seed(seed)
+    tok = build_tokenizer()
+    model = LlamaForCausalLM.from_pretrained(base_dir)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
+    task = subtasks.SUBTASKS[subtask]
+    heldout = {p.expression for name in subtasks.SUBTASKS for p in subtasks.eval_set(name, 500)}
+    rng = random.Random(f"{seed}-{subtask}")
+    log = []
+    start = time.time()
+    bar = tqdm(range(steps), desc=f"expert {subtask}", unit="step")
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / 50)
+        problems = []
+        while len(problems) < batch_size:
+            p = subtasks.generate(task, rng)
+            if p.expression not in heldout:
+                problems.append(p)
+        loss = model(**_policy_batch(problems, tok)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            log.append({"step": step, "loss": round(loss.item(), 5)})
+    meta = {
+        "kind": "merge-expert",
+        "base": base_dir.name,
+        "subtask": subtask,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_seconds": round(time.time() - start, 1),
+        "loss_log": log,
+    }
+    _save(model, tok, out, meta)
+    return meta
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("which", choices=["policy", "prm", "rope-base", "all"])
+    parser.add_argument("which", choices=["policy", "prm", "rope-base", "experts", "all"])
     parser.add_argument("--out-dir", type=Path, default=registry.ZOO_DIR, help="where models are written")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--policy-steps", type=int, default=7000)
@@ -484,6 +536,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prm-samples", type=int, default=8, help="policy samples per problem")
     parser.add_argument("--prm-steps", type=int, default=5000)
     parser.add_argument("--rope-base-steps", type=int, default=2000)
+    parser.add_argument("--expert-steps", type=int, default=200)
+    parser.add_argument("--expert-batch-size", type=int, default=32)
+    parser.add_argument("--expert-lr", type=float, default=1e-3)
+    parser.add_argument("--expert-subtasks", default="addsub,mul", help="which merge experts to train")
     args = parser.parse_args(argv)
     if args.which in ("policy", "all"):
         train_policy(args.out_dir / "arith-policy", args.policy_steps, args.batch_size, 1.5e-3, args.seed)
@@ -499,6 +555,17 @@ def main(argv: list[str] | None = None) -> None:
         print(f"arith-prm held-out step AUROC: {meta['heldout_step_auroc']}")
     if args.which in ("rope-base", "all"):
         train_rope_base(args.out_dir / "rope-base", args.rope_base_steps, 32, 1.5e-3, args.seed)
+    if args.which in ("experts", "all"):
+        for subtask in args.expert_subtasks.split(","):
+            train_expert(
+                args.out_dir / "arith-policy",
+                args.out_dir / f"arith-expert-{subtask}",
+                subtask,
+                args.expert_steps,
+                args.expert_batch_size,
+                args.expert_lr,
+                args.seed,
+            )
 
 
 if __name__ == "__main__":

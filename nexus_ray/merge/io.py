@@ -1,0 +1,198 @@
+"""Streaming safetensors I/O: memory-mapped reads, pre-laid-out sharded writes, atomic commit.
+
+The writer knows every output tensor's name, dtype and shape from the plan, so it lays out
+the shards (headers and offsets) up front and each merged tensor is written straight to its
+place with ``os.pwrite``, in any order, as soon as it is ready: memory holds the tensors being
+merged, never a shard. Everything goes to a temporary sibling directory that is renamed to
+the output at the end, so an interrupted merge never leaves a directory that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+ST_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+TORCH_DTYPES = {v: k for k, v in ST_DTYPES.items()}
+INDEX = "model.safetensors.index.json"
+SIDE_FILES = ("config.json", "generation_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
+)
+
+
+class ModelReader:
+    """Tensor names, shapes and dtypes of a (possibly sharded) safetensors checkpoint, from the
+    headers; ``get`` returns a tensor memory-mapped from its shard."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        index = self.path / INDEX
+        if index.exists():
+            weight_map = json.loads(index.read_text())["weight_map"]
+        else:
+            weight_map = None
+        self._files: dict[str, object] = {}
+        self._where: dict[str, str] = {}
+        files = sorted(set(weight_map.values())) if weight_map else ["model.safetensors"]
+        for f in files:
+            handle = safe_open(self.path / f, framework="pt")
+            self._files[f] = handle
+            for name in handle.keys():
+                self._where[name] = f
+        self._meta: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+        for name, f in self._where.items():
+            sl = self._files[f].get_slice(name)
+            self._meta[name] = (tuple(sl.get_shape()), TORCH_DTYPES[sl.get_dtype()])
+
+    def names(self) -> list[str]:
+        return list(self._where)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._meta[name][0]
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self._meta[name][1]
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._files[self._where[name]].get_tensor(name)
+
+
+@dataclass(frozen=True)
+class Slot:
+    file: str
+    offset: int  # absolute byte offset in the file
+    nbytes: int
+
+
+def _header(entries: list[tuple[str, torch.dtype, tuple[int, ...]]], metadata: dict) -> tuple[bytes, int]:
+    header: dict = {"__metadata__": metadata}
+    pos = 0
+    for name, dtype, shape in entries:
+        n = dtype.itemsize
+        for s in shape:
+            n *= s
+        header[name] = {"dtype": ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [pos, pos + n]}
+        pos += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # safetensors aligns the data section to 8 bytes
+    return raw, pos
+
+
+class ShardedWriter:
+    """Writes tensors into pre-laid-out safetensors shards of at most ``shard_bytes`` each."""
+
+    def __init__(self, directory: Path, entries: list[tuple[str, torch.dtype, tuple[int, ...]]], shard_bytes: int) -> None:
+        self.directory = Path(directory)
+        groups: list[list] = [[]]
+        size = 0
+        for e in entries:
+            n = e[1].itemsize * max(1, _numel(e[2]))
+            if groups[-1] and size + n > shard_bytes:
+                groups.append([])
+                size = 0
+            groups[-1].append(e)
+            size += n
+        total = len(groups)
+        self.slots: dict[str, Slot] = {}
+        self._fds: dict[str, int] = {}
+        weight_map = {}
+        total_size = 0
+        for i, group in enumerate(groups):
+            fname = "model.safetensors" if total == 1 else f"model-{i + 1:05d}-of-{total:05d}.safetensors"
+            header, data_bytes = _header(group, {"format": "pt"})
+            start = 8 + len(header)
+            fd = os.open(self.directory / fname, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.pwrite(fd, len(header).to_bytes(8, "little") + header, 0)
+            os.ftruncate(fd, start + data_bytes)
+            self._fds[fname] = fd
+            pos = start
+            for name, dtype, shape in group:
+                n = dtype.itemsize * _numel(shape)
+                self.slots[name] = Slot(fname, pos, n)
+                weight_map[name] = fname
+                pos += n
+            total_size += data_bytes
+        self.pending = set(self.slots)
+        if total > 1:
+            index = {"metadata": {"total_size": total_size}, "weight_map": weight_map}
+            (self.directory / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+
+    def write(self, name: str, data: memoryview | bytes) -> None:
+        slot = self.slots[name]
+        if len(data) != slot.nbytes:
+            raise ValueError(f"tensor {name!r}: {len(data)} bytes, the layout expects {slot.nbytes}")
+        done = 0
+        while done < len(data):
+            done += os.pwrite(self._fds[slot.file], data[done:], slot.offset + done)
+        self.pending.discard(name)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.fsync(fd)
+            os.close(fd)
+        self._fds.clear()
+        if self.pending:
+            raise RuntimeError(f"{len(self.pending)} tensors were never written, e.g. {sorted(self.pending)[0]!r}")
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def tensor_bytes(t: torch.Tensor) -> memoryview:
+    """The raw little-endian bytes of a tensor, without a copy when it is contiguous."""
+    return memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy())
+
+
+def copy_side_files(config_source: Path, tokenizer_source: Path, out: Path, out_dtype: torch.dtype | None) -> None:
+    """config.json (its dtype updated) and generation config from one model, tokenizer from another."""
+    for f in SIDE_FILES:
+        if (config_source / f).exists():
+            shutil.copy2(config_source / f, out / f)
+    if out_dtype is not None and (out / "config.json").exists():
+        cfg = json.loads((out / "config.json").read_text())
+        name = str(out_dtype).removeprefix("torch.")
+        for key in ("dtype", "torch_dtype"):
+            if key in cfg:
+                cfg[key] = name
+        (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    for f in TOKENIZER_FILES:
+        if (tokenizer_source / f).exists():
+            shutil.copy2(tokenizer_source / f, out / f)
+
+
+def temp_dir_for(out: Path) -> Path:
+    """A fresh temporary directory beside ``out`` (same filesystem, so the final rename is atomic)."""
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def commit(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Rename the finished ``tmp`` to ``out``; an existing ``out`` is replaced only if ``overwrite``."""
+    if out.exists():
+        if not overwrite:
+            raise FileExistsError(f"{out} exists (pass overwrite / --overwrite to replace it)")
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out)
