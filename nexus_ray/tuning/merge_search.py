@@ -6,7 +6,8 @@
 Each trial merges the experts into its own trial folder (``nexus_ray.merge``) and scores the
 merged model by greedy decoding on held-out problems of every sub-task, on growing subsets
 (``problems``: the ASHA rungs), so ASHA stops poor trials after the first few dozen problems.
-The searcher is Optuna's TPE, seeded, its first trial the default TIES merge. At the end the
+The searcher is Optuna's TPE, seeded, its first trial the default TIES merge; the methods it
+chooses among are ties, dare_ties and della by default (linear and task_arithmetic on request). At the end the
 best config is merged again and re-scored on the full set (the reported best must match), and
 the search writes ``best-merge.yaml`` (mergekit-compatible), ``trials.csv``, ``summary.json``
 and ``search.png`` next to the experiment. Run the same command again to resume it.
@@ -27,7 +28,8 @@ from nexus_ray.tuning.common import (
     SearchError, SearchSettings, fit, load_config, plot_search, storage_uri, trials_in_order, trials_to_reach,
 )
 
-Method = Literal["ties", "dare_ties", "della"]
+Method = Literal["ties", "dare_ties", "della", "linear", "task_arithmetic"]
+SPARSE = ("ties", "dare_ties", "della")  # the methods that read density
 
 
 class MergeSearchConfig(SearchSettings):
@@ -36,8 +38,8 @@ class MergeSearchConfig(SearchSettings):
     models: list[str] = Field(min_length=2, description="the experts (zoo names or model directories)")
     methods: list[Method] = Field(default_factory=lambda: ["ties", "dare_ties", "della"], min_length=1)
     weight: tuple[float, float] = (0.1, 1.0)
-    density: tuple[float, float] = (0.2, 0.8)
-    lambda_: tuple[float, float] = Field((0.6, 1.4), alias="lambda")
+    density: tuple[float, float] = (0.2, 0.95)
+    lambda_: tuple[float, float] = Field((0.3, 1.4), alias="lambda")
     objective: dict[str, float] | None = Field(None, description="sub-task weights (default: the mean)")
     problems: list[int] = Field(default_factory=lambda: [25, 50, 100], description="ASHA rungs, problems per sub-task")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -65,7 +67,7 @@ def merge_config(cfg: MergeSearchConfig, point: dict) -> dict:
     models = []
     for i, model in enumerate(cfg.models):
         params = {"weight": round(point[f"weight_{i}"], 4)}
-        if method != "linear":
+        if method in SPARSE:
             density = round(point[f"density_{i}"], 4)
             params["density"] = density
             if method == "della":  # mergekit needs 0 < density - epsilon and density + epsilon < 1
