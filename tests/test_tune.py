@@ -52,7 +52,7 @@ def test_yarn_search_beats_no_scaling_at_4x_and_its_best_reevaluates_the_same(tm
                "storage_path": str(tmp_path / "tune")}
     run = run_script("yarn_search.py", config, tmp_path)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    out = tmp_path / "tune" / "tiny-yarn"
+    out = tmp_path / "tune" / "tiny-yarn-512"
     summary = json.loads((out / "summary.json").read_text())
     best = summary["best"]
     assert best["metrics"]["objective"] == pytest.approx(best["recheck"]["objective"])

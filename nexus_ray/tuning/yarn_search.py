@@ -11,7 +11,8 @@ unscaled model. Betas act only through the integer correction range they round t
 that map to the same (factor, correction range, attention factor) are evaluated once: a
 result cache in the experiment folder serves the duplicates. Writes ``best-rope.yaml`` (the
 ``rope_parameters`` block for the model's config), ``trials.csv``, ``summary.json`` and
-``search.png``; the best is re-evaluated and must match. Run the command again to resume.
+``search.png`` into ``storage_path/<name>-<target_length>``; the best is re-evaluated and
+must match. Run the command again to resume.
 """
 
 from __future__ import annotations
@@ -129,6 +130,8 @@ def run(cfg: YarnSearchConfig, fresh: bool = False) -> dict:
     from nexus_ray.rope.scaling import RopeBase
     from nexus_ray.zoo.registry import resolve
 
+    # One experiment per target length: `--target-length 1024` does not resume the 512 search.
+    cfg = cfg.model_copy(update={"name": f"{cfg.name}-{cfg.target_length}"})
     model_dir = resolve(cfg.model)
     original = _trained_length(model_dir)
     if cfg.target_length <= original:
