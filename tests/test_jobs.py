@@ -58,3 +58,22 @@ def test_calibrate_as_a_ray_job(cluster_address, tmp_path):
     table = PlanTable.load(tmp_path / "table-surprisal.json")
     assert table.problems == 5 and table.dataset == "arith-calib"
     assert len((tmp_path / "pools.jsonl").read_text().splitlines()) == 5
+
+
+def test_a_tune_search_as_a_ray_job(cluster_address, tmp_path):
+    """`ray job submit -- python tune/yarn_search.py`: the search runs on the cluster's workers."""
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    config = yaml.safe_load((root / "tune" / "configs" / "yarn-zoo.yaml").read_text())
+    config |= {"name": "job-yarn", "num_samples": 2, "documents": 1, "passkey_trials": 2,
+               "storage_path": str(tmp_path / "tune")}
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = os.environ | {"RAY_AUTH_MODE": "disabled", "RAY_API_SERVER_ADDRESS": cluster_address}
+    cmd = [str(BIN / "ray"), "job", "submit", "--", sys.executable, str(root / "tune" / "yarn_search.py"),
+           "--config", str(path)]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    summary = json.loads((tmp_path / "tune" / "job-yarn-512" / "summary.json").read_text())
+    assert summary["trials"] == 2

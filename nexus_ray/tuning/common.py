@@ -7,6 +7,7 @@ were pending or running, instead of starting over.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -85,8 +86,14 @@ def fit(
 
 
 def trials_in_order(results) -> list:
-    """Finished trials in the order they started (Tune's trial ids sort that way)."""
-    return sorted((r for r in results if r.metrics), key=lambda r: r.path)
+    """Trials that reported, in the order they were created (the counter in Tune's trial folder
+    name: ``trial_<id>_<n>_<params>``)."""
+
+    def created(r) -> int:
+        match = re.match(r"trial_[0-9a-f]+_(\d+)_", Path(r.path).name)
+        return int(match.group(1)) if match else 0
+
+    return sorted((r for r in results if r.metrics), key=created)
 
 
 def trials_to_reach(values: list[float], fraction: float = 0.95) -> int | None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -108,18 +109,17 @@ def score(model_dir: Path, rungs: list[int], weights: dict[str, float] | None, r
 
 
 def trial(point: dict, search: dict) -> None:
-    """One Tune trial: merge into the trial folder, score rung by rung, clean up."""
+    """One Tune trial: merge into node-local scratch space (not the trial folder, which Tune
+    uploads to storage on every report), score rung by rung, clean up."""
     from ray import tune
 
     from nexus_ray.merge.run import merge
 
     cfg = MergeSearchConfig.model_validate(search)
-    out = Path(tune.get_context().get_trial_dir()) / "merged"
-    merge(merge_config(cfg, point), out, workers=1, seed=cfg.seed, overwrite=True, progress=False)
-    try:
+    with tempfile.TemporaryDirectory(prefix=f"nexus-merge-{tune.get_context().get_trial_id()}-") as scratch:
+        out = Path(scratch) / "merged"
+        merge(merge_config(cfg, point), out, workers=1, seed=cfg.seed, progress=False)
         score(out, cfg.problems, cfg.objective, report=tune.report)
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
 
 
 def evaluate_merge(merge_cfg: dict, out: Path, cfg: MergeSearchConfig) -> dict:
@@ -179,19 +179,21 @@ def run(cfg: MergeSearchConfig, fresh: bool = False) -> dict:
                  "default ties": evaluate_merge(merge_config(cfg, default_ties(cfg)), scratch, cfg)}
     for i, m in enumerate(cfg.models):
         baselines[f"expert {m}"] = score(_resolve(m), [cfg.problems[-1]], cfg.objective)
-    values = [r.metrics["objective"] for r in trials_in_order(results)]
+    ordered = trials_in_order(results)
+    values = [r.metrics["objective"] for r in ordered]  # ASHA-stopped trials: their last rung's score
+    full = [r.metrics["objective"] if r.metrics.get("problems") == cfg.problems[-1] else float("-inf") for r in ordered]
     summary = {
         "best": {"config": best_cfg, "objective": best.metrics["objective"],
                  "accuracy": {k[4:]: v for k, v in best.metrics.items() if k.startswith("acc_")}, "recheck": recheck},
         "baselines": baselines,
         "trials": len(values),
         "finished_all_rungs": len(finished),
-        "trials_to_95pct_of_best": trials_to_reach(values),
+        "trials_to_95pct_of_best": trials_to_reach(full),
     }
     (local / "best-merge.yaml").write_text(yaml.safe_dump(best_cfg, sort_keys=False))
     results.get_dataframe().to_csv(local / "trials.csv", index=False)
     (local / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
-    coefficients = {k: [r.config[k] for r in trials_in_order(results)] for k in sorted(space) if k != "method"}
+    coefficients = {k: [r.config[k] for r in ordered] for k in sorted(space) if k != "method"}
     plot_search(values, coefficients, {k: v["objective"] for k, v in baselines.items()},
                 f"merge search: {cfg.name}", local / "search.png")
     print(f"\nbest ({best_cfg['merge_method']}): objective {best.metrics['objective']:.3f}, "
