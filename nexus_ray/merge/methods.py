@@ -1,8 +1,9 @@
 """Merge methods over tensors: model soups, task arithmetic, TIES, DARE, DELLA, Breadcrumbs, SLERP.
 
 Each method is a small function registered with its parameters and their defaults, which are
-mergekit's (see ``docs``: the note in shared/reference/model_merging.md), so a mergekit YAML
-merges to the same numbers. The math is re-derived from that description, not copied.
+mergekit's (0.1.5), so a mergekit YAML merges to the same numbers. The math is re-derived from
+a description of mergekit's behaviour (mergekit is LGPL; none of its code is copied) and
+tested against mergekit itself.
 
 Arithmetic runs in float32 (float64 inputs stay float64) and the result is cast back to the
 base's dtype. Differences from mergekit that change no result:
