@@ -28,11 +28,11 @@ EXPERTS = ["arith-expert-addsub", "arith-expert-mul"]
 def configs() -> dict[str, dict]:
     """The merges compared: mergekit's usual settings for two experts on a shared base."""
 
-    def gta(method: str, **model_params) -> dict:
+    def gta(method: str, weight: float = 1.0, **model_params) -> dict:
         return {
             "merge_method": method,
             "base_model": "arith-policy",
-            "models": [{"model": e, "parameters": {"weight": 1.0, **model_params}} for e in EXPERTS],
+            "models": [{"model": e, "parameters": {"weight": weight, **model_params}} for e in EXPERTS],
             "dtype": "float32",
         }
 
@@ -42,11 +42,15 @@ def configs() -> dict[str, dict]:
             "models": [{"model": e, "parameters": {"weight": 0.5}} for e in EXPERTS],
             "dtype": "float32",
         },
-        "task_arithmetic": gta("task_arithmetic"),
+        "task_arithmetic (weights 1)": gta("task_arithmetic"),
         "ties (density 0.5)": gta("ties", density=0.5),
-        "dare_ties (density 0.5)": gta("dare_ties", density=0.5),
+        "ties (density 0.9)": gta("ties", density=0.9),
+        "dare_ties (density 0.5, weights 1)": gta("dare_ties", density=0.5),
+        "dare_ties (density 0.5, weights 0.5)": gta("dare_ties", 0.5, density=0.5),
+        "dare_linear (density 0.7, weights 0.5)": gta("dare_linear", 0.5, density=0.7),
         "della (density 0.5, eps 0.1)": gta("della", density=0.5, epsilon=0.1),
-        "breadcrumbs_ties (density 0.9)": gta("breadcrumbs_ties", density=0.9, gamma=0.01),
+        "della_linear (density 0.7, eps 0.1, weights 0.5)": gta("della_linear", 0.5, density=0.7, epsilon=0.1),
+        "breadcrumbs_ties (density 0.9, weights 1)": gta("breadcrumbs_ties", density=0.9, gamma=0.01),
     }
 
 

@@ -50,6 +50,14 @@ DETERMINISTIC = {
         _case("ties", {"weight": [1.0, 1.0, 1.0], "density": [0.2, 0.2, 0.9], "normalize": False, "lambda": 1.3}, shape=(1000,)),
         lambda b, i, p: methods.ties(b, i, p["weight"], p["density"], normalize=False, lambda_=1.3),
     ),
+    "ties_rescaled": (
+        _case("ties", {"weight": W, "density": D, "rescale": True}),
+        lambda b, i, p: methods.ties(b, i, p["weight"], p["density"], rescale=True),
+    ),
+    "breadcrumbs_rescaled": (
+        _case("breadcrumbs", {"weight": W, "density": D, "gamma": [0.02] * 3, "rescale": True}),
+        lambda b, i, p: methods.breadcrumbs(b, i, p["weight"], p["density"], p["gamma"], rescale=True),
+    ),
     "breadcrumbs": (
         _case("breadcrumbs", {"weight": W, "density": D, "gamma": [0.01, 0.1, 0.3]}),
         lambda b, i, p: methods.breadcrumbs(b, i, p["weight"], p["density"], p["gamma"]),

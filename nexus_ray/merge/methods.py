@@ -1,8 +1,9 @@
 """Merge methods over tensors: model soups, task arithmetic, TIES, DARE, DELLA, Breadcrumbs, SLERP.
 
 Each method is a small function registered with its parameters and their defaults, which are
-mergekit's (see ``docs``: the note in shared/reference/model_merging.md), so a mergekit YAML
-merges to the same numbers. The math is re-derived from that description, not copied.
+mergekit's (0.1.5), so a mergekit YAML merges to the same numbers. The math is re-derived from
+a description of mergekit's behaviour (mergekit is LGPL; none of its code is copied) and
+tested against mergekit itself.
 
 Arithmetic runs in float32 (float64 inputs stay float64) and the result is cast back to the
 base's dtype. Differences from mergekit that change no result:
@@ -75,13 +76,17 @@ def tensor_generator(seed: int, tensor_name: str, model_index: int) -> torch.Gen
 def _l1_rescaled(delta: Tensor, kept: Tensor) -> Tensor:
     """``kept`` scaled so its L1 norm equals the original's (DARE/DELLA's rescale in mergekit).
 
-    The norms are summed in float64 so the factor does not depend on the thread count (a Ray
-    worker runs one thread): the same seed gives the same bytes everywhere.
+    The norms are numpy's single-threaded pairwise sums, so the factor does not depend on the
+    thread count (a Ray worker runs one thread): the same seed gives the same bytes everywhere.
     """
-    before, after = delta.abs().sum(dtype=torch.float64), kept.abs().sum(dtype=torch.float64)
+    before, after = _l1(delta), _l1(kept)
     if before < EPS_NORM or after < EPS_NORM:
         return kept
-    return kept.mul_(float(before / after))
+    return kept.mul_(before / after)
+
+
+def _l1(t: Tensor) -> float:
+    return float(np.abs(t.reshape(-1).numpy()).sum(dtype=np.float64 if t.dtype == torch.float64 else np.float32))
 
 
 def _kth_smallest(flat: Tensor, k: int) -> Tensor:
@@ -128,7 +133,12 @@ def _add_ties(mask: Tensor, flat: Tensor, t: Tensor, count: int, first: bool) ->
         mask[at[:count] if first else at[-count:]] = True
 
 
-def trim_magnitude(delta: Tensor, density: float) -> Tensor:
+def _masked(delta: Tensor, keep: Tensor, rescale: bool) -> Tensor:
+    """``delta`` where ``keep``, in place unless the L1 rescale needs the original."""
+    return _l1_rescaled(delta, delta * keep) if rescale else delta.mul_(keep)
+
+
+def trim_magnitude(delta: Tensor, density: float, rescale: bool = False) -> Tensor:
     """TIES trim: keep the ``max(1, int(density * n))`` largest magnitudes of this tensor."""
     if density >= 1:
         return delta
@@ -136,10 +146,10 @@ def trim_magnitude(delta: Tensor, density: float) -> Tensor:
         return torch.zeros_like(delta)
     n = delta.numel()
     k = max(1, int(density * n))
-    return delta.mul_(_keep_ranks(delta.abs(), n - k, n))
+    return _masked(delta, _keep_ranks(delta.abs(), n - k, n), rescale)
 
 
-def trim_outliers(delta: Tensor, density: float, gamma: float) -> Tensor:
+def trim_outliers(delta: Tensor, density: float, gamma: float, rescale: bool = False) -> Tensor:
     """Model Breadcrumbs: drop the ``gamma`` fraction of largest magnitudes and enough of the
     smallest to keep ``int(density * n)``; the outlier cut shrinks if both do not fit."""
     if density >= 1:
@@ -147,7 +157,7 @@ def trim_outliers(delta: Tensor, density: float, gamma: float) -> Tensor:
     n = delta.numel()
     keep_n = int(density * n)
     low = max(0, n - keep_n - int(gamma * n))
-    return delta.mul_(_keep_ranks(delta.abs(), low, low + keep_n))
+    return _masked(delta, _keep_ranks(delta.abs(), low, low + keep_n), rescale)
 
 
 def drop_random(delta: Tensor, density: float, rescale: bool, gen: torch.Generator) -> Tensor:
@@ -240,9 +250,16 @@ GTA_GLOBALS = {"normalize": False, "rescale": False, "lambda": 1.0, "int8_mask":
 
 @register("task_arithmetic", True, {"weight": None}, GTA_GLOBALS)
 def task_arithmetic(
-    base: Tensor, models: Sequence[Tensor], weight: Sequence[float], *, normalize: bool = False, lambda_: float = 1.0
+    base: Tensor,
+    models: Sequence[Tensor],
+    weight: Sequence[float],
+    *,
+    normalize: bool = False,
+    rescale: bool = False,
+    lambda_: float = 1.0,
 ) -> Tensor:
-    """Task arithmetic: base + lambda * sum_i w_i (theta_i - base)."""
+    """Task arithmetic: base + lambda * sum_i w_i (theta_i - base); ``rescale`` is accepted for
+    mergekit configs and changes nothing (no element is dropped)."""
     return _task_merge(base, models, weight, None, False, normalize, lambda_)
 
 
@@ -254,11 +271,12 @@ def ties(
     density: Sequence[float] | None = None,
     *,
     normalize: bool = True,
+    rescale: bool = False,
     lambda_: float = 1.0,
 ) -> Tensor:
     """TIES: trim each task vector to its top-``density`` magnitudes, elect signs, disjoint mean."""
     dens = _density(density, len(models))
-    return _task_merge(base, models, weight, lambda d, i: trim_magnitude(d, dens[i]), True, normalize, lambda_)
+    return _task_merge(base, models, weight, lambda d, i: trim_magnitude(d, dens[i], rescale), True, normalize, lambda_)
 
 
 def _dare(base, models, weight, density, normalize, rescale, lambda_, seed, tensor_name, consensus) -> Tensor:
@@ -356,11 +374,11 @@ def della_linear(
 BREADCRUMBS_MODEL = {"weight": None, "density": 1.0, "gamma": 0.01}
 
 
-def _breadcrumbs(base, models, weight, density, gamma, normalize, lambda_, consensus):
+def _breadcrumbs(base, models, weight, density, gamma, normalize, rescale, lambda_, consensus):
     dens = _density(density, len(models))
     gam = gamma if gamma is not None else [0.01] * len(models)
     return _task_merge(
-        base, models, weight, lambda d, i: trim_outliers(d, dens[i], gam[i]), consensus, normalize, lambda_
+        base, models, weight, lambda d, i: trim_outliers(d, dens[i], gam[i], rescale), consensus, normalize, lambda_
     )
 
 
@@ -373,10 +391,11 @@ def breadcrumbs(
     gamma: Sequence[float] | None = None,
     *,
     normalize: bool = False,
+    rescale: bool = False,
     lambda_: float = 1.0,
 ) -> Tensor:
     """Model Breadcrumbs: drop the tiny and the outlier deltas, then task arithmetic."""
-    return _breadcrumbs(base, models, weight, density, gamma, normalize, lambda_, False)
+    return _breadcrumbs(base, models, weight, density, gamma, normalize, rescale, lambda_, False)
 
 
 @register("breadcrumbs_ties", True, BREADCRUMBS_MODEL, GTA_GLOBALS)
@@ -388,10 +407,11 @@ def breadcrumbs_ties(
     gamma: Sequence[float] | None = None,
     *,
     normalize: bool = False,
+    rescale: bool = False,
     lambda_: float = 1.0,
 ) -> Tensor:
     """Model Breadcrumbs with the TIES sign election."""
-    return _breadcrumbs(base, models, weight, density, gamma, normalize, lambda_, True)
+    return _breadcrumbs(base, models, weight, density, gamma, normalize, rescale, lambda_, True)
 
 
 # --- methods that average weights directly ---------------------------------------------------
@@ -440,10 +460,6 @@ def call(
     kwargs: dict[str, Any] = {k: v for k, v in model_params.items() if k in method.model_params}
     for key, value in global_params.items():
         if key == "int8_mask":  # memory layout of mergekit's mask only; results are identical
-            continue
-        if key == "rescale" and method.name in ("task_arithmetic", "ties", "breadcrumbs", "breadcrumbs_ties"):
-            if value:
-                raise ValueError(f"rescale: true is not supported for {method.name}")
             continue
         kwargs["lambda_" if key == "lambda" else key] = value
     if method.random:

@@ -117,8 +117,8 @@ def _run_ray(plan: Plan, writer: ShardedWriter, workers: int, seed: int, bar: tq
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         if os.environ.get("RAY_ADDRESS"):
             ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
-        else:
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        else:  # a fresh local Ray, never some other cluster that happens to run on this machine
+            ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
     task = ray.remote(num_cpus=1, max_retries=0)(_merge_bytes)
     plan_ref = ray.put(plan)
     todo = sorted(plan.tensors, key=lambda t: -t.nbytes)  # big tensors first: no long tail
