@@ -18,6 +18,7 @@ import math
 import random
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -96,28 +97,25 @@ def _policy_batch(problems: list[arith.Problem], tok) -> dict[str, torch.Tensor]
     return _right_padded(rows, labels, tok.pad_token_id)
 
 
-def train_policy(out: Path, steps: int, batch_size: int, lr: float, seed: int) -> dict:
-    _set_seed(seed)
-    tok = build_tokenizer()
+def _new_llama(tok, arch: dict) -> LlamaForCausalLM:
     config = LlamaConfig(
         vocab_size=len(tok),
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
-        **POLICY_ARCH,
+        **arch,
     )
-    model = LlamaForCausalLM(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
-    stream = ProblemStream(seed)
-    levels = list(arith.LEVELS)
+    return LlamaForCausalLM(config)
+
+
+def _fit(model, opt, steps: int, desc: str, lr_at: Callable[[int], float], loss_at: Callable[[int], torch.Tensor]) -> list[dict]:
+    """The loop every causal-LM zoo model shares: schedule, step, clip, log every 50 steps."""
     log = []
-    start = time.time()
-    bar = tqdm(range(steps), desc="arith-policy", unit="step")
+    bar = tqdm(range(steps), desc=desc, unit="step")
     for step in bar:
         for group in opt.param_groups:
-            group["lr"] = _lr(step, steps, lr)
-        batch = _policy_batch(stream.batch(levels[step % len(levels)], batch_size), tok)
-        loss = model(**batch).loss
+            group["lr"] = lr_at(step)
+        loss = loss_at(step)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -125,8 +123,13 @@ def train_policy(out: Path, steps: int, batch_size: int, lr: float, seed: int) -
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
             log.append({"step": step, "loss": round(loss.item(), 5)})
-    meta = {
-        "kind": "policy",
+    return log
+
+
+def _run_meta(kind: str, model, steps: int, batch_size: int, lr: float, seed: int, start: float, log: list, **extra) -> dict:
+    return {
+        "kind": kind,
+        **extra,
         "steps": steps,
         "batch_size": batch_size,
         "lr": lr,
@@ -135,6 +138,21 @@ def train_policy(out: Path, steps: int, batch_size: int, lr: float, seed: int) -
         "train_seconds": round(time.time() - start, 1),
         "loss_log": log,
     }
+
+
+def train_policy(out: Path, steps: int, batch_size: int, lr: float, seed: int) -> dict:
+    _set_seed(seed)
+    tok = build_tokenizer()
+    model = _new_llama(tok, POLICY_ARCH)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    stream = ProblemStream(seed)
+    levels = list(arith.LEVELS)
+    start = time.time()
+    log = _fit(
+        model, opt, steps, "arith-policy", lambda step: _lr(step, steps, lr),
+        lambda step: model(**_policy_batch(stream.batch(levels[step % len(levels)], batch_size), tok)).loss,
+    )
+    meta = _run_meta("policy", model, steps, batch_size, lr, seed, start, log)
     _save(model, tok, out, meta)
     return meta
 
@@ -435,41 +453,16 @@ def train_rope_base(out: Path, steps: int, batch_size: int, lr: float, seed: int
     torch.set_num_threads(1)  # on a small shared CPU one thread is 2-3x faster than two
     rng = random.Random(seed)
     tok = build_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        **ROPE_BASE_ARCH,
-    )
-    model = LlamaForCausalLM(config)
+    model = _new_llama(tok, ROPE_BASE_ARCH)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
-    log = []
     start = time.time()
-    bar = tqdm(range(steps), desc="rope-base", unit="step")
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = _lr(step, steps, lr)
+
+    def loss_at(step: int) -> torch.Tensor:
         ids = torch.tensor([_rope_base_row(rng, tok) for _ in range(batch_size)])
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            log.append({"step": step, "loss": round(loss.item(), 5)})
-    meta = {
-        "kind": "rope-base",
-        "context": ROPE_BASE_CONTEXT,
-        "steps": steps,
-        "batch_size": batch_size,
-        "lr": lr,
-        "seed": seed,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "train_seconds": round(time.time() - start, 1),
-        "loss_log": log,
-    }
+        return model(input_ids=ids, labels=ids).loss
+
+    log = _fit(model, opt, steps, "rope-base", lambda step: _lr(step, steps, lr), loss_at)
+    meta = _run_meta("rope-base", model, steps, batch_size, lr, seed, start, log, context=ROPE_BASE_CONTEXT)
     _save(model, tok, out, meta)
     return meta
 
@@ -490,37 +483,18 @@ def train_expert(base_dir: Path, out: Path, subtask: str, steps: int, batch_size
     task = subtasks.SUBTASKS[subtask]
     heldout = {p.expression for name in subtasks.SUBTASKS for p in subtasks.eval_set(name, 500)}
     rng = random.Random(f"{seed}-{subtask}")
-    log = []
     start = time.time()
-    bar = tqdm(range(steps), desc=f"expert {subtask}", unit="step")
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / 50)
+
+    def loss_at(step: int) -> torch.Tensor:
         problems = []
         while len(problems) < batch_size:
             p = subtasks.generate(task, rng)
             if p.expression not in heldout:
                 problems.append(p)
-        loss = model(**_policy_batch(problems, tok)).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            log.append({"step": step, "loss": round(loss.item(), 5)})
-    meta = {
-        "kind": "merge-expert",
-        "base": base_dir.name,
-        "subtask": subtask,
-        "steps": steps,
-        "batch_size": batch_size,
-        "lr": lr,
-        "seed": seed,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "train_seconds": round(time.time() - start, 1),
-        "loss_log": log,
-    }
+        return model(**_policy_batch(problems, tok)).loss
+
+    log = _fit(model, opt, steps, f"expert {subtask}", lambda step: lr * min(1.0, (step + 1) / 50), loss_at)
+    meta = _run_meta("merge-expert", model, steps, batch_size, lr, seed, start, log, base=base_dir.name, subtask=subtask)
     _save(model, tok, out, meta)
     return meta
 
