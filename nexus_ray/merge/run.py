@@ -113,7 +113,8 @@ def merge(
 def _run_ray(plan: Plan, writer: ShardedWriter, workers: int, seed: int, bar: tqdm) -> None:
     import ray
 
-    if not ray.is_initialized():
+    started_here = not ray.is_initialized()  # then it is ours to shut down, so callers can ray.init
+    if started_here:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         if os.environ.get("RAY_ADDRESS"):
             ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
@@ -142,3 +143,5 @@ def _run_ray(plan: Plan, writer: ShardedWriter, workers: int, seed: int, bar: tq
     finally:
         for ref in in_flight:
             ray.cancel(ref)
+        if started_here:
+            ray.shutdown()
