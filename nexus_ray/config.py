@@ -191,15 +191,6 @@ class ServiceConfig(ModelsConfig):
     request_timeout_s: float = Field(60.0, gt=0, description="a solve past this gets a 504")
     num_cpus: float = Field(0.25, ge=0, description="CPUs of the ingress replica")
 
-    @model_validator(mode="after")
-    def _table_fits_models(self) -> "ServiceConfig":
-        """A missing, unreadable or stale plan table fails here, at start-up, not at a request."""
-        if self.planner.table is not None:
-            from nexus_ray.planner.table import load_table
-
-            load_table(self.planner.table).check_models(self.policy.model, self.prm.model)
-        return self
-
 
 def local_models(
     engine: Literal["hf", "vllm"] = "hf", policy: str = "arith-policy", prm: str = "arith-prm"

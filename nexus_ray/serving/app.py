@@ -379,6 +379,8 @@ def build_app(args: dict) -> serve.Application:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
         raise ValueError(f"invalid nexus_ray service config: {problems}") from None
     _api_keys(config.api_keys_env)  # a missing key variable fails here, not at the first request
+    if config.planner.table is not None:  # so does a missing, unreadable or stale plan table
+        load_table(config.planner.table).check_models(config.policy.model, config.prm.model)
     policy = PolicyWorker.options(**worker_options(config.policy, config.policy_worker)).bind(
         config.policy.model_dump(), config.policy_worker.batching
     )

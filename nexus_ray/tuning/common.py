@@ -58,6 +58,13 @@ def storage_uri(storage_path: str) -> str:
     return storage_path if "://" in storage_path else str(Path(storage_path).resolve())
 
 
+def output_dir(settings: SearchSettings) -> Path:
+    """Where a search writes its outcome: the experiment folder, or ./results/tune/<name> when
+    the experiment lives on cloud storage."""
+    root = settings.storage_path if "://" not in settings.storage_path else "results/tune"
+    return Path(root).resolve() / settings.name
+
+
 def fit(
     trainable: Callable, settings: SearchSettings, param_space: dict, metric: str,
     search_alg: Any = None, scheduler: Any = None, fresh: bool = False,

@@ -26,7 +26,7 @@ import yaml
 from pydantic import Field, model_validator
 
 from nexus_ray.tuning.common import (
-    SearchError, SearchSettings, fit, load_config, plot_search, storage_uri, trials_in_order, trials_to_reach,
+    SearchError, SearchSettings, fit, load_config, output_dir, plot_search, trials_in_order, trials_to_reach,
 )
 
 Method = Literal["ties", "dare_ties", "della", "linear", "task_arithmetic"]
@@ -162,14 +162,14 @@ def run(cfg: MergeSearchConfig, fresh: bool = False) -> dict:
     if not ray.is_initialized():
         ray.init(log_to_driver=False)
     trainable = tune.with_parameters(trial, search=cfg.model_dump(by_alias=True))
-    results, path = fit(trainable, cfg, space, "objective", searcher, scheduler, fresh)
+    results, _ = fit(trainable, cfg, space, "objective", searcher, scheduler, fresh)
 
     finished = [r for r in trials_in_order(results) if r.metrics.get("problems") == cfg.problems[-1]]
     if not finished:
         raise SearchError("no trial finished every rung; raise num_samples or lower the early-stopping pressure")
     best = max(finished, key=lambda r: r.metrics["objective"])
     best_cfg = merge_config(cfg, best.config)
-    local = Path(path) if "://" not in path else Path(storage_uri("results/tune")) / cfg.name
+    local = output_dir(cfg)
     local.mkdir(parents=True, exist_ok=True)
     scratch = local / "scratch-model"
     recheck = evaluate_merge(best_cfg, scratch, cfg)

@@ -27,7 +27,7 @@ import yaml
 from pydantic import Field, model_validator
 
 from nexus_ray.tuning.common import (
-    SearchError, SearchSettings, fit, load_config, plot_search, trials_in_order, trials_to_reach,
+    SearchError, SearchSettings, fit, load_config, output_dir, plot_search, trials_in_order, trials_to_reach,
 )
 
 
@@ -111,9 +111,8 @@ def trial(point: dict, search: dict, short_ppl_unscaled: float, cache_dir: str) 
     if cache.exists():
         tune.report(json.loads(cache.read_text()) | {"cached": True})
         return
-    metrics = measure(cfg, rope_of(point), short_ppl_unscaled)
     rope = rope_of(point)
-    metrics |= {"attention_factor": rope.attention_factor}
+    metrics = measure(cfg, rope, short_ppl_unscaled) | {"attention_factor": rope.attention_factor}
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(metrics))
     tune.report(metrics | {"cached": False})
@@ -152,8 +151,7 @@ def run(cfg: YarnSearchConfig, fresh: bool = False) -> dict:
     searcher = OptunaSearch(points_to_evaluate=[start], seed=cfg.seed)
     if not ray.is_initialized():
         ray.init(log_to_driver=False)
-    root = Path(cfg.storage_path).resolve() if "://" not in cfg.storage_path else Path("results/tune").resolve()
-    local = root / cfg.name
+    local = output_dir(cfg)
     trainable = tune.with_parameters(trial, search=cfg.model_dump(), short_ppl_unscaled=unscaled["ppl_short"],
                                      cache_dir=str(local / "dedupe-cache"))
     results, _ = fit(trainable, cfg, space, "objective", searcher, None, fresh)
