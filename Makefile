@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM := false
 .PHONY: setup setup-vllm setup-mergekit demo test test-fast k8s-check zoo clean help
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+	@grep -E '^[a-z0-9-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,10 +52,8 @@ test: setup-vllm setup-mergekit  ## run the whole test suite, vLLM engine and me
 test-fast: setup  ## the test suite without the vLLM engine tests (local iteration)
 	$(BIN)/python -m pytest -q -m "not vllm"
 
-KUBERAY_CHECK := ../shared/tools/validate_kuberay.py
-k8s-check: setup  ## validate k8s/ against the KubeRay CRDs (strict) and Ray Serve's schema
-	@if [ -f $(KUBERAY_CHECK) ]; then $(BIN)/python $(KUBERAY_CHECK) k8s/*.yaml; \
-	else echo "k8s-check: $(KUBERAY_CHECK) not found next to this checkout; skipped"; fi
+k8s-check: setup  ## check k8s/*.yaml (KubeRay fields, strict) and every Serve config (Ray's schema, strict)
+	$(BIN)/python -m k8s.check
 
 zoo: setup  ## retrain every zoo model from scratch (about 75 minutes on 2 cores)
 	$(BIN)/python -m nexus_ray.zoo.train all

@@ -1,24 +1,114 @@
-"""The KubeRay manifests: valid against the real CRDs, and the service is the GPU Serve config."""
+"""The KubeRay manifests: strictly valid (the project's own check, k8s/), and the service is the GPU Serve config."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from k8s.check import document_errors, file_errors, main
+
 ROOT = Path(__file__).resolve().parent.parent
-VALIDATOR = ROOT.parent / "shared" / "tools" / "validate_kuberay.py"
 MANIFESTS = sorted((ROOT / "k8s").glob("*.yaml"))
 
 
-def test_every_manifest_passes_the_strict_kuberay_validator():
-    if not VALIDATOR.exists():
-        pytest.skip(f"{VALIDATOR} not found next to this checkout")
-    run = subprocess.run([sys.executable, str(VALIDATOR), *map(str, MANIFESTS)], capture_output=True, text=True)
-    assert run.returncode == 0, run.stdout + run.stderr
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_every_manifest_passes_the_strict_kuberay_check(path):
+    assert file_errors(path) == []
+
+
+def test_make_k8s_check_passes_every_shipped_file(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert out.strip() == f"k8s-check: {len(MANIFESTS) + len(list(ROOT.glob('deployments/*.yaml')))} files, 0 errors"
+
+
+def _manifest(name: str) -> dict:
+    return yaml.safe_load((ROOT / "k8s" / name).read_text())
+
+
+def _head_container(doc: dict) -> dict:
+    return doc["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+
+
+def _gpu_container(doc: dict) -> dict:
+    return doc["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+
+
+GPU = "spec.workerGroupSpecs[0].template.spec.containers[0]"
+HEAD = "spec.headGroupSpec.template.spec.containers[0]"
+BROKEN = [
+    pytest.param("raycluster.yaml", lambda d: _gpu_container(d).update(volumeMount=[]),
+                 f"{GPU}.volumeMount: unknown field", id="unknown-container-key"),
+    pytest.param("raycluster.yaml", lambda d: d["spec"]["workerGroupSpecs"][0].update(replicas="0"),
+                 "spec.workerGroupSpecs[0].replicas: Input should be a valid integer (got str '0')", id="int-as-string"),
+    pytest.param("raycluster.yaml", lambda d: d["spec"]["headGroupSpec"]["rayStartParams"].update({"num-cpus": 0}),
+                 "spec.headGroupSpec.rayStartParams.num-cpus: Input should be a valid string (got int 0)",
+                 id="string-as-int"),
+    pytest.param("raycluster.yaml", lambda d: _gpu_container(d)["resources"]["limits"].update(cpu=0.5),
+                 f"{GPU}.resources.limits.cpu: expected a quantity (an integer or a string like '500m' or '16Gi'), "
+                 "got 0.5", id="float-quantity"),
+    pytest.param("raycluster.yaml", lambda d: d["spec"]["autoscalerOptions"].update(upscalingMode="Fast"),
+                 "spec.autoscalerOptions.upscalingMode: Input should be 'Default', 'Aggressive' or 'Conservative' "
+                 "(got str 'Fast')", id="enum"),
+    pytest.param("raycluster.yaml", lambda d: d["spec"]["headGroupSpec"].pop("template"),
+                 "spec.headGroupSpec.template: missing required field", id="missing-template"),
+    pytest.param("raycluster.yaml", lambda d: _head_container(d).pop("image"),
+                 f"{HEAD}.image: missing required field", id="missing-image"),
+    pytest.param("raycluster.yaml", lambda d: _head_container(d)["ports"][0].update(containerPort="6379"),
+                 f"{HEAD}.ports[0].containerPort: Input should be a valid integer (got str '6379')", id="port-string"),
+    pytest.param("rayjob-eval.yaml", lambda d: d["spec"].update(clusterSelectors=d["spec"].pop("clusterSelector")),
+                 "spec.clusterSelectors: unknown field", id="job-typo"),
+    pytest.param("rayjob-eval.yaml", lambda d: d["spec"].update(backoffLimit="2"),
+                 "spec.backoffLimit: Input should be a valid integer (got str '2')", id="job-int-as-string"),
+    pytest.param("rayjob-merge-search.yaml", lambda d: d["spec"].update(runtimeEnvYAML="- working_dir\n"),
+                 "spec.runtimeEnvYAML: must be a YAML mapping (a runtime_env), got list", id="runtime-env-list"),
+    pytest.param("rayservice.yaml",
+                 lambda d: d["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"].update(toleration=[]),
+                 "spec.rayClusterConfig.workerGroupSpecs[0].template.spec.toleration: unknown field", id="podspec-typo"),
+    pytest.param("rayservice.yaml", lambda d: d["spec"].pop("rayClusterConfig"),
+                 "spec.rayClusterConfig: missing required field", id="missing-cluster"),
+    pytest.param("rayservice.yaml", lambda d: d.update(status={}), "status: unknown field", id="status"),
+    pytest.param("rayservice.yaml",
+                 lambda d: d["spec"].update(serveConfigV2=d["spec"]["serveConfigV2"].replace("max_budget", "max_budgets")),
+                 "spec.serveConfigV2: applications[0].args.planner.max_budgets: unknown field", id="serve-args-typo"),
+    pytest.param("rayservice.yaml",
+                 lambda d: d["spec"].update(serveConfigV2=d["spec"]["serveConfigV2"].replace("port: 8000", "port: x")),
+                 "spec.serveConfigV2: http_options.port: Input should be a valid integer, unable to parse string as "
+                 "an integer (got str 'x')", id="serve-wrong-type"),
+]
+
+
+@pytest.mark.parametrize(("name", "edit", "error"), BROKEN)
+def test_the_check_names_the_path_of_each_fault(name, edit, error):
+    doc = _manifest(name)
+    edit(doc)
+    assert document_errors(doc) == [error]
+
+
+def test_errors_name_the_file_and_the_nested_path(tmp_path, capsys):
+    """The issue's example: an unknown key in a RayJob's own cluster spec."""
+    doc = _manifest("rayjob-eval.yaml")
+    del doc["spec"]["clusterSelector"]
+    doc["spec"]["rayClusterSpec"] = _manifest("raycluster.yaml")["spec"]
+    doc["spec"]["rayClusterSpec"]["headGroupSpec"]["foo"] = 1
+    path = tmp_path / "rayjob-eval.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert main([str(path)]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        f"{path}: spec.rayClusterSpec.headGroupSpec.foo: unknown field",
+        "k8s-check: 1 files, 1 errors",
+    ]
+
+
+def test_a_document_of_another_kind_is_an_error():
+    assert document_errors({"apiVersion": "ray.io/v1", "kind": "RayClusterr"}) == [
+        "kind: 'RayClusterr' is not one of RayCluster, RayJob, RayService"
+    ]
+    assert document_errors(["not", "a", "mapping"]) == [
+        "<root>: neither a KubeRay manifest (kind: ...) nor a Serve config (applications: ...)"
+    ]
 
 
 def test_the_rayservice_serves_deployments_gpu_multi():
