@@ -8,7 +8,7 @@ MERGEKIT := .venv-mergekit/.installed
 export RAY_AUTH_MODE := disabled
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-vllm setup-mergekit demo test test-fast k8s-check zoo clean help
+.PHONY: setup setup-vllm setup-mergekit demo test test-fast k8s-check lint zoo clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -54,6 +54,9 @@ test-fast: setup  ## the test suite without the vLLM engine tests (local iterati
 
 k8s-check: setup  ## check k8s/*.yaml (KubeRay fields, strict) and every Serve config (Ray's schema, strict)
 	$(BIN)/python -m k8s.check
+
+lint: setup  ## ruff over the repository
+	$(BIN)/ruff check .
 
 zoo: setup  ## retrain every zoo model from scratch (about 75 minutes on 2 cores)
 	$(BIN)/python -m nexus_ray.zoo.train all
