@@ -19,8 +19,8 @@ from nexus_ray.planner.sampling import EngineSampler, ReplaySampler, record_pool
 from nexus_ray.planner.table import (
     BinEntry, BudgetChoice, ModelStamp, OptionStats, PlanOption, PlanTable, TableError, model_fingerprint,
 )
+from nexus_ray.search.base import SearchContext
 from nexus_ray.search.ledger import Budget, ComputeLedger
-from nexus_ray.search.registry import SearchContext
 from nexus_ray.tasks.format import ARITH
 from tests.sim import SimPolicy, SimPRM
 

@@ -23,7 +23,7 @@ from ray import serve
 from nexus_ray.config import load_service_config
 from nexus_ray.engines.hf import HFPolicyEngine, HFRewardEngine
 from nexus_ray.search import registry
-from nexus_ray.search.registry import SearchContext
+from nexus_ray.search.base import SearchContext
 from nexus_ray.serving import planner as planner_mod
 from nexus_ray.serving.app import build_app
 from nexus_ray.planner.table import load_table

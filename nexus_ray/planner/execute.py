@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 from nexus_ray.planner.allocate import Allocation, Mix
 from nexus_ray.planner.difficulty import Estimator, Probe, run_probe
-from nexus_ray.planner.sampling import Sample, Sampler, fits
+from nexus_ray.planner.sampling import Sample, Sampler
 from nexus_ray.planner.table import PlanOption, PlanTable
 from nexus_ray.search.aggregate import select
+from nexus_ray.search.full_samples import affordable
 from nexus_ray.search.ledger import Budget, ComputeLedger
 from nexus_ray.search.result import Candidate, SearchResult
 
@@ -47,14 +48,14 @@ async def execute(
         return Outcome(probe.samples[i].answer, probe.samples[i].text, list(probe.samples), unanimous_exit, False)
     weighted = option.strategy == "weighted"
     more = max(0, option.n - len(probe.samples))
-    affordable = fits(sampler, ledger, budget, more, weighted)
-    pool = list(probe.samples) + await sampler.sample(affordable, ledger)
+    fit = affordable(budget, ledger, sampler.prompt_tokens, more, sampler.max_tokens, weighted)
+    pool = list(probe.samples) + await sampler.sample(fit, ledger)
     if weighted:
         pool = await sampler.score(pool, ledger)
         i = select([s.answer for s in pool], [s.prm or 0.0 for s in pool], "weighted")
     else:
         i = select([s.answer for s in pool], None, "majority")
-    return Outcome(pool[i].answer, pool[i].text, pool, False, affordable < more)
+    return Outcome(pool[i].answer, pool[i].text, pool, False, fit < more)
 
 
 @dataclass
