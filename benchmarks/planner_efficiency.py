@@ -40,7 +40,7 @@ from nexus_ray.planner.difficulty import spearman  # noqa: E402
 from nexus_ray.planner.execute import solve  # noqa: E402
 from nexus_ray.planner.sampling import EngineSampler  # noqa: E402
 from nexus_ray.planner.table import PlanTable  # noqa: E402
-from nexus_ray.search.registry import SearchContext  # noqa: E402
+from nexus_ray.search.base import SearchContext  # noqa: E402
 from nexus_ray.tasks.format import ARITH  # noqa: E402
 from nexus_ray.tasks.grading import is_equivalent  # noqa: E402
 

@@ -33,7 +33,7 @@ from nexus_ray.config import WorkerConfig, load_service_config  # noqa: E402
 from nexus_ray.engines import build_policy_engine, build_reward_engine  # noqa: E402
 from nexus_ray.engines.base import GenerationParams, ScoreRequest  # noqa: E402
 from nexus_ray.search import registry  # noqa: E402
-from nexus_ray.search.registry import SearchContext  # noqa: E402
+from nexus_ray.search.base import SearchContext  # noqa: E402
 from nexus_ray.serving.app import build_app  # noqa: E402
 from nexus_ray.serving.local import request, wait_healthy  # noqa: E402
 from nexus_ray.serving.workers import RewardWorker, worker_options  # noqa: E402

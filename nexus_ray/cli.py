@@ -7,6 +7,8 @@ import json
 
 import typer
 
+from nexus_ray.search import registry
+
 app = typer.Typer(
     help="nexus_ray: test-time compute allocation for LLM reasoning, on Ray.",
     no_args_is_help=True,
@@ -27,8 +29,10 @@ def _fail(message: str) -> None:
 @app.command()
 def solve(
     problem: str = typer.Argument(..., help='An arithmetic problem, e.g. "Q: 12+7*3-5" or "12+7*3-5".'),
-    strategy: str = typer.Option("greedy", help="greedy, majority, weighted, adaptive, beam, dvts, lookahead, mcts, particles."),
-    budget: int = typer.Option(8, min=1, max=1024, help="Budget in generations (ignored by greedy)."),
+    strategy: str = typer.Option("greedy", help=f"{', '.join(registry.names())}."),
+    budget: int = typer.Option(
+        8, min=1, max=1024, help=f"Budget in generations (ignored by {', '.join(registry.without_budget())})."
+    ),
     policy: str = typer.Option("arith-policy", help="Zoo model name or HF model directory."),
     prm: str = typer.Option("arith-prm", help="Zoo PRM name or HF model directory (best_of_n)."),
     seed: int = typer.Option(0, help="Sampling seed."),
@@ -38,8 +42,7 @@ def solve(
     """Solve one problem and print the solution, the answer and the compute it took."""
     from nexus_ray.config import local_models
     from nexus_ray.engines import build_policy_engine, build_reward_engine
-    from nexus_ray.search import registry
-    from nexus_ray.search.registry import SearchContext
+    from nexus_ray.search.base import ScoredSearchParams, SearchContext
     from nexus_ray.tasks import arith
     from nexus_ray.tasks.format import ARITH
 
@@ -51,16 +54,17 @@ def solve(
     if engine not in ("hf", "vllm"):
         _fail(f"--engine must be hf or vllm, got {engine!r}")
     try:
-        registry.get(strategy)  # unknown names fail here, before any model loads
+        _, params = registry.build_params(strategy, budget)  # bad names fail here, before any model loads
         models = local_models(engine, policy, prm)  # type: ignore[arg-type]
         policy_engine = build_policy_engine(models.policy)
-        prm_engine = build_reward_engine(models.prm) if strategy != "greedy" else None
+        # Only strategies with scoring knobs read a PRM.
+        prm_engine = build_reward_engine(models.prm) if isinstance(params, ScoredSearchParams) else None
     except (FileNotFoundError, ValueError, RuntimeError) as err:  # RuntimeError: vLLM missing
         _fail(str(err))
     prompt = ARITH.prompt(expression)
     ctx = SearchContext(policy_engine, prm_engine, prompt, ARITH, seed=seed)
     try:
-        result = asyncio.run(registry.run(strategy, ctx, None if strategy == "greedy" else budget))
+        result = asyncio.run(registry.run(strategy, ctx, budget))
     finally:
         for engine_ in (policy_engine, prm_engine):
             if engine_ is not None:

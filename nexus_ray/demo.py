@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from nexus_ray.config import local_models
 from nexus_ray.engines import build_policy_engine, build_reward_engine
 from nexus_ray.search import registry
-from nexus_ray.search.registry import SearchContext
+from nexus_ray.search.base import SearchContext
 from nexus_ray.tasks import datasets
 from nexus_ray.tasks.format import ARITH
 from nexus_ray.tasks.grading import is_equivalent

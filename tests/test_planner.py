@@ -10,17 +10,20 @@ import random
 
 import pytest
 
+from nexus_ray.config import PlannerConfig
 from nexus_ray.planner.allocate import Point, allocate, split_batch, upper_hull
 from nexus_ray.planner.calibrate import cross_validated, fold, menu, quantile_edges
 from nexus_ray.planner.difficulty import Estimator, LogisticModel, ProbeSpec, run_probe, spearman
-from nexus_ray.planner.execute import execute, solve
+from nexus_ray.planner.execute import execute, run_plan, solve
 from nexus_ray.planner.replay import Result
+from nexus_ray.planner.request import Planner
 from nexus_ray.planner.sampling import EngineSampler, ReplaySampler, record_pool
 from nexus_ray.planner.table import (
     BinEntry, BudgetChoice, ModelStamp, OptionStats, PlanOption, PlanTable, TableError, model_fingerprint,
 )
+from nexus_ray.search import registry
+from nexus_ray.search.base import SearchContext
 from nexus_ray.search.ledger import Budget, ComputeLedger
-from nexus_ray.search.registry import SearchContext
 from nexus_ray.tasks.format import ARITH
 from tests.sim import SimPolicy, SimPRM
 
@@ -205,6 +208,27 @@ def test_the_planner_respects_a_budget(ceiling):
         asyncio.run(run_probe(EngineSampler(sim_ctx(seed)), table.estimator.probe, probe_ledger))
         assert ledger.policy_token_equivalents <= max(ceiling, probe_ledger.policy_token_equivalents) + 1e-9
         assert planned.outcome.answer is not None
+
+
+def test_run_plan_runs_the_table_plan_or_the_named_strategy_within_the_context_budget():
+    """The service's one entry point: a table plan is the planner's solve, a named plan its
+    strategy, both on the context's engines and within the context's Budget."""
+    table = make_table()
+    planner = Planner(PlannerConfig(mean_budget=10_000), table)
+    table_plan = planner.plan(None, None)
+    assert table_plan.allocation == table.allocate(10_000)
+    result, ran = asyncio.run(run_plan(table_plan, sim_ctx(0, Budget(400.0)), "3+4*5-6", table))
+    ledger = sim_ctx().new_ledger()
+    sampler = EngineSampler(sim_ctx(0, Budget(400.0)))
+    direct = asyncio.run(solve(sampler, "3+4*5-6", table, table_plan.allocation, ledger, Budget(400.0)))
+    assert (ran.difficulty, ran.params) == (direct.bin, direct.to_dict()) and ran.source == "table"
+    assert result.answer == direct.outcome.answer and result.ledger.to_dict() == ledger.to_dict()
+    named = planner.plan(4, "weighted")
+    result, ran = asyncio.run(run_plan(named, sim_ctx(0, Budget(400.0)), "3+4*5-6", table))
+    alone = asyncio.run(registry.run("weighted", sim_ctx(0, Budget(400.0)), 4))
+    assert ran == named and result.ledger.to_dict() == alone.ledger.to_dict()
+    assert result.ledger.policy_token_equivalents <= 400.0
+    assert planner.plan(16, "greedy").budget == 1  # a strategy without a budget is planned at one generation
 
 
 def test_table_round_trips_and_refuses_stale_or_missing(tmp_path):

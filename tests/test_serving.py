@@ -23,9 +23,10 @@ from ray import serve
 from nexus_ray.config import load_service_config
 from nexus_ray.engines.hf import HFPolicyEngine, HFRewardEngine
 from nexus_ray.search import registry
-from nexus_ray.search.registry import SearchContext
-from nexus_ray.serving import planner as planner_mod
+from nexus_ray.search.base import SearchContext
+from nexus_ray.serving import admission
 from nexus_ray.serving.app import build_app
+from nexus_ray.planner.request import PlanError
 from nexus_ray.planner.table import load_table
 from nexus_ray.serving.local import request, wait_healthy
 from nexus_ray.tasks import arith
@@ -57,7 +58,7 @@ def service():
     tight["policy_worker"] |= {"num_cpus": 0.1}
     tight["prm_worker"] |= {"num_cpus": 0.1}
     for name in ("planner-main", "planner-tight"):
-        planner_mod.clear_state(name)
+        admission.clear_state(name)
     serve.run(build_app(args), name="nexus", route_prefix="/", blocking=False)
     serve.run(build_app(tight), name="tight", route_prefix="/tight", blocking=False)
     url = f"http://127.0.0.1:{port}"
@@ -168,7 +169,7 @@ def test_timeout_is_504_and_rate_limit_is_429(service):
 
 
 def test_planner_restart_keeps_state(service):
-    planner = ray.get_actor("planner-main", namespace=planner_mod.NAMESPACE)
+    planner = ray.get_actor("planner-main", namespace=admission.NAMESPACE)
     before = ray.get(planner.stats.remote())
     ray.kill(planner, no_restart=False)  # asynchronous: poll until the new incarnation answers
     deadline = time.monotonic() + 30
@@ -274,30 +275,30 @@ def test_remote_proxies_implement_the_engine_protocols():
 
 def test_planner_admission_without_ray():
     """The token bucket: reserve the estimate, refuse with a retry-after, settle the difference."""
-    p = planner_mod.Planner({"tokens_per_second": 10, "burst_seconds": 10, "tokens_per_generation": 16})
+    p = admission.Admission({"tokens_per_second": 10, "burst_seconds": 10, "tokens_per_generation": 16})
     plan = p.plan("1+2", 4, "weighted", "key-a")
     assert (plan.strategy, plan.budget, plan.reserved, plan.source) == ("weighted", 4, 64.0, "request")
-    with pytest.raises(planner_mod.AdmissionDenied) as denied:
+    with pytest.raises(admission.AdmissionDenied) as denied:
         p.plan("1+2", 4, "weighted", "key-a")  # 36 left, 64 needed: ~2.8 s at 10/s
     assert 2.0 < denied.value.retry_after < 3.0
     assert p.plan("1+2", 4, "weighted", "key-b").reserved == 64.0  # keys have their own buckets
     p.settle("key-a", 64.0, 10.0)  # it spent less than reserved: the rest comes back
     assert p.plan("1+2", 4, "weighted", "key-a").budget == 4
     assert p.plan("1+2", None, None, "key-c").source == "defaults"
-    with pytest.raises(planner_mod.PlanError, match="ceiling"):
+    with pytest.raises(PlanError, match="ceiling"):
         p.plan("1+2", 65, None)
-    with pytest.raises(planner_mod.PlanError, match="unknown strategy"):
+    with pytest.raises(PlanError, match="unknown strategy"):
         p.plan("1+2", None, "telepathy")
     assert p.stats()["counters"]["rejected_rate"] == 1
-    queued = planner_mod.Planner({"tokens_per_second": 10, "burst_seconds": 1, "max_queue_seconds": 30})
+    queued = admission.Admission({"tokens_per_second": 10, "burst_seconds": 1, "max_queue_seconds": 30})
     assert queued.plan("1+2", 1, "greedy").wait_s == 0  # bigger than the bucket: runs, in debt
     assert 5 < queued.plan("1+2", 1, "greedy").wait_s < 30  # queued, not refused, until it is repaid
 
 
 def test_planner_serves_the_table_allocation_without_ray():
-    p = planner_mod.Planner({"table": "arith-zoo", "mean_budget": 200.0})
-    plan = p.plan("1+2", None, None)
     table = load_table("arith-zoo")
+    p = admission.Admission({"table": "arith-zoo", "mean_budget": 200.0}, table)
+    plan = p.plan("1+2", None, None)
     assert (plan.strategy, plan.source) == ("planner", "table") and len(plan.params["mixes"]) == len(table.bins)
     spend = sum(b.weight * ((1 - p_) * b.choices[lo].compute + p_ * b.choices[hi].compute)
                 for b, (lo, hi, p_) in zip(table.bins, plan.params["mixes"]))

@@ -12,7 +12,7 @@ from ray import serve
 from nexus_ray.config import load_service_config
 from nexus_ray.engines.hf import HFPolicyEngine
 from nexus_ray.search import registry
-from nexus_ray.search.registry import SearchContext
+from nexus_ray.search.base import SearchContext
 from nexus_ray.serving.app import build_app
 from nexus_ray.serving.local import request, wait_healthy
 from nexus_ray.tasks.format import ARITH

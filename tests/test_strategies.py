@@ -8,9 +8,9 @@ import pytest
 
 from nexus_ray.search import registry
 from nexus_ray.search.adaptive import prob_leader_is_majority
+from nexus_ray.search.base import SearchContext
 from nexus_ray.search.ledger import Budget
 from nexus_ray.search.particles import resampling_weights
-from nexus_ray.search.registry import SearchContext
 from nexus_ray.tasks import arith
 from nexus_ray.tasks.format import ARITH
 from sim import SimPolicy, SimPRM

@@ -5,8 +5,8 @@ import asyncio
 import pytest
 
 from nexus_ray.search import registry
+from nexus_ray.search.base import SearchContext
 from nexus_ray.search.ledger import Budget
-from nexus_ray.search.registry import SearchContext
 from nexus_ray.tasks import datasets
 from nexus_ray.tasks.format import ARITH
 from nexus_ray.tasks.grading import is_equivalent

@@ -20,13 +20,19 @@ from functools import partial
 from pathlib import Path
 
 from nexus_ray.config import local_models
-from nexus_ray.jobs.eval import interleave_levels, load_records, run_local, run_on_ray, select_examples
+from nexus_ray.jobs.eval import (
+    interleave_levels,
+    load_records,
+    run_local,
+    run_on_ray,
+    select_examples,
+    task_format,
+)
 from nexus_ray.planner import replay
 from nexus_ray.planner.calibrate import build_table
 from nexus_ray.planner.table import ModelStamp, PlanTable, model_fingerprint
 from nexus_ray.tasks import datasets
-from nexus_ray.tasks.format import ARITH, TaskFormat
-from nexus_ray.tasks.grading import answer_kind
+from nexus_ray.tasks.format import TaskFormat
 
 ESTIMATORS = ("probe", "surprisal", "learned", "oracle")
 
@@ -84,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, datasets.DatasetError) as err:
         print(f"error: {err}")
         return 2
-    fmt = ARITH if answer_kind([e.answer for e in examples]) == "arith" else TaskFormat(answer_kind="math")
+    fmt = task_format(examples)
     out = args.out or Path("results") / "calibration" / Path(args.dataset).stem
     out.mkdir(parents=True, exist_ok=True)
     pools_path = out / "pools.jsonl"

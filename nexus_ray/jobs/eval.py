@@ -27,8 +27,8 @@ from tqdm import tqdm
 
 from nexus_ray.config import EngineConfig, RewardConfig, local_models
 from nexus_ray.search import registry
+from nexus_ray.search.base import SearchContext
 from nexus_ray.search.ledger import Budget
-from nexus_ray.search.registry import SearchContext
 from nexus_ray.tasks import datasets
 from nexus_ray.tasks.format import ARITH, TaskFormat
 from nexus_ray.tasks.grading import answer_kind, is_equivalent
@@ -37,15 +37,20 @@ from nexus_ray.tasks.grading import answer_kind, is_equivalent
 @dataclass(frozen=True)
 class Job:
     strategy: str
-    budget: int | None  # generations; None for strategies without one (greedy)
+    budget: int | None  # generations; None for a strategy that takes none (greedy)
 
 
 def plan_jobs(strategies: list[str], budgets: list[int]) -> list[Job]:
     jobs = []
     for s in strategies:
-        registry.get(s)  # fail early on unknown names
-        jobs += [Job(s, None)] if s == "greedy" else [Job(s, b) for b in budgets]
+        strategy, _ = registry.get(s)  # fail early on unknown names
+        jobs += [Job(s, b) for b in budgets] if strategy.takes_budget else [Job(s, None)]
     return jobs
+
+
+def task_format(examples: list[datasets.Example]) -> TaskFormat:
+    """The format a dataset's answers call for: arithmetic when they all are, else free math."""
+    return ARITH if answer_kind([e.answer for e in examples]) == "arith" else TaskFormat(answer_kind="math")
 
 
 def select_examples(dataset: str, limit_per_level: int | None) -> list[datasets.Example]:
@@ -234,8 +239,8 @@ def summarize(records: list[dict]) -> dict:
 
 
 def winners(summary: dict) -> list[dict]:
-    """Per level and budget, the most accurate strategy (ties: the cheaper one). Greedy, which
-    has no budget, competes at every budget."""
+    """Per level and budget, the most accurate strategy (ties: the cheaper one). A strategy that
+    takes no budget (greedy) competes at every budget."""
     rows = summary["rows"]
     budgets = sorted({r["budget"] for r in rows if r["budget"] is not None})
     out = []
@@ -335,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, datasets.DatasetError) as err:
         print(f"error: {err}")
         return 2
-    fmt = ARITH if answer_kind([e.answer for e in examples]) == "arith" else TaskFormat(answer_kind="math")
+    fmt = task_format(examples)
     models = local_models(args.engine, args.policy, args.prm)
     policy_cfg, prm_cfg = models.policy, models.prm
     run_dir = args.out / (args.run or f"{Path(args.dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}")

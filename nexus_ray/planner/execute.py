@@ -1,19 +1,24 @@
-"""Running a plan: probe, estimate difficulty, pick the bin's plan, extend the probe, answer.
+"""Running a plan: a named strategy, or the table's: probe, estimate difficulty, pick the bin's
+plan, extend the probe, answer.
 
-The same code runs online (``EngineSampler``), in calibration and in the benchmark
-(``ReplaySampler``), so the table's curves price exactly what the service does.
+The table's path runs the same code online (``EngineSampler``), in calibration and in the
+benchmark (``ReplaySampler``), so the table's curves price exactly what the service does.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from nexus_ray.planner.allocate import Allocation, Mix
+from nexus_ray.planner.allocate import Allocation
 from nexus_ray.planner.difficulty import Estimator, Probe, run_probe
-from nexus_ray.planner.sampling import Sample, Sampler, fits
+from nexus_ray.planner.request import Plan
+from nexus_ray.planner.sampling import EngineSampler, Sample, Sampler
 from nexus_ray.planner.table import PlanOption, PlanTable
+from nexus_ray.search import registry
 from nexus_ray.search.aggregate import select
+from nexus_ray.search.base import SearchContext
+from nexus_ray.search.full_samples import affordable
 from nexus_ray.search.ledger import Budget, ComputeLedger
 from nexus_ray.search.result import Candidate, SearchResult
 
@@ -47,14 +52,14 @@ async def execute(
         return Outcome(probe.samples[i].answer, probe.samples[i].text, list(probe.samples), unanimous_exit, False)
     weighted = option.strategy == "weighted"
     more = max(0, option.n - len(probe.samples))
-    affordable = fits(sampler, ledger, budget, more, weighted)
-    pool = list(probe.samples) + await sampler.sample(affordable, ledger)
+    fit = affordable(budget, ledger, sampler.prompt_tokens, more, sampler.max_tokens, weighted)
+    pool = list(probe.samples) + await sampler.sample(fit, ledger)
     if weighted:
         pool = await sampler.score(pool, ledger)
         i = select([s.answer for s in pool], [s.prm or 0.0 for s in pool], "weighted")
     else:
         i = select([s.answer for s in pool], None, "majority")
-    return Outcome(pool[i].answer, pool[i].text, pool, False, affordable < more)
+    return Outcome(pool[i].answer, pool[i].text, pool, False, fit < more)
 
 
 @dataclass
@@ -103,6 +108,15 @@ async def solve(
     return Planned(difficulty, b, option, outcome, ledger)
 
 
-def allocation_from_mixes(mixes: list[list[float]]) -> Allocation:
-    """An allocation as the Planner actor sends it: per bin [low, high, p_high]."""
-    return Allocation([Mix(int(lo), int(hi), float(p)) for lo, hi, p in mixes], 0.0, 0.0)
+async def run_plan(
+    plan: Plan, ctx: SearchContext, problem: str, table: PlanTable | None,
+) -> tuple[SearchResult, Plan]:
+    """Run a plan on the context's engines within its Budget: the named strategy, or for a table
+    plan the bin's plan for ``problem``. Returns the result and the plan as it ran (a table plan
+    with its bin as difficulty and what it chose as params)."""
+    if plan.allocation is None:
+        return await registry.run(plan.strategy, ctx, plan.budget, plan.params), plan
+    if table is None:
+        raise ValueError("a table plan runs on the table it was planned from; none was given")
+    planned = await solve(EngineSampler(ctx), problem, table, plan.allocation, ctx.new_ledger(), ctx.budget)
+    return planned.to_search_result(), replace(plan, difficulty=planned.bin, params=planned.to_dict())

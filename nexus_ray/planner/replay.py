@@ -17,8 +17,8 @@ from nexus_ray.planner.execute import Planned, execute, solve
 from nexus_ray.planner.sampling import Pool, ReplaySampler, record_pool
 from nexus_ray.planner.table import PlanOption, PlanTable
 from nexus_ray.search.aggregate import select
+from nexus_ray.search.base import SearchContext
 from nexus_ray.search.ledger import ComputeLedger
-from nexus_ray.search.registry import SearchContext
 from nexus_ray.tasks import datasets
 from nexus_ray.tasks.format import TaskFormat
 from nexus_ray.tasks.grading import is_equivalent

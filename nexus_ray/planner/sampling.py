@@ -15,10 +15,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, Protocol
 
-from nexus_ray.engines.base import Completion, GenerationParams, ScoreRequest, ScoreResult
+from nexus_ray.engines.base import Completion, GenerationParams, ScoreResult
 from nexus_ray.search.aggregate import aggregate_steps
-from nexus_ray.search.ledger import Budget, ComputeLedger, worst_case_round
-from nexus_ray.search.registry import SearchContext
+from nexus_ray.search.base import SearchContext
+from nexus_ray.search.full_samples import draw, score
+from nexus_ray.search.ledger import ComputeLedger
 
 
 @dataclass(frozen=True)
@@ -52,15 +53,6 @@ class Sampler(Protocol):
         ...
 
 
-def fits(sampler: Sampler, ledger: ComputeLedger, budget: Budget | None, n: int, scored: bool) -> int:
-    """How many of ``n`` more samples fit the budget in the worst case."""
-    while n > 0 and budget is not None and not budget.fits(
-        ledger, worst_case_round(ledger, [sampler.prompt_tokens], n, sampler.max_tokens, scored)
-    ):
-        n -= 1
-    return n
-
-
 def _surprisal(c: Completion) -> float:
     if not c.logprobs:
         return 0.0
@@ -82,10 +74,8 @@ class EngineSampler:
         seed = None if self.ctx.seed is None else self.ctx.seed + 7919 * self._calls
         self._calls += 1
         params = GenerationParams(n=n, temperature=temperature, max_tokens=self.max_tokens, seed=seed, logprobs=True)
-        [result] = await self.ctx.policy.generate([self.prompt], params)
-        ledger.charge_generation([result])
-        ledger.generations += n
-        return [Sample(self.ctx.fmt.answer(c.text), c.num_tokens, _surprisal(c), c.text) for c in result.completions]
+        completions = await draw(self.ctx, ledger, params)
+        return [Sample(self.ctx.fmt.answer(c.text), c.num_tokens, _surprisal(c), c.text) for c in completions]
 
     async def greedy(self, ledger: ComputeLedger) -> Sample:
         [s] = await self._generate(1, 0.0, ledger)
@@ -98,10 +88,8 @@ class EngineSampler:
         todo = [i for i, s in enumerate(samples) if s.prm is None]
         if not todo:
             return samples
-        prm = self.ctx.require_prm("the planner's PRM-scored plans")
-        fmt = self.ctx.fmt
-        results = await prm.score([ScoreRequest(self.prompt, fmt.steps(samples[i].text)) for i in todo])
-        ledger.charge_scoring(results)
+        texts = [samples[i].text for i in todo]
+        results = await score(self.ctx, ledger, texts, "the planner's PRM-scored plans")
         out = list(samples)
         for i, r in zip(todo, results):
             out[i] = replace(samples[i], prm=aggregate_steps(r.scores, "last"), prm_tokens=r.tokens)

@@ -1,6 +1,6 @@
 """The calibrated plan table: difficulty bins, per (bin, budget) the plan to run, and the curves
 those choices came from. A versioned JSON artifact; ``nexus-ray calibrate`` writes it and the
-Planner actor serves from it.
+service plans from it.
 
 A table is tied to the models it was calibrated with: ``check_models`` compares fingerprints
 (config and weight-file sizes) so a service started with other models fails at start-up, not

@@ -12,9 +12,11 @@ from __future__ import annotations
 from collections import Counter
 from math import comb
 
-from nexus_ray.search.best_of_n import BestOfNParams, affordable, choose, sample_and_select
+from nexus_ray.search.base import SearchContext
+from nexus_ray.search.best_of_n import BestOfNParams, choose, sample_and_select
+from nexus_ray.search.full_samples import affordable
 from nexus_ray.search.paths import round_seed
-from nexus_ray.search.registry import SearchContext, register
+from nexus_ray.search.registry import register
 from nexus_ray.search.result import Candidate, SearchResult
 
 
@@ -42,9 +44,11 @@ async def adaptive(ctx: SearchContext, params: AdaptiveParams) -> SearchResult:
     candidates: list[Candidate] = []
     truncated = False
     rounds = 0
+    prompt_tokens = ctx.policy.count_tokens(ctx.prompt)
+    scored = params.selection != "majority"
     while len(candidates) < params.n:
         want = min(params.round_size, params.n - len(candidates))
-        k = affordable(ctx, ledger, want, params.max_tokens, params.selection != "majority")
+        k = affordable(ctx.budget, ledger, prompt_tokens, want, params.max_tokens, scored)
         if k == 0:
             truncated = True
             break

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pydantic import model_validator
 
-from nexus_ray.search.ledger import worst_case_round
+from nexus_ray.search.base import ScoredSearchParams, SearchContext, worst_case
 from nexus_ray.search.paths import Path, expand, paths_result, round_seed, score
-from nexus_ray.search.registry import ScoredSearchParams, SearchContext, register
+from nexus_ray.search.registry import register
 from nexus_ray.search.result import SearchResult
 
 
@@ -51,12 +51,6 @@ async def _rollout_scores(ctx: SearchContext, ledger, paths: list[Path], params:
             rolled[i] = k[0]
     scored = await score(prm, ledger, ctx.prompt, ctx.fmt, rolled, params.aggregation)
     return [Path(p.text, p.done, s.score, s.step_scores, p.surprisal) for p, s in zip(paths, scored)]
-
-
-def worst_case(ctx: SearchContext, ledger, paths: list[Path], samples_each: int, max_step_tokens: int, lookahead: int = 0) -> float:
-    """Worst-case cost of expanding ``paths`` one step (plus a k-step rollout per child) and scoring."""
-    prompt_tokens = [ctx.policy.count_tokens(ctx.prompt + p.text) for p in paths]
-    return worst_case_round(ledger, prompt_tokens, samples_each * (1 + lookahead), max_step_tokens * (1 + lookahead), True)
 
 
 async def run_beam(ctx: SearchContext, params: BeamParams, name: str) -> SearchResult:

@@ -7,10 +7,12 @@ All N samples go to the engine in one call, and all N solutions to the PRM in on
 
 from __future__ import annotations
 
-from nexus_ray.engines.base import GenerationParams, ScoreRequest
+from nexus_ray.engines.base import GenerationParams
 from nexus_ray.search.aggregate import aggregate_steps, select
-from nexus_ray.search.ledger import ComputeLedger, worst_case_round
-from nexus_ray.search.registry import ScoredSearchParams, SearchContext, register
+from nexus_ray.search.base import ScoredSearchParams, SearchContext
+from nexus_ray.search.full_samples import affordable, draw, score
+from nexus_ray.search.ledger import ComputeLedger
+from nexus_ray.search.registry import register
 from nexus_ray.search.result import Candidate, SearchResult
 
 
@@ -23,15 +25,6 @@ class BestOfNParams(ScoredSearchParams):
         return cls(**{"n": max(1, generations), **overrides})
 
 
-def affordable(ctx: SearchContext, ledger: ComputeLedger, wanted: int, max_tokens: int, scored: bool) -> int:
-    """How many of ``wanted`` full samples of the prompt fit the budget in the worst case."""
-    prompt_tokens = [ctx.policy.count_tokens(ctx.prompt)]
-    k = wanted
-    while k > 0 and not ctx.fits(ledger, worst_case_round(ledger, prompt_tokens, k, max_tokens, scored)):
-        k -= 1
-    return k
-
-
 async def sample_and_select(
     ctx: SearchContext,
     ledger: ComputeLedger,
@@ -40,18 +33,12 @@ async def sample_and_select(
     seed: int | None,
 ) -> list[Candidate]:
     """Draw n full samples in one call and score them in one PRM call (when selecting with it)."""
-    use_prm = params.selection != "majority"
     gen = GenerationParams(n=n, temperature=params.temperature, max_tokens=params.max_tokens, seed=seed)
-    [result] = await ctx.policy.generate([ctx.prompt], gen)
-    ledger.charge_generation([result])
-    ledger.generations += n
-    texts = [c.text for c in result.completions]
+    texts = [c.text for c in await draw(ctx, ledger, gen)]
     answers = [ctx.fmt.answer(t) for t in texts]
-    if not use_prm:
+    if params.selection == "majority":
         return [Candidate(t, a) for t, a in zip(texts, answers)]
-    prm = ctx.require_prm("best_of_n")
-    scored = await prm.score([ScoreRequest(ctx.prompt, ctx.fmt.steps(t)) for t in texts])
-    ledger.charge_scoring(scored)
+    scored = await score(ctx, ledger, texts, "best_of_n")
     return [
         Candidate(t, a, aggregate_steps(s.scores, params.aggregation), s.scores)
         for t, a, s in zip(texts, answers, scored)
@@ -71,6 +58,8 @@ async def best_of_n(ctx: SearchContext, params: BestOfNParams) -> SearchResult:
     if params.selection != "majority":
         ctx.require_prm(f"best_of_n with selection {params.selection!r} (use 'majority' without one)")
     ledger = ctx.new_ledger()
-    n = affordable(ctx, ledger, params.n, params.max_tokens, params.selection != "majority")
+    prompt_tokens = ctx.policy.count_tokens(ctx.prompt)
+    scored = params.selection != "majority"
+    n = affordable(ctx.budget, ledger, prompt_tokens, params.n, params.max_tokens, scored)
     candidates = await sample_and_select(ctx, ledger, n, params, ctx.seed) if n else []
     return choose("best_of_n", candidates, params, ledger, truncated=n < params.n)

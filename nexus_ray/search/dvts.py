@@ -8,9 +8,10 @@ where a shared beam would collapse onto one prefix.
 
 from __future__ import annotations
 
-from nexus_ray.search.beam import BeamParams, worst_case
+from nexus_ray.search.base import SearchContext, worst_case
+from nexus_ray.search.beam import BeamParams
 from nexus_ray.search.paths import Path, expand, paths_result, round_seed, score
-from nexus_ray.search.registry import SearchContext, register
+from nexus_ray.search.registry import register
 from nexus_ray.search.result import SearchResult
 
 

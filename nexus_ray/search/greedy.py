@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from nexus_ray.engines.base import GenerationParams
+from nexus_ray.search.base import SearchContext, StrategyParams
 from nexus_ray.search.ledger import worst_case_round
-from nexus_ray.search.registry import SearchContext, StrategyParams, register
+from nexus_ray.search.registry import register
 from nexus_ray.search.result import Candidate, SearchResult
 
 
@@ -12,7 +13,7 @@ class GreedyParams(StrategyParams):
     pass
 
 
-@register("greedy", GreedyParams, needs_prm=False)
+@register("greedy", GreedyParams, needs_prm=False, takes_budget=False)
 async def greedy(ctx: SearchContext, params: GreedyParams) -> SearchResult:
     ledger = ctx.new_ledger()
     prompt_tokens = ctx.policy.count_tokens(ctx.prompt)

@@ -5,8 +5,9 @@ used only for scoring, never kept. Beam search is the special case k = 0.
 
 from __future__ import annotations
 
+from nexus_ray.search.base import SearchContext
 from nexus_ray.search.beam import BeamParams, run_beam
-from nexus_ray.search.registry import SearchContext, register
+from nexus_ray.search.registry import register
 from nexus_ray.search.result import SearchResult
 
 

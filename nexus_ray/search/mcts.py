@@ -19,10 +19,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from nexus_ray.search.beam import worst_case
+from nexus_ray.search.base import ScoredSearchParams, SearchContext, worst_case
 from nexus_ray.search.ledger import worst_case_round
 from nexus_ray.search.paths import Path, complete, expand, paths_result, round_seed, score
-from nexus_ray.search.registry import ScoredSearchParams, SearchContext, register
+from nexus_ray.search.registry import register
 from nexus_ray.search.result import SearchResult
 
 

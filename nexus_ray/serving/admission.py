@@ -1,18 +1,12 @@
-"""The Planner actor: one per cluster, it turns a request into a plan and admits it or not.
+"""Admission control: one actor per cluster plans each request and admits it or not.
 
-A plan is (strategy, parameters, budget in generations). A request that names a strategy or
-a budget gets that (defaults from ``PlannerConfig`` fill the other). A request that names
-neither is planned from the calibrated table when one is configured: the actor holds the
-table's allocation for ``mean_budget`` (which plan each difficulty bin runs) and hands it out
-as a ``planner`` plan; the ingress then probes the prompt, bins it and runs the bin's plan
-(``nexus_ray.planner.execute.solve``), and reports the bin in the response.
-
-Admission control is a token bucket in policy-token equivalents per second, per API key
-when keys are configured: a request reserves its estimated cost, waits up to
-``max_queue_seconds`` for the bucket, or is refused with a retry-after; when it finishes it
-is settled with what it really spent. The bucket levels and the counters are written to
-Ray's GCS key-value store on every change, so a restarted Planner (``max_restarts=-1``)
-comes back with them.
+The plan itself is ``nexus_ray.planner``'s decision (``Planner``); this actor holds the one
+cluster-wide copy of it, so every ingress replica plans from the same table and allocation.
+Admission is a token bucket in policy-token equivalents per second, per API key when keys
+are configured: a request reserves its estimated cost, waits up to ``max_queue_seconds`` for
+the bucket, or is refused with a retry-after; when it finishes it is settled with what it
+really spent. The bucket levels and the counters are written to Ray's GCS key-value store on
+every change, so a restarted actor (``max_restarts=-1``) comes back with them.
 """
 
 from __future__ import annotations
@@ -20,24 +14,18 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import uuid
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 import ray
 from ray.experimental import internal_kv
 
 from nexus_ray.config import PlannerConfig
-from nexus_ray.planner.allocate import Allocation
-from nexus_ray.planner.table import PlanTable, load_table
-from nexus_ray.search import registry
+from nexus_ray.planner.request import Plan, PlanError, Planner
+from nexus_ray.planner.table import PlanTable
 
 NAMESPACE = "nexus_ray"
 _KV_NAMESPACE = "nexus_ray.planner"
-
-
-class PlanError(ValueError):
-    """The request asks for something the planner cannot give (unknown strategy, budget too high)."""
 
 
 class AdmissionDenied(Exception):
@@ -49,21 +37,6 @@ class AdmissionDenied(Exception):
 
     def __str__(self) -> str:
         return f"compute budget exhausted; retry after {self.retry_after:.1f} s"
-
-
-@dataclass(frozen=True)
-class Plan:
-    strategy: str
-    budget: int  # generations (Snell et al.'s unit)
-    params: dict = field(default_factory=dict)  # overrides of the strategy's parameter model
-    source: str = "defaults"  # "request": the caller chose; "defaults": the config's; "table": the calibrated table
-    difficulty: int | None = None  # the estimated difficulty bin, once an estimator is configured
-    ticket: str = ""
-    reserved: float = 0.0  # policy-token equivalents held until ``settle``
-    wait_s: float = 0.0  # how long the caller must queue before running it
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -84,13 +57,14 @@ class TokenBucket:
         return max(0.0, (amount - self.level) / self.rate)
 
 
-class Planner:
-    """Plain class so tests can use it without Ray; ``get_planner`` runs it as the named actor."""
+class Admission:
+    """Plain class so tests can use it without Ray; ``get_admission`` runs it as the named actor."""
 
-    def __init__(self, config: dict, state_key: str | None = None) -> None:
-        """``state_key``: where in Ray's GCS key-value store the state lives (None: not kept)."""
+    def __init__(self, config: dict, table: PlanTable | None = None, state_key: str | None = None) -> None:
+        """``table``: the service's plan table, loaded once by ``build_app``; ``state_key``: where
+        in Ray's GCS key-value store the state lives (None: not kept)."""
         self.config = PlannerConfig.model_validate(config)
-        self._load_table()
+        self.planner = Planner(self.config, table)
         self.state_key = state_key
         self.buckets: dict[str, TokenBucket] = {}
         self.counters: Counter[str] = Counter()
@@ -98,52 +72,27 @@ class Planner:
         if state_key is not None:
             self._load()
 
-    def configure(self, config: dict) -> None:
-        """New limits and defaults; buckets keep their levels, counters their counts."""
+    def configure(self, config: dict, table: PlanTable | None) -> None:
+        """New limits, defaults and table; buckets keep their levels, counters their counts."""
         self.config = PlannerConfig.model_validate(config)
-        self._load_table()
+        self.planner = Planner(self.config, table)
         for bucket in self.buckets.values():
             bucket.rate = self.config.tokens_per_second or bucket.rate
             bucket.capacity = self._capacity()
         self._save()
 
-    def _load_table(self) -> None:
-        self.table: PlanTable | None = None
-        self.allocation: Allocation | None = None
-        if self.config.table is not None:
-            self.table = load_table(self.config.table)
-            self.allocation = self.table.allocate(self.config.mean_budget)
-
-    def plan(self, problem: str, budget: int | None, strategy: str | None, api_key: str | None = None) -> Plan:
-        """A plan for one problem, admitted against the compute budget (raises ``AdmissionDenied``)."""
-        cfg = self.config
+    def plan(
+        self, problem: str, budget: int | None, strategy: str | None, api_key: str | None = None,
+    ) -> Plan:
+        """A plan for one problem, admitted against the compute budget (raises ``PlanError`` or
+        ``AdmissionDenied``)."""
         self.counters["requests"] += 1
-        if strategy is None and budget is None and self.table is not None:
-            return self._admit(self._table_plan(), api_key)
-        name = strategy or cfg.default_strategy
         try:
-            registry.get(name)
-        except ValueError as err:
+            plan = self.planner.plan(budget, strategy)
+        except PlanError:
             self.counters["rejected_invalid"] += 1
-            raise PlanError(str(err)) from None
-        generations = budget or cfg.default_budget
-        if generations > cfg.max_budget:
-            self.counters["rejected_invalid"] += 1
-            raise PlanError(f"budget {generations} exceeds this service's ceiling of {cfg.max_budget} generations")
-        if name == "greedy":
-            generations = 1
-        source = "request" if strategy or budget else "defaults"
-        plan = Plan(name, generations, {}, source, None, uuid.uuid4().hex, generations * cfg.tokens_per_generation)
+            raise
         return self._admit(plan, api_key)
-
-    def _table_plan(self) -> Plan:
-        """The allocation as a plan: per bin (low, high, p_high) indices into the table's choices.
-        It reserves what the most expensive bin's plan costs on the calibration set."""
-        assert self.table is not None and self.allocation is not None
-        mixes = [[m.low, m.high, m.p_high] for m in self.allocation.mixes]
-        chosen = [self.table.bins[b].choices[i] for b, m in enumerate(self.allocation.mixes) for i in (m.low, m.high)]
-        return Plan("planner", max(c.option.n for c in chosen), {"mixes": mixes}, "table", None, uuid.uuid4().hex,
-                    max(c.compute for c in chosen))
 
     def _admit(self, plan: Plan, api_key: str | None) -> Plan:
         cfg = self.config
@@ -205,7 +154,9 @@ class Planner:
             "counters": dict(self.counters),
             "restarts": self.restarts,
         }
-        internal_kv._internal_kv_put(self.state_key, json.dumps(state), overwrite=True, namespace=_KV_NAMESPACE)
+        internal_kv._internal_kv_put(
+            self.state_key, json.dumps(state), overwrite=True, namespace=_KV_NAMESPACE
+        )
 
     def _load(self) -> None:
         raw = internal_kv._internal_kv_get(self.state_key, namespace=_KV_NAMESPACE)
@@ -218,10 +169,11 @@ class Planner:
         self._save()
 
 
-def get_planner(config: PlannerConfig, name: str):
-    """The cluster's Planner actor, created on first use; restarted by Ray if it dies."""
+def get_admission(config: PlannerConfig, name: str, table: PlanTable | None):
+    """The cluster's admission actor, created on first use (and configured with ``config`` and
+    ``table`` either way); restarted by Ray if it dies."""
     actor = (
-        ray.remote(Planner)
+        ray.remote(Admission)
         .options(
             name=name,
             namespace=NAMESPACE,
@@ -231,12 +183,12 @@ def get_planner(config: PlannerConfig, name: str):
             max_task_retries=-1,
             num_cpus=0,
         )
-        .remote(config.model_dump(), name)
+        .remote(config.model_dump(), table, name)
     )
-    ray.get(actor.configure.remote(config.model_dump()))
+    ray.get(actor.configure.remote(config.model_dump(), table))
     return actor
 
 
 def clear_state(name: str) -> None:
-    """Forget the persisted counters and buckets of the Planner called ``name``."""
+    """Forget the persisted counters and buckets of the admission actor called ``name``."""
     internal_kv._internal_kv_del(name, namespace=_KV_NAMESPACE)

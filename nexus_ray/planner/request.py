@@ -1,0 +1,77 @@
+"""From a request to its plan: a named strategy at a budget, or the calibrated table's plan.
+
+A request that names a strategy or a budget gets that (``PlannerConfig``'s defaults fill the
+other). A request that names neither is planned from the table when the service has one: the
+plan carries the table's allocation for ``mean_budget`` (which plan each difficulty bin runs),
+and ``execute.run_plan`` probes the prompt, bins it and runs its bin's plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from nexus_ray.config import PlannerConfig
+from nexus_ray.planner.allocate import Allocation
+from nexus_ray.planner.table import PlanTable
+from nexus_ray.search import registry
+
+PLANNED = "planner"  # the strategy name a table plan reports
+
+
+class PlanError(ValueError):
+    """The request asks for something no plan gives (an unknown strategy, a budget over the ceiling)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    strategy: str  # a registered name, or PLANNED
+    budget: int  # generations (Snell et al.'s unit)
+    params: dict = field(default_factory=dict)  # strategy: overrides of its parameters; table plan: its mixes
+    source: str = "defaults"  # whose choice: "request" (the caller), "defaults" (the config), "table"
+    difficulty: int | None = None  # a table plan's difficulty bin, once run
+    reserved: float = 0.0  # estimated policy-token equivalents, held by admission until settled
+    wait_s: float = 0.0  # how long admission makes the caller queue before running it
+    allocation: Allocation | None = None  # a table plan's: which plan each difficulty bin runs
+
+    def to_dict(self) -> dict:
+        """What a response reports of the plan."""
+        return {k: v for k, v in asdict(self).items() if k not in ("reserved", "allocation")}
+
+
+class Planner:
+    """Plans requests by the service's ``PlannerConfig`` and its plan table (loaded by the caller)."""
+
+    def __init__(self, config: PlannerConfig, table: PlanTable | None) -> None:
+        self.config = config
+        self.table = table
+        self.allocation = table.allocate(config.mean_budget) if table is not None else None
+
+    def plan(self, budget: int | None, strategy: str | None) -> Plan:
+        """The plan for a request's budget and strategy (either may be None); ``PlanError`` if none fits."""
+        cfg = self.config
+        if strategy is None and budget is None and self.table is not None:
+            return self._table_plan()
+        name = strategy or cfg.default_strategy
+        try:
+            spec, _ = registry.get(name)
+        except ValueError as err:
+            raise PlanError(str(err)) from None
+        generations = budget or cfg.default_budget
+        if generations > cfg.max_budget:
+            raise PlanError(
+                f"budget {generations} exceeds this service's ceiling of {cfg.max_budget} generations"
+            )
+        if not spec.takes_budget:
+            generations = 1  # it runs at its defaults, priced as one generation
+        source = "request" if strategy or budget else "defaults"
+        return Plan(name, generations, {}, source, reserved=generations * cfg.tokens_per_generation)
+
+    def _table_plan(self) -> Plan:
+        """The allocation as a plan (its mixes, per bin [low, high, p_high] indices into the table's
+        choices, as params). It reserves what the most expensive bin's plan costs on the calibration set."""
+        assert self.table is not None and self.allocation is not None
+        mixes = self.allocation.mixes
+        chosen = [self.table.bins[b].choices[i] for b, m in enumerate(mixes) for i in (m.low, m.high)]
+        params = {"mixes": [[m.low, m.high, m.p_high] for m in mixes]}
+        return Plan(PLANNED, max(c.option.n for c in chosen), params, "table",
+                    reserved=max(c.compute for c in chosen), allocation=self.allocation)

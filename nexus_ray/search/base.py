@@ -1,0 +1,71 @@
+"""What every strategy shares: the context it runs against, its parameter models, and the
+worst-case price of one step-by-step round (for the budget check before each round)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict
+
+from nexus_ray.engines.base import PolicyEngine, RewardEngine
+from nexus_ray.search.aggregate import Selection, StepAggregation
+from nexus_ray.search.ledger import Budget, ComputeLedger, worst_case_round
+from nexus_ray.search.paths import Path
+from nexus_ray.tasks.format import TaskFormat
+
+
+class StrategyParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_step_tokens: int = 64
+    max_tokens: int = 256
+
+    @classmethod
+    def for_budget(cls, generations: int, **overrides) -> "StrategyParams":
+        """Parameters that spend about ``generations`` full samples."""
+        return cls(**overrides)
+
+
+class ScoredSearchParams(StrategyParams):
+    """Knobs every strategy that reads PRM scores shares: how steps aggregate, how the answer is picked."""
+
+    aggregation: StepAggregation = "last"
+    selection: Selection = "weighted"
+
+
+@dataclass
+class SearchContext:
+    """Everything a strategy runs against: engines, the prompt, its format, a ceiling, a seed."""
+
+    policy: PolicyEngine
+    prm: RewardEngine | None
+    prompt: str
+    fmt: TaskFormat
+    budget: Budget | None = None
+    seed: int | None = 0
+    prefix_caching: bool = False
+
+    def new_ledger(self) -> ComputeLedger:
+        return ComputeLedger(
+            self.policy.num_parameters,
+            self.prm.num_parameters if self.prm else 0,
+            prefix_caching=self.prefix_caching,
+        )
+
+    def require_prm(self, strategy: str) -> RewardEngine:
+        if self.prm is None:
+            raise ValueError(f"strategy {strategy!r} needs a PRM")
+        return self.prm
+
+    def fits(self, ledger: ComputeLedger, worst_case: float) -> bool:
+        return self.budget is None or self.budget.fits(ledger, worst_case)
+
+
+def worst_case(
+    ctx: SearchContext, ledger: ComputeLedger, paths: list[Path], samples_each: int, max_step_tokens: int,
+    lookahead: int = 0,
+) -> float:
+    """Worst-case cost of expanding ``paths`` one step (plus a k-step rollout per child) and scoring."""
+    prompt_tokens = [ctx.policy.count_tokens(ctx.prompt + p.text) for p in paths]
+    rollout = 1 + lookahead
+    return worst_case_round(ledger, prompt_tokens, samples_each * rollout, max_step_tokens * rollout, True)

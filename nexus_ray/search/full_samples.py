@@ -1,0 +1,40 @@
+"""Complete solutions sampled from the prompt in one call: how many fit the budget, drawing
+them, scoring them. Best-of-N and adaptive sampling use these, and so does the planner's
+online sampler, so all of them price and charge a sample the same way (``paths.py`` is the
+step-by-step counterpart)."""
+
+from __future__ import annotations
+
+from nexus_ray.engines.base import Completion, GenerationParams, ScoreRequest, ScoreResult
+from nexus_ray.search.base import SearchContext
+from nexus_ray.search.ledger import Budget, ComputeLedger, worst_case_round
+
+
+def affordable(budget: Budget | None, ledger: ComputeLedger, prompt_tokens: int, wanted: int, max_tokens: int,
+               scored: bool) -> int:
+    """How many of ``wanted`` full samples of a prompt fit the budget in the worst case."""
+    k = wanted
+    while k > 0 and budget is not None and not budget.fits(
+        ledger, worst_case_round(ledger, [prompt_tokens], k, max_tokens, scored)
+    ):
+        k -= 1
+    return k
+
+
+async def draw(ctx: SearchContext, ledger: ComputeLedger, params: GenerationParams) -> list[Completion]:
+    """``params.n`` samples of the prompt in one generate call, charged to the ledger."""
+    [result] = await ctx.policy.generate([ctx.prompt], params)
+    ledger.charge_generation([result])
+    ledger.generations += params.n
+    return list(result.completions)
+
+
+async def score(
+    ctx: SearchContext, ledger: ComputeLedger, solutions: list[str], strategy: str,
+) -> list[ScoreResult]:
+    """PRM step scores of whole solutions in one call, charged to the ledger (``strategy``
+    names who needs the PRM when the context has none)."""
+    prm = ctx.require_prm(strategy)
+    results = await prm.score([ScoreRequest(ctx.prompt, ctx.fmt.steps(s)) for s in solutions])
+    ledger.charge_scoring(results)
+    return results

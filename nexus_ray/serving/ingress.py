@@ -1,0 +1,188 @@
+"""The HTTP routes: a FastAPI ingress on Ray Serve, over the model workers and the admission actor.
+
+Routes: ``POST /v1/solve``, ``POST /v1/chat/completions`` (OpenAI schema plus an optional
+``nexus`` object), ``GET /v1/models``, ``GET /healthz``, ``GET /v1/planner``. A solve is
+parsed here, planned and admitted by the admission actor, run by ``planner.execute.run_plan``
+in plain strategy code over remote engine proxies (the models live in the workers), and
+formatted here. Every answer carries its ledger. Bad input gets a JSON error with the right
+status (401, 413, 422, 429, 503, 504), never a 500.
+"""
+
+import asyncio
+import time
+import uuid
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from nexus_ray.config import ServiceConfig
+from nexus_ray.planner.execute import run_plan
+from nexus_ray.planner.request import PlanError
+from nexus_ray.planner.table import PlanTable
+from nexus_ray.search import registry
+from nexus_ray.search.base import SearchContext
+from nexus_ray.serving.admission import AdmissionDenied, get_admission
+from nexus_ray.serving.http import (
+    Failure,
+    Guard,
+    api_key,
+    api_keys,
+    error_response,
+    invalid_request,
+    unexpected,
+)
+from nexus_ray.serving.metrics import Metrics
+from nexus_ray.serving.schemas import ChatRequest, NexusOptions, SolveRequest
+from nexus_ray.serving.workers import WorkerUnavailable, connect
+from nexus_ray.tasks.format import ARITH
+
+api = FastAPI(title="nexus_ray", description="Test-time compute allocation for LLM reasoning.")
+api.add_middleware(Guard)
+api.add_exception_handler(RequestValidationError, invalid_request)
+api.add_exception_handler(Exception, unexpected)
+
+
+@serve.deployment(max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0.25})
+@serve.ingress(api)
+class Ingress:
+    def __init__(self, config: dict, policy_handle, prm_handle, table: PlanTable | None) -> None:
+        """``table``: the plan table ``build_app`` loaded and checked (None: none configured)."""
+        self.config = ServiceConfig.model_validate(config)
+        Guard.max_body_bytes = self.config.max_body_bytes
+        Guard.api_keys = api_keys(self.config.api_keys_env)
+        self.policy_handle, self.prm_handle = policy_handle, prm_handle
+        self.admission = get_admission(self.config.planner, self.config.planner_name, table)
+        self.table = table
+        self.engines = None
+        self._connecting = asyncio.Lock()
+        self.prefix_caching = self.config.policy.engine == "vllm" and self.config.policy.enable_prefix_caching
+        self.metrics = Metrics()
+
+    async def _engines(self):
+        async with self._connecting:
+            if self.engines is None:
+                self.engines = await connect(self.policy_handle, self.prm_handle)
+        return self.engines
+
+    async def _solve(self, problem: str, options: SolveRequest | NexusOptions, key: str | None) -> dict:
+        cfg = self.config
+        if len(problem) > cfg.max_problem_chars:
+            raise Failure(422, f"problem longer than {cfg.max_problem_chars} characters", "invalid_request")
+        try:
+            expression = ARITH.parse(problem)
+        except ValueError as err:
+            raise Failure(422, str(err), "invalid_request") from None
+        try:
+            plan = await self.admission.plan.remote(expression, options.budget, options.strategy, key)
+        except PlanError as err:
+            raise Failure(422, str(err.args[0]), "invalid_request") from None
+        except AdmissionDenied as err:
+            raise Failure(429, str(err), "rate_limited", retry_after=err.retry_after) from None
+        spent = 0.0
+        try:
+            if plan.wait_s > 0:
+                await asyncio.sleep(plan.wait_s)
+            policy, prm = await self._engines()
+            ctx = SearchContext(
+                policy, prm, ARITH.prompt(expression), ARITH, seed=options.seed,
+                prefix_caching=self.prefix_caching,
+            )
+            run = run_plan(plan, ctx, expression, self.table)
+            result, plan = await asyncio.wait_for(run, cfg.request_timeout_s)
+            spent = result.ledger.policy_token_equivalents
+        except asyncio.TimeoutError:
+            spent = plan.reserved
+            raise Failure(504, f"solve took longer than {cfg.request_timeout_s:g} s", "timeout") from None
+        except WorkerUnavailable as err:
+            raise Failure(503, str(err), "unavailable", retry_after=5) from None
+        finally:
+            self.admission.settle.remote(key, plan.reserved, spent)
+        out = result.to_dict(with_candidates=options.return_candidates)
+        self.metrics.solved(plan.strategy, plan.difficulty, out["ledger"])
+        out["strategy"] = plan.strategy  # the name asked for ("weighted"), not its family ("best_of_n")
+        return {"problem": expression, **out, "budget": plan.budget, "difficulty": plan.difficulty,
+                "plan": plan.to_dict()}
+
+    async def _respond(self, route: str, make) -> JSONResponse:
+        start = time.monotonic()
+        try:
+            response = JSONResponse(await make())
+        except Failure as failure:
+            response = failure.response()
+        self.metrics.requests.inc(1, {"route": route, "status": str(response.status_code)})
+        self.metrics.latency.observe(time.monotonic() - start, {"route": route})
+        return response
+
+    @api.post("/v1/solve")
+    async def solve(self, body: SolveRequest, request: Request) -> JSONResponse:
+        """Solve one problem; without strategy and budget the planner chooses."""
+        key = api_key(request.headers)
+        return await self._respond("/v1/solve", lambda: self._solve(body.problem, body, key))
+
+    @api.post("/v1/chat/completions")
+    async def chat(self, body: ChatRequest, request: Request) -> JSONResponse:
+        """OpenAI-compatible: the last user message is the problem; ``nexus`` sets budget/strategy."""
+
+        async def make() -> dict:
+            if body.stream:
+                raise Failure(422, "stream: true is not supported; send stream: false", "invalid_request")
+            if body.model != self.config.model_id:
+                listed = self.config.model_id
+                raise Failure(422, f"unknown model {body.model[:80]!r}; GET /v1/models lists {listed!r}",
+                              "invalid_request")
+            users = [m.content for m in body.messages if m.role == "user"]
+            if not users:
+                raise Failure(422, "messages hold no user message with the problem", "invalid_request")
+            solved = await self._solve(users[-1], body.nexus or NexusOptions(), api_key(request.headers))
+            ledger = solved["ledger"]
+            return {
+                "id": f"chatcmpl-{uuid.uuid4().hex}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": self.config.model_id,
+                "choices": [{
+                    "index": 0,
+                    "message": {"role": "assistant", "content": solved["solution"]},
+                    "finish_reason": "length" if solved["truncated"] else "stop",
+                }],
+                "usage": {
+                    "prompt_tokens": ledger["policy_prefill_tokens"],
+                    "completion_tokens": ledger["policy_generated_tokens"],
+                    "total_tokens": ledger["policy_prefill_tokens"] + ledger["policy_generated_tokens"],
+                },
+                "nexus": {k: v for k, v in solved.items() if k != "solution"},
+            }
+
+        return await self._respond("/v1/chat/completions", make)
+
+    @api.get("/v1/models")
+    async def models(self) -> dict:
+        cfg = self.config
+        return {
+            "object": "list",
+            "data": [{
+                "id": cfg.model_id, "object": "model", "owned_by": "nexus_ray",
+                "policy": cfg.policy.model, "prm": cfg.prm.model, "strategies": registry.names(),
+            }],
+        }
+
+    @api.get("/healthz")
+    async def healthz(self) -> JSONResponse:
+        """200 when the admission actor and both workers answer within 5 s, else 503."""
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(self.admission.ping.remote(), self.policy_handle.info.remote(),
+                               self.prm_handle.info.remote()),
+                5.0,
+            )
+        except Exception as err:  # any failure to answer is "not healthy", with the reason
+            reason = f"not ready: {type(err).__name__}"
+            return error_response(503, reason, "unavailable", {"Retry-After": "5"})
+        return JSONResponse({"status": "ok"})
+
+    @api.get("/v1/planner")
+    async def planner_stats(self) -> dict:
+        """The admission actor's counters and bucket levels (keys appear hashed)."""
+        return await self.admission.stats.remote()
