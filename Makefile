@@ -58,7 +58,7 @@ k8s-check: setup  ## validate k8s/ against the KubeRay CRDs (strict) and Ray Ser
 	else echo "k8s-check: $(KUBERAY_CHECK) not found next to this checkout; skipped"; fi
 
 zoo: setup  ## retrain every zoo model from scratch (about 75 minutes on 2 cores)
-	$(BIN)/python -m nexus_ray.zoo.train all
+	$(BIN)/python -m nexus_ray.training all
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .venv-mergekit .pytest_cache
