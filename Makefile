@@ -59,7 +59,7 @@ lint: setup  ## ruff over the repository
 	$(BIN)/ruff check .
 
 zoo: setup  ## retrain every zoo model from scratch (about 75 minutes on 2 cores)
-	$(BIN)/python -m nexus_ray.zoo.train all
+	$(BIN)/python -m nexus_ray.training all
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .venv-mergekit .pytest_cache

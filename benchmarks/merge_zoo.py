@@ -2,10 +2,10 @@
 
     python benchmarks/merge_zoo.py [--n 100] [--seed 0]
 
-The experts (``python -m nexus_ray.zoo.train experts``) are arith-policy fine-tuned on one
-sub-task each (``nexus_ray.merge.subtasks``: long +/- chains, multiplication-heavy). Every
+The experts (``python -m nexus_ray.training experts``) are arith-policy fine-tuned on one
+sub-task each (``nexus_ray.tasks.subtasks``: long +/- chains, multiplication-heavy). Every
 merge is an ordinary mergekit-style config run by ``nexus_ray.merge.run.merge``; scoring is
-greedy decoding on ``--n`` held-out problems per sub-task (``subtasks.score``).
+greedy decoding on ``--n`` held-out problems per sub-task (``nexus_ray.tuning.subtask_score``).
 Writes benchmarks/results/merge/zoo_merge.json (configs included) and prints a Markdown table.
 """
 
@@ -17,8 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from nexus_ray.merge import subtasks
 from nexus_ray.merge.run import merge
+from nexus_ray.tasks import subtasks
+from nexus_ray.tuning.subtask_score import score
 from nexus_ray.zoo.registry import resolve
 
 RESULTS = Path(__file__).parent / "results" / "merge" / "zoo_merge.json"
@@ -63,13 +64,13 @@ def main() -> None:
     rows = []
     for name in ["arith-policy", *EXPERTS]:
         start = time.time()
-        rows.append({"model": name, "accuracy": subtasks.score(resolve(name), args.n), "score_s": round(time.time() - start, 1)})
+        rows.append({"model": name, "accuracy": score(resolve(name), args.n), "score_s": round(time.time() - start, 1)})
         print(json.dumps(rows[-1]), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, cfg) in enumerate(configs().items()):
             stats = merge(cfg, Path(tmp) / f"m{i}", seed=args.seed, progress=False)
             start = time.time()
-            acc = subtasks.score(stats.out, args.n)
+            acc = score(stats.out, args.n)
             rows.append({"model": name, "config": cfg, "accuracy": acc, "merge_s": round(stats.seconds, 2),
                          "score_s": round(time.time() - start, 1)})
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "config"}), flush=True)

@@ -27,7 +27,7 @@ from nexus_ray.search.aggregate import aggregate_steps, select
 from nexus_ray.tasks import arith, datasets
 from nexus_ray.tasks.format import ARITH
 from nexus_ray.tasks.grading import is_equivalent
-from nexus_ray.zoo.train import auroc
+from nexus_ray.training.prm import auroc
 
 RESULTS = Path(__file__).parent / "results" / "zoo_eval.json"
 

@@ -130,38 +130,18 @@ def calibrate(ctx: typer.Context) -> None:
     raise typer.Exit(calibrate_job.main(ctx.args))
 
 
-@app.command()
-def merge(
-    config: str = typer.Argument(..., help="A mergekit-style YAML: merge_method, base_model, models, parameters, dtype."),
-    out: str = typer.Argument(..., help="Output directory; written to a hidden temp dir and renamed when complete."),
-    workers: int = typer.Option(1, min=1, help="Tensors merged in parallel as Ray tasks (local Ray or RAY_ADDRESS)."),
-    seed: int = typer.Option(0, help="Seed of the random masks of dare_* and della*; same seed, same model."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
-) -> None:
-    """Merge fine-tuned models: linear, task_arithmetic, ties, dare_ties/linear, della(_linear), breadcrumbs(_ties), slerp.
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def merge(ctx: typer.Context) -> None:
+    """Merge fine-tuned models from a mergekit-style YAML: ties, dare, della, slerp, ...
 
-    Reads the same YAML as mergekit-yaml and gives the same tensors (defaults included).
-    Example (ties of two zoo experts on the zoo base):
-
-    \b
-      merge_method: ties
-      base_model: arith-policy
-      models:
-        - {model: arith-expert-addsub, parameters: {weight: 1.0, density: 0.5}}
-        - {model: arith-expert-mul, parameters: {weight: 1.0, density: 0.5}}
-      dtype: float32
-
-    Parameters may be numbers, gradients over layers ([0, 0.5, 1]) or {filter, value} lists.
-    Everything is checked before anything is written.
+    nexus-ray merge config.yaml out/ --workers 2 (see merge --help)
     """
-    from nexus_ray.merge.plan import PlanError
-    from nexus_ray.merge.run import MergeError, merge as run_merge
+    from nexus_ray.jobs import merge as merge_job
 
-    try:
-        stats = run_merge(config, out, workers=workers, seed=seed, overwrite=overwrite)
-    except (PlanError, MergeError, FileExistsError) as err:
-        _fail(str(err))
-    typer.echo(f"merged {stats.tensors} tensors ({stats.bytes_written / 1e6:.1f} MB) into {stats.out} in {stats.seconds:.1f}s")
+    raise typer.Exit(merge_job.main(ctx.args))
 
 
 @app.command()

@@ -213,15 +213,29 @@ class ConfigError(ValueError):
 
 
 def read_yaml(path: Path) -> dict:
+    """The mapping a YAML file holds: every config file of the project is read here.
+
+    Errors name the file, and for a syntax error its line and column (``file:line:column``).
+    """
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(f"{_yaml_where(path, err)}: not valid YAML: {_yaml_problem(err)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys, got {type(data).__name__}")
     return data
+
+
+def _yaml_where(path: Path, err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None)
+    return f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    parts = [getattr(err, "context", None), getattr(err, "problem", None)]
+    return ", ".join(p for p in parts if p) or str(err)
 
 
 def load_yaml(path: str | Path, model: type[BaseModel]) -> BaseModel:

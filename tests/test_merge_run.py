@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from nexus_ray.merge import methods
 from nexus_ray.merge.io import ModelReader
-from nexus_ray.merge.plan import PlanError, build
+from nexus_ray.merge.plan import MergeConfigError, build
 from nexus_ray.merge.run import MergeError, merge
 from nexus_ray.zoo.registry import ZOO_DIR
 
@@ -168,7 +168,7 @@ def _renamed(t):
 def test_bad_configs_fail_before_writing(experts, tmp_path, mutate, match):
     cfg = _config("ties", experts)
     mutate(cfg, experts, tmp_path)
-    with pytest.raises(PlanError, match=match):
+    with pytest.raises(MergeConfigError, match=match):
         merge(cfg, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
 
@@ -176,7 +176,7 @@ def test_bad_configs_fail_before_writing(experts, tmp_path, mutate, match):
 def test_della_epsilon_domain_names_the_model(experts, tmp_path):
     cfg = _config("della", experts)
     cfg["models"][1]["parameters"]["epsilon"] = 0.5
-    with pytest.raises(PlanError, match="epsilon 0.5"):
+    with pytest.raises(MergeConfigError, match="epsilon 0.5"):
         build(cfg)
 
 

@@ -82,7 +82,7 @@ def test_prm_scores_correct_steps_above_corrupted_ones(prm_engine):
 
 def test_prm_ranks_held_out_policy_steps(prm_engine, policy_engine):
     """Step-level AUROC on the policy's own held-out samples (the issue's target is 0.85)."""
-    from nexus_ray.zoo.train import auroc
+    from nexus_ray.training.prm import auroc
 
     examples = [e for e in datasets.load("arith-test") if e.level >= 3][::6]
     prompts = [ARITH.prompt(e.problem) for e in examples]

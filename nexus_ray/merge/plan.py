@@ -21,17 +21,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
+from nexus_ray.config import ConfigError, read_yaml
 from nexus_ray.merge import methods
 from nexus_ray.merge.io import ModelReader
+from nexus_ray.zoo.registry import resolve
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
-TOP_KEYS = {"merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "tokenizer_source", "name"}
+DTYPES = {
+    "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64
+}
+TOP_KEYS = {
+    "merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "tokenizer_source", "name"
+}
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
 
 
-class PlanError(ValueError):
+class MergeConfigError(ValueError):
     """A config that cannot be merged; the message names the key, model or tensor."""
 
 
@@ -64,31 +69,24 @@ class Plan:
 
 
 def load_config(config: dict | str | Path) -> dict:
+    """A config as given, or read from a YAML file (``config.read_yaml``'s errors, as ours)."""
     if isinstance(config, dict):
         return config
-    path = Path(config)
-    if not path.exists():
-        raise PlanError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise PlanError(f"{path} is not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise PlanError(f"{path}: expected a mapping with merge_method and models")
-    return data
+        return read_yaml(Path(config))
+    except ConfigError as err:
+        raise MergeConfigError(str(err)) from None
 
 
 def _model_path(ref: Any, where: str) -> Path:
-    from nexus_ray.zoo.registry import resolve
-
     if not isinstance(ref, (str, Path)):
-        raise PlanError(f"{where}: expected a model path, got {ref!r}")
+        raise MergeConfigError(f"{where}: expected a model path, got {ref!r}")
     try:
         path = resolve(str(ref))
     except FileNotFoundError as err:
-        raise PlanError(f"{where}: {err}") from None
+        raise MergeConfigError(f"{where}: {err}") from None
     if not ((path / "model.safetensors").exists() or (path / "model.safetensors.index.json").exists()):
-        raise PlanError(f"{where}: {path} has no model.safetensors or model.safetensors.index.json")
+        raise MergeConfigError(f"{where}: {path} has no model.safetensors or model.safetensors.index.json")
     return path
 
 
@@ -99,11 +97,15 @@ def _t_of(name: str, num_layers: int) -> float:
     return int(m.group(1)) / (num_layers - 1)
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def resolve_value(setting: Any, tensor_name: str, t: float, key: str) -> Any:
     """A parameter's value for one tensor: scalar, gradient over layers, or filter list."""
     if isinstance(setting, (bool, int, float)):
         return setting
-    if isinstance(setting, list) and setting and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in setting):
+    if isinstance(setting, list) and setting and all(_is_number(v) for v in setting):
         scaled = t * (len(setting) - 1)
         i0 = int(scaled)
         i1 = min(len(setting) - 1, i0 + 1)
@@ -113,62 +115,73 @@ def resolve_value(setting: Any, tensor_name: str, t: float, key: str) -> Any:
         for entry in setting:
             unknown = set(entry) - {"filter", "value"}
             if unknown or "value" not in entry:
-                raise PlanError(f"parameter {key!r}: filter entries are {{filter, value}}, got {entry!r}")
+                raise MergeConfigError(
+                    f"parameter {key!r}: filter entries are {{filter, value}}, got {entry!r}"
+                )
             f = entry.get("filter")
             if f is None or f == "*" or f in tensor_name:
                 return resolve_value(entry["value"], tensor_name, t, key)
         return None
-    raise PlanError(f"parameter {key!r}: expected a number, a list of numbers or {{filter, value}} entries, got {setting!r}")
+    raise MergeConfigError(
+        f"parameter {key!r}: expected a number, a list of numbers or {{filter, value}} entries, "
+        f"got {setting!r}"
+    )
 
 
 def build(config: dict | str | Path) -> Plan:
     cfg = load_config(config)
     unknown = set(cfg) - TOP_KEYS
     if "slices" in cfg or "modules" in cfg:
-        raise PlanError("only the 'models' form of mergekit configs is supported (not 'slices'/'modules')")
+        raise MergeConfigError(
+            "only the 'models' form of mergekit configs is supported (not 'slices'/'modules')"
+        )
     if unknown:
-        raise PlanError(f"unknown top-level key(s) {sorted(unknown)}; known: {sorted(TOP_KEYS)}")
+        raise MergeConfigError(f"unknown top-level key(s) {sorted(unknown)}; known: {sorted(TOP_KEYS)}")
     if "merge_method" not in cfg:
-        raise PlanError("missing key 'merge_method'")
+        raise MergeConfigError("missing key 'merge_method'")
     try:
         method = methods.get(str(cfg["merge_method"]))
     except ValueError as err:
-        raise PlanError(str(err)) from None
+        raise MergeConfigError(str(err)) from None
     entries = cfg.get("models")
     if not isinstance(entries, list) or not entries:
-        raise PlanError("'models' must be a non-empty list of {model, parameters}")
+        raise MergeConfigError("'models' must be a non-empty list of {model, parameters}")
 
     base = _model_path(cfg["base_model"], "base_model") if cfg.get("base_model") else None
     if method.needs_base and base is None:
-        raise PlanError(f"merge_method {method.name} needs 'base_model'")
+        raise MergeConfigError(f"merge_method {method.name} needs 'base_model'")
     inputs: list[tuple[Path, dict]] = []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or "model" not in entry:
-            raise PlanError(f"models[{i}]: expected {{model: <path>, parameters: {{...}}}}, got {entry!r}")
+            raise MergeConfigError(
+                f"models[{i}]: expected {{model: <path>, parameters: {{...}}}}, got {entry!r}"
+            )
         path = _model_path(entry["model"], f"models[{i}].model")
         params = entry.get("parameters") or {}
         if not isinstance(params, dict):
-            raise PlanError(f"models[{i}].parameters must be a mapping")
+            raise MergeConfigError(f"models[{i}].parameters must be a mapping")
         if method.needs_base and path == base:
             continue  # mergekit lists the base among the models; it is not a task vector
         for key in params:
             if key not in method.model_params:
-                raise PlanError(
+                raise MergeConfigError(
                     f"models[{i}].parameters.{key}: not a per-model parameter of {method.name} "
                     f"(known: {sorted(method.model_params) or 'none'})"
                 )
         inputs.append((path, params))
     if not inputs:
-        raise PlanError("no model to merge besides the base_model")
+        raise MergeConfigError("no model to merge besides the base_model")
     if method.name == "slerp" and len(inputs) != 1:
-        raise PlanError(f"slerp needs base_model and exactly one other model, got {len(inputs)} others")
+        raise MergeConfigError(
+            f"slerp needs base_model and exactly one other model, got {len(inputs)} others"
+        )
 
     global_cfg = cfg.get("parameters") or {}
     if not isinstance(global_cfg, dict):
-        raise PlanError("'parameters' must be a mapping")
+        raise MergeConfigError("'parameters' must be a mapping")
     for key in global_cfg:
         if key not in method.global_params and key not in method.model_params:
-            raise PlanError(
+            raise MergeConfigError(
                 f"parameters.{key}: not a parameter of {method.name} "
                 f"(known: {sorted(set(method.global_params) | set(method.model_params))})"
             )
@@ -185,13 +198,18 @@ def build(config: dict | str | Path) -> Plan:
         got = set(reader.names())
         missing, extra = sorted(set(names) - got), sorted(got - set(names))
         if missing:
-            raise PlanError(f"tensor {missing[0]!r} of {reference} is missing from {path} ({len(missing)} missing)")
+            raise MergeConfigError(
+                f"tensor {missing[0]!r} of {reference} is missing from {path} ({len(missing)} missing)"
+            )
         if extra:
-            raise PlanError(f"tensor {extra[0]!r} of {path} is not in {reference} ({len(extra)} extra)")
+            raise MergeConfigError(
+                f"tensor {extra[0]!r} of {path} is not in {reference} ({len(extra)} extra)"
+            )
         for name in names:
             if reader.shape(name) != ref_reader.shape(name):
-                raise PlanError(
-                    f"tensor {name!r}: shape {reader.shape(name)} in {path} != {ref_reader.shape(name)} in {reference}"
+                raise MergeConfigError(
+                    f"tensor {name!r}: shape {reader.shape(name)} in {path} "
+                    f"!= {ref_reader.shape(name)} in {reference}"
                 )
     num_layers = 1 + max((int(m.group(1)) for n in names if (m := _LAYER.search(n))), default=0)
 
@@ -207,7 +225,9 @@ def build(config: dict | str | Path) -> Plan:
                 if value is None:
                     value = default
                 if value is None:
-                    raise PlanError(f"model {path}: parameter {key!r} is required by {method.name} (tensor {name!r})")
+                    raise MergeConfigError(
+                        f"model {path}: parameter {key!r} is required by {method.name} (tensor {name!r})"
+                    )
                 values.append(float(value))
             model_params[key] = values
         global_params = {}
@@ -215,7 +235,7 @@ def build(config: dict | str | Path) -> Plan:
             value = resolve_value(global_cfg[key], name, t, key) if key in global_cfg else None
             value = default if value is None else value
             if value is None:
-                raise PlanError(f"parameters.{key} is required by {method.name} (tensor {name!r})")
+                raise MergeConfigError(f"parameters.{key} is required by {method.name} (tensor {name!r})")
             global_params[key] = value
         _check_ranges(method.name, name, inputs, model_params, global_params)
         dtype = out_dtype or ref_reader.dtype(name)
@@ -223,7 +243,9 @@ def build(config: dict | str | Path) -> Plan:
 
     tok = cfg.get("tokenizer_source", "base")
     if tok == "union":
-        raise PlanError("tokenizer_source: union is not supported (models must share one tokenizer); use base or a path")
+        raise MergeConfigError(
+            "tokenizer_source: union is not supported (models must share one tokenizer); use base or a path"
+        )
     tokenizer_source = reference if tok in ("base", None) else _model_path(tok, "tokenizer_source")
     return Plan(
         method=method,
@@ -242,23 +264,27 @@ def _dtype(cfg: dict, key: str) -> torch.dtype | None:
     if value is None:
         return None
     if value not in DTYPES:
-        raise PlanError(f"{key}: {value!r} is not one of {sorted(DTYPES)}")
+        raise MergeConfigError(f"{key}: {value!r} is not one of {sorted(DTYPES)}")
     return DTYPES[value]
 
 
 def _check_ranges(method: str, tensor: str, inputs: list, model_params: dict, global_params: dict) -> None:
     for i, density in enumerate(model_params.get("density", [])):
         if not 0 < density <= 1:
-            raise PlanError(f"model {inputs[i][0]}: density {density} for tensor {tensor!r} is outside (0, 1]")
+            raise MergeConfigError(
+                f"model {inputs[i][0]}: density {density} for tensor {tensor!r} is outside (0, 1]"
+            )
         if method.startswith("della") and density < 1:
             eps = model_params["epsilon"][i]
             if not (0 < density - eps and density + eps < 1):
-                raise PlanError(
+                raise MergeConfigError(
                     f"model {inputs[i][0]}: della needs 0 < density - epsilon and density + epsilon < 1, "
                     f"got density {density}, epsilon {eps} (tensor {tensor!r})"
                 )
     for i, gamma in enumerate(model_params.get("gamma", [])):
         if not 0 <= gamma < 1:
-            raise PlanError(f"model {inputs[i][0]}: gamma {gamma} for tensor {tensor!r} is outside [0, 1)")
+            raise MergeConfigError(
+                f"model {inputs[i][0]}: gamma {gamma} for tensor {tensor!r} is outside [0, 1)"
+            )
     if "t" in global_params and not 0 <= float(global_params["t"]) <= 1:
-        raise PlanError(f"parameters.t = {global_params['t']} for tensor {tensor!r} is outside [0, 1]")
+        raise MergeConfigError(f"parameters.t = {global_params['t']} for tensor {tensor!r} is outside [0, 1]")

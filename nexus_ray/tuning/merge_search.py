@@ -25,6 +25,7 @@ from typing import Literal
 import yaml
 from pydantic import Field, model_validator
 
+from nexus_ray.tasks.subtasks import SUBTASKS, eval_set
 from nexus_ray.tuning.common import (
     SearchError, SearchSettings, fit, load_config, output_dir, plot_search, trials_in_order, trials_to_reach,
 )
@@ -54,8 +55,6 @@ class MergeSearchConfig(SearchSettings):
             raise ValueError(f"density must lie in (0, 1) (della needs room around it), got {self.density}")
         if sorted(self.problems) != self.problems or self.problems[0] < 1:
             raise ValueError(f"problems must be increasing positive counts, got {self.problems}")
-        from nexus_ray.merge.subtasks import SUBTASKS
-
         unknown = sorted(set(self.objective or {}) - set(SUBTASKS))
         if unknown:
             raise ValueError(f"objective names unknown sub-tasks {unknown}; known: {', '.join(SUBTASKS)}")
@@ -89,7 +88,7 @@ def score(model_dir: Path, rungs: list[int], weights: dict[str, float] | None, r
     """Greedy accuracy per sub-task on growing prefixes of the held-out sets; ``report`` is
     called after each rung (Tune's, in a trial). Returns the last rung's metrics."""
     from nexus_ray.engines.hf import HFPolicyEngine
-    from nexus_ray.merge.subtasks import SUBTASKS, count_correct, eval_set
+    from nexus_ray.tuning.subtask_score import count_correct
 
     engine = HFPolicyEngine(model_dir)
     try:

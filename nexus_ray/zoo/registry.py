@@ -44,7 +44,7 @@ def resolve(name_or_path: str) -> Path:
         path = ZOO_DIR / name_or_path
         if not (path / "config.json").exists():
             raise FileNotFoundError(
-                f"zoo model {name_or_path!r} is not built: run python -m nexus_ray.zoo.train"
+                f"zoo model {name_or_path!r} is not built: run python -m nexus_ray.training"
             )
         return path
     path = Path(name_or_path).expanduser()

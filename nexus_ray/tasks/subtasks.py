@@ -1,4 +1,4 @@
-"""The merge experts' sub-tasks and a quick per-sub-task scorer for a merged model.
+"""The merge experts' sub-tasks: two slices of the arithmetic task and their held-out sets.
 
 Two disjoint slices of the arithmetic task, each harder than the base policy's training
 levels on its own axis, so fine-tuning on one helps it and merging has something to combine:
@@ -6,15 +6,14 @@ levels on its own axis, so fine-tuning on one helps it and merging has something
 - ``addsub``: long chains of additions and subtractions (6-8 operations, 1-2 digit numbers);
 - ``mul``: multiplication-heavy problems (2 non-adjacent products, each 2-digit x 1-digit).
 
-``score(model_dir)`` greedy-decodes a fixed held-out set per sub-task and returns the
-accuracy of each: the objective a merge-coefficient search (issue 9) calls per trial.
+The experts are trained on a seeded stream of each (``nexus_ray.training.experts``) and merges
+are scored on the fixed held-out sets (``nexus_ray.tuning.subtask_score``).
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from pathlib import Path
 
 from nexus_ray.tasks import arith
 
@@ -65,25 +64,3 @@ def eval_set(name: str, n: int = 100) -> list[arith.Problem]:
     """The fixed held-out problems of one sub-task (the first ``n`` of a seeded stream)."""
     rng = random.Random(f"{EVAL_SEED}-{name}")
     return [generate(SUBTASKS[name], rng) for _ in range(n)]
-
-
-def count_correct(engine, problems: list[arith.Problem]) -> int:
-    """How many of ``problems`` the engine's greedy decode solves (every step checked)."""
-    from nexus_ray.engines.base import GenerationParams
-
-    if not problems:
-        return 0
-    params = GenerationParams(n=1, temperature=0.0, max_tokens=200, seed=0)
-    results = engine.generate_sync([p.prompt for p in problems], params)
-    return sum(arith.check(p.expression, r.completions[0].text).correct for p, r in zip(problems, results))
-
-
-def score(model_dir: str | Path, n: int = 100, names: tuple[str, ...] = tuple(SUBTASKS)) -> dict[str, float]:
-    """Greedy accuracy of the model at ``model_dir`` on ``n`` held-out problems per sub-task."""
-    from nexus_ray.engines.hf import HFPolicyEngine
-
-    engine = HFPolicyEngine(Path(model_dir))
-    try:
-        return {name: count_correct(engine, eval_set(name, n)) / n for name in names}
-    finally:
-        engine.shutdown()

@@ -1,0 +1,73 @@
+"""Reproducible training of the zoo models from the synthetic arithmetic task.
+
+    python -m nexus_ray.training policy     # arith-policy: a tiny Llama that solves step by step
+    python -m nexus_ray.training prm        # arith-prm: scores each step of the policy's own samples
+    python -m nexus_ray.training rope-base  # rope-base: trained at a 128-token context only
+    python -m nexus_ray.training experts    # merge experts: arith-policy fine-tuned per sub-task
+    python -m nexus_ray.training all
+
+Everything is seeded and runs on CPU with transformers' own model classes, so the outputs are
+ordinary HF checkpoints. Problems of the built-in evaluation sets are never trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from nexus_ray.training.experts import train_expert
+from nexus_ray.training.policy import train_policy
+from nexus_ray.training.prm import train_prm
+from nexus_ray.training.rope_base import train_rope_base
+from nexus_ray.zoo import registry
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m nexus_ray.training", description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
+    parser.add_argument("which", choices=["policy", "prm", "rope-base", "experts", "all"])
+    parser.add_argument("--out-dir", type=Path, default=registry.ZOO_DIR, help="where models are written")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--policy-steps", type=int, default=7000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--prm-problems-per-level", type=int, default=600)
+    parser.add_argument("--prm-samples", type=int, default=8, help="policy samples per problem")
+    parser.add_argument("--prm-steps", type=int, default=5000)
+    parser.add_argument("--rope-base-steps", type=int, default=2000)
+    parser.add_argument("--expert-steps", type=int, default=200)
+    parser.add_argument("--expert-batch-size", type=int, default=32)
+    parser.add_argument("--expert-lr", type=float, default=1e-3)
+    parser.add_argument("--expert-subtasks", default="addsub,mul", help="which merge experts to train")
+    args = parser.parse_args(argv)
+    if args.which in ("policy", "all"):
+        train_policy(args.out_dir / "arith-policy", args.policy_steps, args.batch_size, 1.5e-3, args.seed)
+    if args.which in ("prm", "all"):
+        meta = train_prm(
+            args.out_dir / "arith-policy",
+            args.out_dir / "arith-prm",
+            args.prm_problems_per_level,
+            args.prm_samples,
+            args.prm_steps,
+            args.seed,
+        )
+        print(f"arith-prm held-out step AUROC: {meta['heldout_step_auroc']}")
+    if args.which in ("rope-base", "all"):
+        train_rope_base(args.out_dir / "rope-base", args.rope_base_steps, 32, 1.5e-3, args.seed)
+    if args.which in ("experts", "all"):
+        for subtask in args.expert_subtasks.split(","):
+            train_expert(
+                args.out_dir / "arith-policy",
+                args.out_dir / f"arith-expert-{subtask}",
+                subtask,
+                args.expert_steps,
+                args.expert_batch_size,
+                args.expert_lr,
+                args.seed,
+            )
+
+
+if __name__ == "__main__":
+    main()
+
