@@ -55,8 +55,9 @@ test-fast: setup  ## the test suite without the vLLM engine tests (local iterati
 k8s-check: setup  ## check k8s/*.yaml (KubeRay fields, strict) and every Serve config (Ray's schema, strict)
 	$(BIN)/python -m k8s.check
 
-lint: setup  ## ruff over the repository
+lint: setup  ## ruff: lint rules and formatting, over the repository
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 zoo: setup  ## retrain every zoo model from scratch (about 75 minutes on 2 cores)
 	$(BIN)/python -m nexus_ray.training all

@@ -61,23 +61,40 @@ def main() -> None:
     hf = build_policy_engine(EngineConfig(model="arith-policy", device=args.device))
     vllm = build_policy_engine(
         EngineConfig(
-            model="arith-policy", engine="vllm", dtype="float32", max_model_len=256,
-            gpu_memory_utilization=0.3 if gpu else 0.1, enforce_eager=not gpu,
+            model="arith-policy",
+            engine="vllm",
+            dtype="float32",
+            max_model_len=256,
+            gpu_memory_utilization=0.3 if gpu else 0.1,
+            enforce_eager=not gpu,
         )
     )
     print(f"{args.requests} concurrent requests x n={args.n}, up to {args.max_tokens} tokens each")
     out = {
-        "requests": args.requests, "n": args.n, "max_tokens": args.max_tokens, "device": args.device,
-        "machine": platform.machine(), "date": time.strftime("%Y-%m-%d"),
-        "hf_concurrent": measure("hf, concurrent calls", lambda: asyncio.run(concurrent(hf, prompts, params)), args.rounds),
+        "requests": args.requests,
+        "n": args.n,
+        "max_tokens": args.max_tokens,
+        "device": args.device,
+        "machine": platform.machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "hf_concurrent": measure(
+            "hf, concurrent calls", lambda: asyncio.run(concurrent(hf, prompts, params)), args.rounds
+        ),
         "hf_one_batch": measure(
             "hf, one batched call",
-            lambda: sum(r.completion_tokens for r in hf.generate_sync(prompts, params)), args.rounds,
+            lambda: sum(r.completion_tokens for r in hf.generate_sync(prompts, params)),
+            args.rounds,
         ),
-        "vllm_concurrent": measure("vllm, concurrent calls", lambda: asyncio.run(concurrent(vllm, prompts, params)), args.rounds),
+        "vllm_concurrent": measure(
+            "vllm, concurrent calls", lambda: asyncio.run(concurrent(vllm, prompts, params)), args.rounds
+        ),
     }
-    out["ratio_vllm_vs_hf_concurrent"] = round(out["vllm_concurrent"]["tokens_per_s"] / out["hf_concurrent"]["tokens_per_s"], 2)
-    out["ratio_vllm_vs_hf_one_batch"] = round(out["vllm_concurrent"]["tokens_per_s"] / out["hf_one_batch"]["tokens_per_s"], 2)
+    out["ratio_vllm_vs_hf_concurrent"] = round(
+        out["vllm_concurrent"]["tokens_per_s"] / out["hf_concurrent"]["tokens_per_s"], 2
+    )
+    out["ratio_vllm_vs_hf_one_batch"] = round(
+        out["vllm_concurrent"]["tokens_per_s"] / out["hf_one_batch"]["tokens_per_s"], 2
+    )
     vllm.shutdown()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=1) + "\n")

@@ -57,10 +57,19 @@ def make_checkpoints(data: Path, args) -> list[Path]:
     """base + 3 experts, bf16, one safetensors file each (skipped when already there)."""
     shapes = llama_shapes(args.layers, args.hidden, args.intermediate, args.vocab, args.hidden // 4)
     config = {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": args.hidden,
-        "intermediate_size": args.intermediate, "num_hidden_layers": args.layers, "num_attention_heads": 16,
-        "num_key_value_heads": 4, "vocab_size": args.vocab, "max_position_embeddings": 2048,
-        "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "dtype": "bfloat16", "hidden_act": "silu",
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": args.hidden,
+        "intermediate_size": args.intermediate,
+        "num_hidden_layers": args.layers,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 4,
+        "vocab_size": args.vocab,
+        "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": False,
+        "dtype": "bfloat16",
+        "hidden_act": "silu",
     }
     names = ["base", "expert0", "expert1", "expert2"]
     dirs = [data / n for n in names]
@@ -78,7 +87,10 @@ def make_checkpoints(data: Path, args) -> list[Path]:
         if i == 0:
             tensors = base
         else:
-            tensors = {n: (t.float() + 0.002 * torch.randn(t.shape, generator=g)).to(torch.bfloat16) for n, t in base.items()}
+            tensors = {
+                n: (t.float() + 0.002 * torch.randn(t.shape, generator=g)).to(torch.bfloat16)
+                for n, t in base.items()
+            }
         save_file(tensors, d / "model.safetensors", metadata={"format": "pt"})
         del tensors
     stamp.touch()
@@ -148,8 +160,15 @@ def main() -> None:
         sys.exit(f"{MERGEKIT_YAML} is missing: run `make setup-mergekit`")
 
     dirs = make_checkpoints(args.data, args)
-    params = sum(t.numel() for t in [torch.empty(s, device="meta") for s in llama_shapes(
-        args.layers, args.hidden, args.intermediate, args.vocab, args.hidden // 4).values()])
+    params = sum(
+        t.numel()
+        for t in [
+            torch.empty(s, device="meta")
+            for s in llama_shapes(
+                args.layers, args.hidden, args.intermediate, args.vocab, args.hidden // 4
+            ).values()
+        ]
+    )
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(ROOT)}
     rows = []
     for method in args.methods.split(","):
@@ -165,13 +184,15 @@ def main() -> None:
             runs[f"nexus_ray_w{w}"] = measure(
                 [sys.executable, "-m", "nexus_ray.jobs.merge", str(cfg_path), str(out), "--workers", w], env
             )
-        for name, r in runs.items():
+        for r in runs.values():
             r["speedup_vs_mergekit"] = round(runs["mergekit"]["wall_s"] / r["wall_s"], 2)
         rows.append({"method": method, **runs})
         print(json.dumps(rows[-1]), flush=True)
     record = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 1e9:.0f} GB RAM",
+        "machine": (
+            f"{platform.machine()}, {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 1e9:.0f} GB RAM"
+        ),
         "load_average_at_end": os.getloadavg(),
         "parameters": params,
         "checkpoints": "base + 3 experts, bf16, Llama-shaped, random",

@@ -50,7 +50,9 @@ def configs() -> dict[str, dict]:
         "dare_ties (density 0.5, weights 0.5)": gta("dare_ties", 0.5, density=0.5),
         "dare_linear (density 0.7, weights 0.5)": gta("dare_linear", 0.5, density=0.7),
         "della (density 0.5, eps 0.1)": gta("della", density=0.5, epsilon=0.1),
-        "della_linear (density 0.7, eps 0.1, weights 0.5)": gta("della_linear", 0.5, density=0.7, epsilon=0.1),
+        "della_linear (density 0.7, eps 0.1, weights 0.5)": gta(
+            "della_linear", 0.5, density=0.7, epsilon=0.1
+        ),
         "breadcrumbs_ties (density 0.9, weights 1)": gta("breadcrumbs_ties", density=0.9, gamma=0.01),
     }
 
@@ -64,18 +66,36 @@ def main() -> None:
     rows = []
     for name in ["arith-policy", *EXPERTS]:
         start = time.time()
-        rows.append({"model": name, "accuracy": score(resolve(name), args.n), "score_s": round(time.time() - start, 1)})
+        rows.append(
+            {
+                "model": name,
+                "accuracy": score(resolve(name), args.n),
+                "score_s": round(time.time() - start, 1),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, cfg) in enumerate(configs().items()):
             stats = merge(cfg, Path(tmp) / f"m{i}", seed=args.seed, progress=False)
             start = time.time()
             acc = score(stats.out, args.n)
-            rows.append({"model": name, "config": cfg, "accuracy": acc, "merge_s": round(stats.seconds, 2),
-                         "score_s": round(time.time() - start, 1)})
+            rows.append(
+                {
+                    "model": name,
+                    "config": cfg,
+                    "accuracy": acc,
+                    "merge_s": round(stats.seconds, 2),
+                    "score_s": round(time.time() - start, 1),
+                }
+            )
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "config"}), flush=True)
-    record = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "n_per_subtask": args.n,
-              "seed": args.seed, "subtasks": list(subtasks.SUBTASKS), "rows": rows}
+    record = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "n_per_subtask": args.n,
+        "seed": args.seed,
+        "subtasks": list(subtasks.SUBTASKS),
+        "rows": rows,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n")
     names = list(subtasks.SUBTASKS)
@@ -83,7 +103,9 @@ def main() -> None:
     print("|---|" + "---|" * (len(names) + 1))
     for r in rows:
         accs = [r["accuracy"][n] for n in names]
-        print(f"| {r['model']} | " + " | ".join(f"{a:.2f}" for a in accs) + f" | {sum(accs) / len(accs):.2f} |")
+        print(
+            f"| {r['model']} | " + " | ".join(f"{a:.2f}" for a in accs) + f" | {sum(accs) / len(accs):.2f} |"
+        )
 
 
 if __name__ == "__main__":

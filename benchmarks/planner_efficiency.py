@@ -32,24 +32,26 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nexus_ray.config import local_models  # noqa: E402
-from nexus_ray.engines import build_policy_engine, build_reward_engine  # noqa: E402
-from nexus_ray.jobs.eval import Job, interleave_levels, load_records, run_local, select_examples, solve_one  # noqa: E402
-from nexus_ray.planner import replay  # noqa: E402
-from nexus_ray.planner.difficulty import spearman  # noqa: E402
-from nexus_ray.planner.execute import solve  # noqa: E402
-from nexus_ray.planner.sampling import EngineSampler  # noqa: E402
-from nexus_ray.planner.table import PlanTable  # noqa: E402
-from nexus_ray.search.base import SearchContext  # noqa: E402
-from nexus_ray.tasks.format import ARITH  # noqa: E402
-from nexus_ray.tasks.grading import is_equivalent  # noqa: E402
+from nexus_ray.config import local_models
+from nexus_ray.engines import build_policy_engine, build_reward_engine
+from nexus_ray.jobs.eval import Job, interleave_levels, load_records, run_local, select_examples, solve_one
+from nexus_ray.planner import replay
+from nexus_ray.planner.difficulty import spearman
+from nexus_ray.planner.execute import solve
+from nexus_ray.planner.sampling import EngineSampler
+from nexus_ray.planner.table import PlanTable
+from nexus_ray.search.base import SearchContext
+from nexus_ray.tasks.format import ARITH
+from nexus_ray.tasks.grading import is_equivalent
 
 SIZES = (1, 2, 4, 8, 16, 32)
 
 
 def point(results: list[replay.Result]) -> dict:
-    return {"compute": float(np.mean([r.compute for r in results])),
-            "accuracy": float(np.mean([r.correct for r in results]))}
+    return {
+        "compute": float(np.mean([r.compute for r in results])),
+        "accuracy": float(np.mean([r.correct for r in results])),
+    }
 
 
 def compute_to_reach(curve: list[dict], accuracy: float) -> float | None:
@@ -92,8 +94,9 @@ def compare(planner: dict, weighted: list[dict]) -> dict:
     }
 
 
-def bootstrap(planner: list[replay.Result], weighted: dict[int, list[replay.Result]], draws: int = 1000,
-              seed: int = 0) -> dict:
+def bootstrap(
+    planner: list[replay.Result], weighted: dict[int, list[replay.Result]], draws: int = 1000, seed: int = 0
+) -> dict:
     """90% intervals of the efficiency ratio and the accuracy gain, resampling problems (paired:
     the planner and the baseline see the same resampled problems)."""
     rng = np.random.default_rng(seed)
@@ -135,7 +138,9 @@ def beam_points(args, path: Path, recs: list[replay.Recorded]) -> list[dict]:
     examples = {e.problem: e for e in select_examples("arith-test", args.per_level)}
     jobs = [Job("beam", b) for b in args.beam_budgets]
     done = {(r["problem"], r["budget"]) for r in load_records(path)}
-    work = [(examples[r.pool.problem], j) for r in recs for j in jobs if (r.pool.problem, j.budget) not in done]
+    work = [
+        (examples[r.pool.problem], j) for r in recs for j in jobs if (r.pool.problem, j.budget) not in done
+    ]
     if work:
         print(f"running beam search on {len(work)} (problem, budget) pairs -> {path}")
         models = local_models("hf", args.policy, args.prm)
@@ -145,8 +150,14 @@ def beam_points(args, path: Path, recs: list[replay.Recorded]) -> list[dict]:
     out = []
     for b in args.beam_budgets:
         rs = [r for r in records if r["budget"] == b]
-        out.append({"n": b, "compute": float(np.mean([r["ledger"]["policy_token_equivalents"] for r in rs])),
-                    "accuracy": float(np.mean([r["correct"] for r in rs])), "problems": len(rs)})
+        out.append(
+            {
+                "n": b,
+                "compute": float(np.mean([r["ledger"]["policy_token_equivalents"] for r in rs])),
+                "accuracy": float(np.mean([r["correct"] for r in rs])),
+                "problems": len(rs),
+            }
+        )
     return out
 
 
@@ -165,8 +176,11 @@ def online(args, table: PlanTable, budgets: list[float], recs: list[replay.Recor
                 ctx = SearchContext(policy, prm, ARITH.prompt(problem), ARITH, None, args.seed + 2)
                 ledger = ctx.new_ledger()
                 planned = await solve(EngineSampler(ctx), problem, table, alloc, ledger)
-            return replay.Result(is_equivalent(planned.outcome.answer, gold[problem], "arith"),
-                                 ledger.policy_token_equivalents, planned)
+            return replay.Result(
+                is_equivalent(planned.outcome.answer, gold[problem], "arith"),
+                ledger.policy_token_equivalents,
+                planned,
+            )
 
         return list(await asyncio.gather(*(one(p) for p in gold)))
 
@@ -176,8 +190,10 @@ def online(args, table: PlanTable, budgets: list[float], recs: list[replay.Recor
             start = time.perf_counter()
             results = asyncio.run(run_all(b))
             out.append({"mean_budget": b, **point(results), "seconds": round(time.perf_counter() - start, 1)})
-            print(f"  online planner at mean budget {b:.0f}: accuracy {out[-1]['accuracy']:.3f}, "
-                  f"compute {out[-1]['compute']:.0f}")
+            print(
+                f"  online planner at mean budget {b:.0f}: accuracy {out[-1]['accuracy']:.3f}, "
+                f"compute {out[-1]['compute']:.0f}"
+            )
     finally:
         policy.shutdown()
         prm.shutdown()
@@ -186,11 +202,17 @@ def online(args, table: PlanTable, budgets: list[float], recs: list[replay.Recor
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--tables", type=Path, default=Path("benchmarks/results/calibration/arith-calib"),
-                   help="folder with table-<estimator>.json from nexus-ray calibrate on arith-calib")
+    p.add_argument(
+        "--tables",
+        type=Path,
+        default=Path("benchmarks/results/calibration/arith-calib"),
+        help="folder with table-<estimator>.json from nexus-ray calibrate on arith-calib",
+    )
     p.add_argument("--estimators", default="learned,probe,surprisal")
     p.add_argument("--online-estimator", default="surprisal", help="the table run online through the engines")
-    p.add_argument("--budgets", default="60,150,500", help="low, medium, high mean budgets (policy-token equivalents)")
+    p.add_argument(
+        "--budgets", default="60,150,500", help="low, medium, high mean budgets (policy-token equivalents)"
+    )
     p.add_argument("--beam-budgets", type=lambda s: [int(x) for x in s.split(",") if x], default=[4, 16])
     p.add_argument("--samples", type=int, default=32, help="temperature-1 samples per test pool")
     p.add_argument("--per-level", type=int, default=None)
@@ -217,7 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     weighted = [{"n": n, **point(rs)} for n, rs in weighted_results.items()]
     majority = [{"n": n, **point(replay.uniform_results(recs, "majority", n))} for n in sizes]
     stop = tables["surprisal"] if "surprisal" in tables else tables["oracle"]
-    greedy = point(replay.planned_results(recs, stop, stop.allocate(0.0)))  # every bin stops at the greedy probe
+    greedy = point(
+        replay.planned_results(recs, stop, stop.allocate(0.0))
+    )  # every bin stops at the greedy probe
 
     oracle_diff = [1 - r.pass_at_1 for r in recs]
     grid = sorted(set(np.geomspace(40, 4000, 24).round(1).tolist()) | set(budgets))
@@ -232,17 +256,32 @@ def main(argv: list[str] | None = None) -> int:
                 plans = {}
                 for r in results:
                     plans[r.planned.option.label] = plans.get(r.planned.option.label, 0) + 1
-                at_budgets[name].append({**compare(curves[name][-1], weighted), **bootstrap(results, weighted_results),
-                                         "plans": plans})
+                at_budgets[name].append(
+                    {
+                        **compare(curves[name][-1], weighted),
+                        **bootstrap(results, weighted_results),
+                        "plans": plans,
+                    }
+                )
     print(f"online: the {args.online_estimator} planner through the engines")
     online_points = online(args, tables[args.online_estimator], budgets, recs)
 
     report = {
-        "date": time.strftime("%Y-%m-%d"), "problems": len(recs), "samples_per_pool": args.samples,
-        "budgets": budgets, "greedy": greedy, "weighted": weighted, "majority": majority, "beam": beam,
-        "spearman_vs_oracle": ranking, "planner_curves": curves, "planner_at_budgets": at_budgets,
-        "online": {"estimator": args.online_estimator,
-                   "points": [compare(o, weighted) for o in online_points]},
+        "date": time.strftime("%Y-%m-%d"),
+        "problems": len(recs),
+        "samples_per_pool": args.samples,
+        "budgets": budgets,
+        "greedy": greedy,
+        "weighted": weighted,
+        "majority": majority,
+        "beam": beam,
+        "spearman_vs_oracle": ranking,
+        "planner_curves": curves,
+        "planner_at_budgets": at_budgets,
+        "online": {
+            "estimator": args.online_estimator,
+            "points": [compare(o, weighted) for o in online_points],
+        },
         "tables": {name: str(args.tables / f"table-{name}.json") for name in tables},
     }
     (args.out / "planner_efficiency.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -258,27 +297,48 @@ def _ratio(row: dict) -> str:
 
 
 def print_report(report: dict) -> None:
-    print(f"\n{report['problems']} arith-test problems; greedy {report['greedy']['accuracy']:.3f} "
-          f"at {report['greedy']['compute']:.0f}")
-    print("uniform weighted best-of-N: " + ", ".join(
-        f"n={p['n']} {p['accuracy']:.3f}@{p['compute']:.0f}" for p in report["weighted"]))
-    print("uniform majority:           " + ", ".join(
-        f"n={p['n']} {p['accuracy']:.3f}@{p['compute']:.0f}" for p in report["majority"]))
-    print("beam search:                " + ", ".join(
-        f"n={p['n']} {p['accuracy']:.3f}@{p['compute']:.0f}" for p in report["beam"]))
-    print("Spearman vs oracle difficulty: " + ", ".join(f"{k} {v:+.3f}" for k, v in report["spearman_vs_oracle"].items()))
-    print(f"\n{'planner':<10} {'budget':>7} {'compute':>8} {'accuracy':>8} {'weighted@=':>10} {'gain':>7} "
-          f"{'ratio':>24} {'ratio 90% CI':>14}  plans")
+    print(
+        f"\n{report['problems']} arith-test problems; greedy {report['greedy']['accuracy']:.3f} "
+        f"at {report['greedy']['compute']:.0f}"
+    )
+    print(
+        "uniform weighted best-of-N: "
+        + ", ".join(f"n={p['n']} {p['accuracy']:.3f}@{p['compute']:.0f}" for p in report["weighted"])
+    )
+    print(
+        "uniform majority:           "
+        + ", ".join(f"n={p['n']} {p['accuracy']:.3f}@{p['compute']:.0f}" for p in report["majority"])
+    )
+    print(
+        "beam search:                "
+        + ", ".join(f"n={p['n']} {p['accuracy']:.3f}@{p['compute']:.0f}" for p in report["beam"])
+    )
+    print(
+        "Spearman vs oracle difficulty: "
+        + ", ".join(f"{k} {v:+.3f}" for k, v in report["spearman_vs_oracle"].items())
+    )
+    print(
+        f"\n{'planner':<10} {'budget':>7} {'compute':>8} {'accuracy':>8} {'weighted@=':>10} {'gain':>7} "
+        f"{'ratio':>24} {'ratio 90% CI':>14}  plans"
+    )
     for name, rows in report["planner_at_budgets"].items():
         for r in rows:
-            at = "-" if r["weighted_accuracy_at_equal_compute"] is None else f"{r['weighted_accuracy_at_equal_compute']:.3f}"
+            at = (
+                "-"
+                if r["weighted_accuracy_at_equal_compute"] is None
+                else f"{r['weighted_accuracy_at_equal_compute']:.3f}"
+            )
             gain = "-" if r["accuracy_gain"] is None else f"{r['accuracy_gain']:+.3f}"
             ci = "-".join("never" if math.isinf(x) else f"{x:.1f}" for x in r["ratio_90ci"])
-            print(f"{name:<10} {r['mean_budget']:>7.0f} {r['compute']:>8.0f} {r['accuracy']:>8.3f} {at:>10} {gain:>7} "
-                  f"{_ratio(r):>24} {ci:>14}  {r['plans']}")
+            print(
+                f"{name:<10} {r['mean_budget']:>7.0f} {r['compute']:>8.0f} {r['accuracy']:>8.3f} "
+                f"{at:>10} {gain:>7} {_ratio(r):>24} {ci:>14}  {r['plans']}"
+            )
     for r in report["online"]["points"]:
-        print(f"{'online':<10} {r['mean_budget']:>7.0f} {r['compute']:>8.0f} {r['accuracy']:>8.3f} "
-              f"{'':>10} {'':>7} {_ratio(r):>24}")
+        print(
+            f"{'online':<10} {r['mean_budget']:>7.0f} {r['compute']:>8.0f} {r['accuracy']:>8.3f} "
+            f"{'':>10} {'':>7} {_ratio(r):>24}"
+        )
 
 
 def plot(report: dict, path: Path) -> None:
@@ -290,15 +350,31 @@ def plot(report: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     for key, style in (("weighted", "o-"), ("majority", "s-"), ("beam", "^-")):
         pts = report[key]
-        ax.plot([p["compute"] for p in pts], [p["accuracy"] for p in pts], style, label=f"uniform {key}", alpha=0.8)
+        ax.plot(
+            [p["compute"] for p in pts],
+            [p["accuracy"] for p in pts],
+            style,
+            label=f"uniform {key}",
+            alpha=0.8,
+        )
     g = report["greedy"]
     ax.plot([g["compute"]], [g["accuracy"]], "k*", markersize=12, label="greedy")
     for name, curve in report["planner_curves"].items():
-        ax.plot([p["compute"] for p in curve], [p["accuracy"] for p in curve], "--" if name == "oracle" else "-",
-                linewidth=2, label=f"planner ({name} difficulty)")
+        ax.plot(
+            [p["compute"] for p in curve],
+            [p["accuracy"] for p in curve],
+            "--" if name == "oracle" else "-",
+            linewidth=2,
+            label=f"planner ({name} difficulty)",
+        )
     on = report["online"]["points"]
-    ax.plot([p["compute"] for p in on], [p["accuracy"] for p in on], "rX", markersize=10,
-            label=f"planner online ({report['online']['estimator']})")
+    ax.plot(
+        [p["compute"] for p in on],
+        [p["accuracy"] for p in on],
+        "rX",
+        markersize=10,
+        label=f"planner online ({report['online']['estimator']})",
+    )
     ax.set_xscale("log")
     ax.set_xlabel("mean compute per problem (policy-token equivalents, probes included)")
     ax.set_ylabel("accuracy")

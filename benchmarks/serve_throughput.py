@@ -26,19 +26,19 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-import ray  # noqa: E402
-from ray import serve  # noqa: E402
+import ray
+from ray import serve
 
-from nexus_ray.config import WorkerConfig, load_service_config  # noqa: E402
-from nexus_ray.engines import build_policy_engine, build_reward_engine  # noqa: E402
-from nexus_ray.engines.base import GenerationParams, ScoreRequest  # noqa: E402
-from nexus_ray.search import registry  # noqa: E402
-from nexus_ray.search.base import SearchContext  # noqa: E402
-from nexus_ray.serving.app import build_app  # noqa: E402
-from nexus_ray.serving.local import request, wait_healthy  # noqa: E402
-from nexus_ray.serving.workers import RewardWorker, worker_options  # noqa: E402
-from nexus_ray.tasks import datasets  # noqa: E402
-from nexus_ray.tasks.format import ARITH  # noqa: E402
+from nexus_ray.config import WorkerConfig, load_service_config
+from nexus_ray.engines import build_policy_engine, build_reward_engine
+from nexus_ray.engines.base import GenerationParams, ScoreRequest
+from nexus_ray.search import registry
+from nexus_ray.search.base import SearchContext
+from nexus_ray.serving.app import build_app
+from nexus_ray.serving.local import request, wait_healthy
+from nexus_ray.serving.workers import RewardWorker, worker_options
+from nexus_ray.tasks import datasets
+from nexus_ray.tasks.format import ARITH
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "serve_throughput.json"
@@ -85,10 +85,12 @@ def prm_batching(problems: list[str], concurrencies: list[int]) -> list[dict]:
 
 def http_vs_in_process(problems: list[str], concurrency: int, strategy: str, budget: int) -> dict:
     config, _ = load_service_config(CONFIG)
-    serve.run(build_app(config.model_dump() | {"planner_name": "bench-planner"}), name="nexus", route_prefix="/")
+    serve.run(
+        build_app(config.model_dump() | {"planner_name": "bench-planner"}), name="nexus", route_prefix="/"
+    )
     url = "http://127.0.0.1:8000"
     wait_healthy(url, 300)
-    body = lambda p: {"problem": p, "strategy": strategy, "budget": budget}  # noqa: E731
+    body = lambda p: {"problem": p, "strategy": strategy, "budget": budget}
     request(url + "/v1/solve", body(problems[0]))  # warm-up
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
@@ -104,7 +106,9 @@ def http_vs_in_process(problems: list[str], concurrency: int, strategy: str, bud
 
         async def one(p: str) -> None:
             async with sem:
-                await registry.run(strategy, SearchContext(policy, prm, ARITH.prompt(p), ARITH, seed=0), budget)
+                await registry.run(
+                    strategy, SearchContext(policy, prm, ARITH.prompt(p), ARITH, seed=0), budget
+                )
 
         await one(problems[0])  # warm-up
         t = time.perf_counter()
@@ -113,13 +117,18 @@ def http_vs_in_process(problems: list[str], concurrency: int, strategy: str, bud
 
     local_s = asyncio.run(run_all())
     out = {
-        "strategy": strategy, "budget": budget, "concurrency": concurrency, "solves": len(problems),
+        "strategy": strategy,
+        "budget": budget,
+        "concurrency": concurrency,
+        "solves": len(problems),
         "http_solves_per_s": round(len(problems) / http_s, 2),
         "in_process_solves_per_s": round(len(problems) / local_s, 2),
         "ratio": round(local_s / http_s, 3),
     }
-    print(f"  /v1/solve over HTTP: {out['http_solves_per_s']} solves/s; in process: "
-          f"{out['in_process_solves_per_s']} solves/s; ratio {out['ratio']}")
+    print(
+        f"  /v1/solve over HTTP: {out['http_solves_per_s']} solves/s; in process: "
+        f"{out['in_process_solves_per_s']} solves/s; ratio {out['ratio']}"
+    )
     return out
 
 
@@ -127,12 +136,22 @@ def cold_start() -> dict:
     """A fresh `serve run` in its own local Ray cluster, timed to the first 200 on /v1/solve."""
     env = os.environ | {"RAY_AUTH_MODE": "disabled"}
     start = time.perf_counter()
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "serve"), "run", str(CONFIG)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "serve"), "run", str(CONFIG)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         while time.perf_counter() - start < 600:
             try:
-                if request("http://127.0.0.1:8000/v1/solve", {"problem": "1+2", "strategy": "greedy"}, timeout=10)[0] == 200:
+                if (
+                    request(
+                        "http://127.0.0.1:8000/v1/solve", {"problem": "1+2", "strategy": "greedy"}, timeout=10
+                    )[0]
+                    == 200
+                ):
                     break
             except OSError:
                 pass
@@ -145,7 +164,9 @@ def cold_start() -> dict:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], env=env, capture_output=True)
+        subprocess.run(
+            [str(Path(sys.executable).parent / "ray"), "stop", "--force"], env=env, capture_output=True
+        )
     return {"seconds_to_first_200": round(seconds, 1)}
 
 
@@ -157,14 +178,16 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=4)
     parser.add_argument("--skip-cold-start", action="store_true")
     args = parser.parse_args()
-    problems = [e.problem for e in datasets.load("arith-test")][::3][:max(64, args.solves)]
+    problems = [e.problem for e in datasets.load("arith-test")][::3][: max(64, args.solves)]
     out = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "python": platform.python_version()}
     if not args.skip_cold_start:
         out["cold_start"] = cold_start()  # first: it needs port 8000 and its own cluster
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": 8000})
     out["prm_batching"] = prm_batching(problems, [16, 64])
-    out["http_vs_in_process"] = http_vs_in_process(problems[: args.solves], args.concurrency, args.strategy, args.budget)
+    out["http_vs_in_process"] = http_vs_in_process(
+        problems[: args.solves], args.concurrency, args.strategy, args.budget
+    )
     serve.shutdown()
     ray.shutdown()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -18,8 +18,10 @@ def tables(summary: dict) -> str:
     cell = {(r["strategy"], r["budget"], r["level"]): r for r in rows}
     out = []
     for budget in summary["budgets"]:
-        out.append(f"Budget {budget} generations (accuracy; last column: mean policy-token equivalents "
-                   "per problem, all levels)\n")
+        out.append(
+            f"Budget {budget} generations (accuracy; last column: mean policy-token equivalents "
+            "per problem, all levels)\n"
+        )
         out.append("| strategy | all | " + " | ".join(f"L{lv}" for lv in levels) + " | compute |")
         out.append("|---|" + "---|" * (len(levels) + 2))
         for s in strategies:
@@ -30,13 +32,20 @@ def tables(summary: dict) -> str:
             compute = cell[(s, b, "all")]["mean_policy_token_equivalents"]
             out.append(f"| {s} | " + " | ".join(f"{a:.3f}" for a in accs) + f" | {compute:.0f} |")
         out.append("")
-    out.append("Best strategy per level and budget (ties go to the cheaper one; greedy competes at every budget):\n")
+    out.append(
+        "Best strategy per level and budget (ties go to the cheaper one; greedy competes at every budget):\n"
+    )
     out.append("| level | " + " | ".join(f"budget {b}" for b in summary["budgets"]) + " |")
     out.append("|---|" + "---|" * len(summary["budgets"]))
     best = {(w["level"], w["budget"]): w for w in summary["winners"]}
     for lv in ["all", *levels]:
-        out.append(f"| {lv} | " + " | ".join(
-            f"{best[(lv, b)]['strategy']} ({best[(lv, b)]['accuracy']:.3f})" for b in summary["budgets"]) + " |")
+        out.append(
+            f"| {lv} | "
+            + " | ".join(
+                f"{best[(lv, b)]['strategy']} ({best[(lv, b)]['accuracy']:.3f})" for b in summary["budgets"]
+            )
+            + " |"
+        )
     return "\n".join(out)
 
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from nexus_ray.engines.base import GenerationParams, ScoreRequest
 from nexus_ray.config import local_models
 from nexus_ray.engines import build_policy_engine, build_reward_engine
+from nexus_ray.engines.base import GenerationParams, ScoreRequest
 from nexus_ray.search.aggregate import aggregate_steps, select
 from nexus_ray.tasks import arith, datasets
 from nexus_ray.tasks.format import ARITH
@@ -65,8 +65,8 @@ def main() -> None:
             scores: dict[str, list[float]] = {"last": [], "min": []}
             for t in texts:
                 step_s = next(scored).scores
-                for mode in scores:
-                    scores[mode].append(aggregate_steps(step_s, mode))
+                for mode, values in scores.items():
+                    values.append(aggregate_steps(step_s, mode))
                 verdict = arith.check(e.problem, t)
                 labels = list(verdict.step_correct) + [int(verdict.correct)] * (verdict.answer is not None)
                 # Lines after the answer line (rare) are not steps the checker labels.
@@ -87,7 +87,8 @@ def main() -> None:
                 row[f"argmax_{mode}"].append(float(correct[select(answers, sc, "argmax")]))
 
     table = {
-        level: {m: round(sum(v) / len(v), 3) for m, v in metrics.items()} | {"problems": len(metrics["pass@1"])}
+        level: {m: round(sum(v) / len(v), 3) for m, v in metrics.items()}
+        | {"problems": len(metrics["pass@1"])}
         for level, metrics in sorted(per_level.items())
     }
     out = {
@@ -109,8 +110,10 @@ def main() -> None:
     for level, row in table.items():
         print(f"| {level} | {row['problems']} | " + " | ".join(f"{row[c]:.3f}" for c in cols) + " |")
     print(f"\nPRM step-level AUROC on {len(step_labels)} held-out steps: {out['prm_step_auroc']:.4f}")
-    print(f"PRM within-problem AUROC (a right solution's last-step score above a wrong one's, "
-          f"{pairs} pairs): {out['prm_within_problem_auroc']:.4f}")
+    print(
+        f"PRM within-problem AUROC (a right solution's last-step score above a wrong one's, "
+        f"{pairs} pairs): {out['prm_within_problem_auroc']:.4f}"
+    )
     print(f"({out['seconds']} s; wrote {RESULTS})")
 
 

@@ -17,7 +17,9 @@ app = typer.Typer(
 )
 zoo_app = typer.Typer(help="The built-in tiny models (the embedded default).", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
-rope_app = typer.Typer(help="RoPE context extension: evaluate scalings at long contexts.", no_args_is_help=True)
+rope_app = typer.Typer(
+    help="RoPE context extension: evaluate scalings at long contexts.", no_args_is_help=True
+)
 app.add_typer(rope_app, name="rope")
 
 
@@ -172,7 +174,9 @@ def serve(
             ok = local.smoke(url, typer.echo)
             raise typer.Exit(0 if ok else 1)
         typer.echo(f"nexus_ray serving at {url} (Ctrl-C to stop). Try:")
-        typer.echo(f"  curl -s {url}/v1/solve -d '{{\"problem\": \"12+7*3-5\", \"strategy\": \"weighted\", \"budget\": 8}}'")
+        typer.echo(
+            f'  curl -s {url}/v1/solve -d \'{{"problem": "12+7*3-5", "strategy": "weighted", "budget": 8}}\''
+        )
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
@@ -194,13 +198,17 @@ def zoo_list() -> None:
 
 @rope_app.command("eval")
 def rope_eval(
-    model: str = typer.Option("rope-base", help="Zoo model name or HF model directory (char-level tokenizer)."),
+    model: str = typer.Option(
+        "rope-base", help="Zoo model name or HF model directory (char-level tokenizer)."
+    ),
     methods: str = typer.Option(
         "none,linear,ntk,dynamic,yarn",
-        help="Comma-separated: none, linear, ntk, dynamic, yarn. Each runs at factor = length / trained context.",
+        help="Comma-separated: none, linear, ntk, dynamic, yarn. "
+        "Each runs at factor = length / trained context.",
     ),
     rope: str = typer.Option(
-        "", help='A scaling of your own, as JSON, run at every length as line "custom", e.g. '
+        "",
+        help='A scaling of your own, as JSON, run at every length as line "custom", e.g. '
         '\'{"rope_type": "yarn", "factor": 8, "beta_fast": 16}\'.',
     ),
     lengths: str = typer.Option(
@@ -251,8 +259,9 @@ def rope_eval(
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
     try:
-        summary = rope_evaluate.compare(path, original, sizes, lines, documents_per_length=documents,
-                                        trials=trials, seed=seed)
+        summary = rope_evaluate.compare(
+            path, original, sizes, lines, documents_per_length=documents, trials=trials, seed=seed
+        )
     except ValueError as err:
         _fail(str(err))
     out_dir = Path(out)

@@ -25,11 +25,23 @@ _ROPE_KEYS: dict[str, set[str]] = {
     "ntk": {"factor"},
     "dynamic": {"factor", "original_max_position_embeddings"},
     "yarn": {
-        "factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "mscale",
-        "mscale_all_dim", "attention_factor", "truncate",
+        "factor",
+        "original_max_position_embeddings",
+        "beta_fast",
+        "beta_slow",
+        "mscale",
+        "mscale_all_dim",
+        "attention_factor",
+        "truncate",
     },
     "llama3": {"factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor"},
-    "longrope": {"factor", "original_max_position_embeddings", "attention_factor", "long_factor", "short_factor"},
+    "longrope": {
+        "factor",
+        "original_max_position_embeddings",
+        "attention_factor",
+        "long_factor",
+        "short_factor",
+    },
 }
 
 
@@ -46,19 +58,25 @@ class RopeConfig(_Strict):
     rope_type: RopeType = "default"
     factor: float | None = Field(None, description="target length / original length (>= 1)")
     original_max_position_embeddings: int | None = Field(None, ge=1)
-    beta_fast: float | None = Field(None, gt=0, description="yarn: rotations below which pairs extrapolate (32)")
-    beta_slow: float | None = Field(None, gt=0, description="yarn: rotations above which pairs interpolate (1)")
+    beta_fast: float | None = Field(
+        None, gt=0, description="yarn: rotations below which pairs extrapolate (32)"
+    )
+    beta_slow: float | None = Field(
+        None, gt=0, description="yarn: rotations above which pairs interpolate (1)"
+    )
     mscale: float | None = Field(None, ge=0, description="yarn: used only together with mscale_all_dim")
     mscale_all_dim: float | None = Field(None, ge=0)
     attention_factor: float | None = Field(None, gt=0, description="cos/sin multiplier; overrides mscale")
     truncate: bool | None = Field(None, description="yarn: round the correction range to integers (true)")
     low_freq_factor: float | None = Field(None, gt=0, description="llama3 (1)")
     high_freq_factor: float | None = Field(None, gt=0, description="llama3 (4)")
-    long_factor: list[float] | None = Field(None, description="longrope: per-pair divisor past the original length")
+    long_factor: list[float] | None = Field(
+        None, description="longrope: per-pair divisor past the original length"
+    )
     short_factor: list[float] | None = Field(None, description="longrope: per-pair divisor within it")
 
     @model_validator(mode="after")
-    def _consistent(self) -> "RopeConfig":
+    def _consistent(self) -> RopeConfig:
         allowed = _ROPE_KEYS[self.rope_type]
         given = {k for k in self.model_fields_set - {"rope_type"} if getattr(self, k) is not None}
         stray = sorted(given - allowed)
@@ -66,7 +84,9 @@ class RopeConfig(_Strict):
             raise ValueError(f"rope_type {self.rope_type!r} does not use {', '.join(stray)}")
         if self.rope_type != "default":
             if self.factor is None:
-                raise ValueError(f"rope_type {self.rope_type!r} needs a factor (target length / original length)")
+                raise ValueError(
+                    f"rope_type {self.rope_type!r} needs a factor (target length / original length)"
+                )
             if self.factor < 1:
                 raise ValueError(f"factor must be >= 1 (a context extension), got {self.factor}")
         beta_fast = 32.0 if self.beta_fast is None else self.beta_fast
@@ -81,7 +101,9 @@ class RopeConfig(_Strict):
             for name in ("long_factor", "short_factor"):
                 values = getattr(self, name)
                 if not values:
-                    raise ValueError(f"rope_type 'longrope' needs {name} (one positive divisor per rotary pair)")
+                    raise ValueError(
+                        f"rope_type 'longrope' needs {name} (one positive divisor per rotary pair)"
+                    )
                 if min(values) <= 0:
                     raise ValueError(f"{name} must be positive, got {min(values)}")
         return self
@@ -120,7 +142,7 @@ class RewardConfig(EngineConfig):
     positive_label: int = Field(1, ge=0)
 
     @model_validator(mode="after")
-    def _step_pooler_needs_vllm(self) -> "RewardConfig":
+    def _step_pooler_needs_vllm(self) -> RewardConfig:
         if self.pooler == "step" and self.engine != "vllm":
             raise ValueError("pooler 'step' is vLLM's native step pooler: set engine: vllm")
         return self
@@ -139,7 +161,9 @@ class WorkerConfig(_Strict):
     replicas: int = Field(1, ge=1)
     num_cpus: float = Field(0.5, ge=0, description="CPUs per replica; fractions share a small machine")
     max_ongoing_requests: int = Field(256, ge=1, description="in-flight calls per replica; batched together")
-    batching: bool = Field(True, description="merge concurrent calls into one engine batch (off: one at a time)")
+    batching: bool = Field(
+        True, description="merge concurrent calls into one engine batch (off: one at a time)"
+    )
 
 
 class PlannerConfig(_Strict):
@@ -163,10 +187,12 @@ class PlannerConfig(_Strict):
         description="plan table for requests without strategy and budget: a built-in name (arith-zoo) "
         "or the JSON path nexus-ray calibrate wrote; none: default_strategy at default_budget",
     )
-    mean_budget: float = Field(300.0, gt=0, description="table plans: mean compute per request (policy-token equivalents)")
+    mean_budget: float = Field(
+        300.0, gt=0, description="table plans: mean compute per request (policy-token equivalents)"
+    )
 
     @model_validator(mode="after")
-    def _defaults_within_limits(self) -> "PlannerConfig":
+    def _defaults_within_limits(self) -> PlannerConfig:
         if self.default_budget > self.max_budget:
             raise ValueError(f"default_budget {self.default_budget} exceeds max_budget {self.max_budget}")
         return self
@@ -182,7 +208,7 @@ class ServiceConfig(ModelsConfig):
     policy_worker: WorkerConfig = Field(default_factory=WorkerConfig)
     prm_worker: WorkerConfig = Field(default_factory=WorkerConfig)
     planner: PlannerConfig = Field(default_factory=PlannerConfig)
-    planner_name: str = Field("nexus-planner", description="the named Planner actor")
+    planner_name: str = Field("nexus-planner", description="the named admission actor (token buckets, counters)")
     api_keys_env: str | None = Field(
         None, description="environment variable with comma-separated API keys; unset: no auth"
     )

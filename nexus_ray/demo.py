@@ -50,8 +50,15 @@ async def _solve_all(policy, prm, per_level: int, n: int, seed: int) -> list[Row
             g = await registry.run("greedy", ctx)
             b = await registry.run("weighted", ctx, generations=n)
             rows.append(
-                Row(level, ex.problem, ex.answer, g.answer, g.ledger.policy_token_equivalents,
-                    b.answer, b.ledger.policy_token_equivalents)
+                Row(
+                    level,
+                    ex.problem,
+                    ex.answer,
+                    g.answer,
+                    g.ledger.policy_token_equivalents,
+                    b.answer,
+                    b.ledger.policy_token_equivalents,
+                )
             )
     return rows
 
@@ -69,10 +76,13 @@ def print_table(rows: list[Row], n: int, shown_per_level: int = 2) -> None:
         shown[r.level] = shown.get(r.level, 0) + 1
         if shown[r.level] > shown_per_level:
             continue
-        print(f"{r.level:>3}  {r.problem:<26} {r.gold:>7}  {_mark(r.greedy_answer, r.gold):<12} "
-              f"{_mark(r.bon_answer, r.gold):<18}")
+        print(
+            f"{r.level:>3}  {r.problem:<26} {r.gold:>7}  {_mark(r.greedy_answer, r.gold):<12} "
+            f"{_mark(r.bon_answer, r.gold):<18}"
+        )
     print()
-    print(f"{'level':>5}  {'greedy acc':>10}  {f'best-of-{n} acc':>14}  {'greedy cost':>11}  {f'best-of-{n} cost':>15}")
+    best_acc, best_cost = f"best-of-{n} acc", f"best-of-{n} cost"
+    print(f"{'level':>5}  {'greedy acc':>10}  {best_acc:>14}  {'greedy cost':>11}  {best_cost:>15}")
     for level in sorted({r.level for r in rows}):
         sub = [r for r in rows if r.level == level]
         g = sum(is_equivalent(r.greedy_answer, r.gold) for r in sub) / len(sub)

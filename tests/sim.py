@@ -44,7 +44,9 @@ class SimPolicy:
         return nxt
 
     def _sample(self, prompt: str, params: GenerationParams, rng: random.Random) -> Completion:
-        lines = [prompt.split("\n")[0][len(arith.QUESTION_PREFIX):]] + [l for l in prompt.split("\n")[1:] if l]
+        lines = [prompt.split("\n")[0][len(arith.QUESTION_PREFIX) :]] + [
+            l for l in prompt.split("\n")[1:] if l
+        ]
         out = ""
         while True:
             if lines[-1].startswith(arith.ANSWER_PREFIX):
@@ -67,9 +69,13 @@ class SimPolicy:
                 c = self._sample(prompt, params, rng)
                 if c.num_tokens > params.max_tokens:  # like a real engine: cut at max_tokens
                     t = c.text[: params.max_tokens]
-                    c = Completion(t, tuple(range(len(t))), "length", c.logprobs and c.logprobs[: len(t)], None)
+                    c = Completion(
+                        t, tuple(range(len(t))), "length", c.logprobs and c.logprobs[: len(t)], None
+                    )
                 if c.logprobs is None and params.logprobs:
-                    c = Completion(c.text, c.token_ids, c.finish_reason, tuple([-0.5] * len(c.token_ids)), c.stop_reason)
+                    c = Completion(
+                        c.text, c.token_ids, c.finish_reason, tuple([-0.5] * len(c.token_ids)), c.stop_reason
+                    )
                 comps.append(c)
             r = GenerationResult(prompt, self.count_tokens(prompt), tuple(comps))
             self.prefilled += r.prompt_tokens
@@ -95,13 +101,16 @@ class SimPRM:
         self.calls += 1
         out = []
         for req in requests:
-            expression = req.prompt.split("\n")[0][len(arith.QUESTION_PREFIX):]
+            expression = req.prompt.split("\n")[0][len(arith.QUESTION_PREFIX) :]
             text = "".join(s + "\n" for s in req.steps)
             verdict = arith.check(expression, text)
             labels = list(verdict.step_correct)
             if verdict.answer is not None:
                 labels.append(verdict.correct)
-            scores = tuple(float(l) if self.rng.random() >= self.noise else 1.0 - float(l) for l in labels[: len(req.steps)])
+            scores = tuple(
+                float(l) if self.rng.random() >= self.noise else 1.0 - float(l)
+                for l in labels[: len(req.steps)]
+            )
             tokens = len(req.prompt) + 1 + len(text)
             self.scored += tokens
             out.append(ScoreResult(scores, tokens))

@@ -53,9 +53,7 @@ def test_negative_leading_number():
 
 def test_difficulty_knobs_grow_with_level():
     problems = arith.generate_set(2000, seed=3)
-    mean_steps = [
-        sum(len(p.steps) for p in problems if p.level == lv) / 400 for lv in range(1, 6)
-    ]
+    mean_steps = [sum(len(p.steps) for p in problems if p.level == lv) / 400 for lv in range(1, 6)]
     assert mean_steps == sorted(mean_steps) and mean_steps[-1] > 2 * mean_steps[0]
     assert any("*" in p.expression for p in problems if p.level >= 2)
 

@@ -15,7 +15,14 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize(
     "args",
-    [["--help"], ["solve", "--help"], ["zoo", "--help"], ["demo", "--help"], ["eval", "--help"], ["rope", "eval", "--help"]],
+    [
+        ["--help"],
+        ["solve", "--help"],
+        ["zoo", "--help"],
+        ["demo", "--help"],
+        ["eval", "--help"],
+        ["rope", "eval", "--help"],
+    ],
 )
 def test_help_everywhere(args):
     r = run(*args)

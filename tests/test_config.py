@@ -28,32 +28,67 @@ def _app(config: dict) -> dict:
 
 DEPLOYMENT = "applications[0].deployments[0]"
 BROKEN_SERVE = [
-    pytest.param(lambda c: c.update(proxy_locaton="EveryNode"), "proxy_locaton: unknown field", id="root-typo"),
-    pytest.param(lambda c: c["http_options"].update(prot=8000), "http_options.prot: unknown field", id="http-typo"),
-    pytest.param(lambda c: _app(c).update(route_prefx="/"), "applications[0].route_prefx: unknown field", id="app-typo"),
-    pytest.param(lambda c: _app(c).update(deployments=[{"name": "Ingress", "max_ongoing_request": 3}]),
-                 f"{DEPLOYMENT}.max_ongoing_request: unknown field", id="deployment-typo"),
-    pytest.param(lambda c: _app(c).update(deployments=[{"name": "Ingress", "ray_actor_options": {"num_gpu": 1}}]),
-                 f"{DEPLOYMENT}.ray_actor_options.num_gpu: unknown field", id="actor-options-typo"),
-    pytest.param(lambda c: _app(c).update(deployments=[{"name": "Ingress", "autoscaling_config": {"max_replica": 2}}]),
-                 f"{DEPLOYMENT}.autoscaling_config.max_replica: unknown field", id="autoscaling-typo"),
-    pytest.param(lambda c: c.update(logging_config={"log_levl": "INFO"}), "logging_config.log_levl: unknown field",
-                 id="logging-typo-reported-once"),
-    pytest.param(lambda c: c["http_options"].update(port="x"),
-                 "http_options.port: Input should be a valid integer, unable to parse string as an integer (got str 'x')",
-                 id="wrong-type"),
-    pytest.param(lambda c: _app(c).pop("import_path"), "applications[0].import_path: missing required field",
-                 id="missing-import-path"),
-    pytest.param(lambda c: _app(c).update(import_path="nexus_ray.serving.nope:build_app"),
-                 "applications[0].import_path: cannot import 'nexus_ray.serving.nope': "
-                 "No module named 'nexus_ray.serving.nope'", id="import-path-module"),
-    pytest.param(lambda c: _app(c).update(import_path="nexus_ray.serving.app:build_ap"),
-                 "applications[0].import_path: module 'nexus_ray.serving.app' has no attribute 'build_ap'",
-                 id="import-path-attribute"),
-    pytest.param(lambda c: _app(c)["args"]["policy"].update(engine="tpu"),
-                 "applications[0].args.policy.engine: Input should be 'hf' or 'vllm' (got str 'tpu')", id="args-value"),
-    pytest.param(lambda c: _app(c)["args"]["planner"].update(max_budgets=64),
-                 "applications[0].args.planner.max_budgets: unknown field", id="args-typo"),
+    pytest.param(
+        lambda c: c.update(proxy_locaton="EveryNode"), "proxy_locaton: unknown field", id="root-typo"
+    ),
+    pytest.param(
+        lambda c: c["http_options"].update(prot=8000), "http_options.prot: unknown field", id="http-typo"
+    ),
+    pytest.param(
+        lambda c: _app(c).update(route_prefx="/"), "applications[0].route_prefx: unknown field", id="app-typo"
+    ),
+    pytest.param(
+        lambda c: _app(c).update(deployments=[{"name": "Ingress", "max_ongoing_request": 3}]),
+        f"{DEPLOYMENT}.max_ongoing_request: unknown field",
+        id="deployment-typo",
+    ),
+    pytest.param(
+        lambda c: _app(c).update(deployments=[{"name": "Ingress", "ray_actor_options": {"num_gpu": 1}}]),
+        f"{DEPLOYMENT}.ray_actor_options.num_gpu: unknown field",
+        id="actor-options-typo",
+    ),
+    pytest.param(
+        lambda c: _app(c).update(deployments=[{"name": "Ingress", "autoscaling_config": {"max_replica": 2}}]),
+        f"{DEPLOYMENT}.autoscaling_config.max_replica: unknown field",
+        id="autoscaling-typo",
+    ),
+    pytest.param(
+        lambda c: c.update(logging_config={"log_levl": "INFO"}),
+        "logging_config.log_levl: unknown field",
+        id="logging-typo-reported-once",
+    ),
+    pytest.param(
+        lambda c: c["http_options"].update(port="x"),
+        "http_options.port: Input should be a valid integer, unable to parse string as an integer "
+        "(got str 'x')",
+        id="wrong-type",
+    ),
+    pytest.param(
+        lambda c: _app(c).pop("import_path"),
+        "applications[0].import_path: missing required field",
+        id="missing-import-path",
+    ),
+    pytest.param(
+        lambda c: _app(c).update(import_path="nexus_ray.serving.nope:build_app"),
+        "applications[0].import_path: cannot import 'nexus_ray.serving.nope': "
+        "No module named 'nexus_ray.serving.nope'",
+        id="import-path-module",
+    ),
+    pytest.param(
+        lambda c: _app(c).update(import_path="nexus_ray.serving.app:build_ap"),
+        "applications[0].import_path: module 'nexus_ray.serving.app' has no attribute 'build_ap'",
+        id="import-path-attribute",
+    ),
+    pytest.param(
+        lambda c: _app(c)["args"]["policy"].update(engine="tpu"),
+        "applications[0].args.policy.engine: Input should be 'hf' or 'vllm' (got str 'tpu')",
+        id="args-value",
+    ),
+    pytest.param(
+        lambda c: _app(c)["args"]["planner"].update(max_budgets=64),
+        "applications[0].args.planner.max_budgets: unknown field",
+        id="args-typo",
+    ),
 ]
 
 
@@ -67,8 +102,10 @@ def test_the_strict_serve_check_names_each_fault(edit, error):
 
 def test_service_config_errors_name_the_key(tmp_path):
     f = tmp_path / "serve.yaml"
-    f.write_text("applications:\n- name: nexus\n  import_path: nexus_ray.serving.app:build_app\n  args:\n"
-                 "    policy: {model: arith-policy}\n    prm: {model: arith-prm}\n    planner: {max_budget: 0}\n")
+    f.write_text(
+        "applications:\n- name: nexus\n  import_path: nexus_ray.serving.app:build_app\n  args:\n"
+        "    policy: {model: arith-policy}\n    prm: {model: arith-prm}\n    planner: {max_budget: 0}\n"
+    )
     with pytest.raises(ConfigError, match="planner.max_budget"):
         load_service_config(f)
     with pytest.raises(ConfigError, match="no application named 'other'"):
@@ -77,7 +114,9 @@ def test_service_config_errors_name_the_key(tmp_path):
 
 def test_errors_name_the_key(tmp_path):
     f = tmp_path / "bad.yaml"
-    f.write_text("policy:\n  model: arith-policy\n  engine: tpu\n  gpu_memory_utilisation: 0.5\nprm:\n  model: x\n")
+    f.write_text(
+        "policy:\n  model: arith-policy\n  engine: tpu\n  gpu_memory_utilisation: 0.5\nprm:\n  model: x\n"
+    )
     with pytest.raises(ConfigError) as err:
         load_yaml(f, ModelsConfig)
     text = str(err.value)

@@ -8,10 +8,22 @@ from nexus_ray.jobs import eval as eval_job
 
 
 def test_eval_writes_records_summary_and_plot(tmp_path):
-    rc = eval_job.main([
-        "--dataset", "arith-test", "--per-level", "1", "--strategy", "greedy,majority,beam",
-        "--budget", "4", "--out", str(tmp_path), "--run", "r1",
-    ])
+    rc = eval_job.main(
+        [
+            "--dataset",
+            "arith-test",
+            "--per-level",
+            "1",
+            "--strategy",
+            "greedy,majority,beam",
+            "--budget",
+            "4",
+            "--out",
+            str(tmp_path),
+            "--run",
+            "r1",
+        ]
+    )
     assert rc == 0
     run = tmp_path / "r1"
     records = [json.loads(l) for l in (run / "records.jsonl").read_text().splitlines()]
@@ -50,10 +62,24 @@ def test_eval_on_ray_workers(tmp_path):
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        rc = eval_job.main([
-            "--dataset", "arith-test", "--per-level", "2", "--strategy", "greedy,weighted",
-            "--budget", "4", "--workers", "2", "--out", str(tmp_path), "--run", "ray",
-        ])
+        rc = eval_job.main(
+            [
+                "--dataset",
+                "arith-test",
+                "--per-level",
+                "2",
+                "--strategy",
+                "greedy,weighted",
+                "--budget",
+                "4",
+                "--workers",
+                "2",
+                "--out",
+                str(tmp_path),
+                "--run",
+                "ray",
+            ]
+        )
     finally:
         ray.shutdown()
     assert rc == 0
@@ -64,8 +90,20 @@ def test_eval_on_ray_workers(tmp_path):
 
 
 def test_interrupted_run_resumes_without_redoing_or_losing_work(tmp_path, capsys):
-    args = ["--dataset", "arith-test", "--per-level", "1", "--strategy", "greedy,majority", "--budget", "2",
-            "--out", str(tmp_path), "--run", "r"]
+    args = [
+        "--dataset",
+        "arith-test",
+        "--per-level",
+        "1",
+        "--strategy",
+        "greedy,majority",
+        "--budget",
+        "2",
+        "--out",
+        str(tmp_path),
+        "--run",
+        "r",
+    ]
     assert eval_job.main(args) == 0
     path = tmp_path / "r" / "records.jsonl"
     full = path.read_text().splitlines()

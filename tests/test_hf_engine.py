@@ -85,8 +85,12 @@ def test_length_finish(policy_engine):
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [({"n": 0}, "n must be"), ({"temperature": -1}, "temperature"), ({"top_p": 0}, "top_p"),
-     ({"max_tokens": 0}, "max_tokens")],
+    [
+        ({"n": 0}, "n must be"),
+        ({"temperature": -1}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"max_tokens": 0}, "max_tokens"),
+    ],
 )
 def test_bad_params_are_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):

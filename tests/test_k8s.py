@@ -1,4 +1,4 @@
-"""The KubeRay manifests: strictly valid (the project's own check, k8s/), and the service is the GPU Serve config."""
+"""The KubeRay manifests: strictly valid (the project's own check, k8s/); the RayService serves gpu-multi."""
 
 from __future__ import annotations
 
@@ -21,7 +21,10 @@ def test_every_manifest_passes_the_strict_kuberay_check(path):
 def test_make_k8s_check_passes_every_shipped_file(capsys):
     assert main([]) == 0
     out = capsys.readouterr().out
-    assert out.strip() == f"k8s-check: {len(MANIFESTS) + len(list(ROOT.glob('deployments/*.yaml')))} files, 0 errors"
+    assert (
+        out.strip()
+        == f"k8s-check: {len(MANIFESTS) + len(list(ROOT.glob('deployments/*.yaml')))} files, 0 errors"
+    )
 
 
 def _manifest(name: str) -> dict:
@@ -39,44 +42,104 @@ def _gpu_container(doc: dict) -> dict:
 GPU = "spec.workerGroupSpecs[0].template.spec.containers[0]"
 HEAD = "spec.headGroupSpec.template.spec.containers[0]"
 BROKEN = [
-    pytest.param("raycluster.yaml", lambda d: _gpu_container(d).update(volumeMount=[]),
-                 f"{GPU}.volumeMount: unknown field", id="unknown-container-key"),
-    pytest.param("raycluster.yaml", lambda d: d["spec"]["workerGroupSpecs"][0].update(replicas="0"),
-                 "spec.workerGroupSpecs[0].replicas: Input should be a valid integer (got str '0')", id="int-as-string"),
-    pytest.param("raycluster.yaml", lambda d: d["spec"]["headGroupSpec"]["rayStartParams"].update({"num-cpus": 0}),
-                 "spec.headGroupSpec.rayStartParams.num-cpus: Input should be a valid string (got int 0)",
-                 id="string-as-int"),
-    pytest.param("raycluster.yaml", lambda d: _gpu_container(d)["resources"]["limits"].update(cpu=0.5),
-                 f"{GPU}.resources.limits.cpu: expected a quantity (an integer or a string like '500m' or '16Gi'), "
-                 "got 0.5", id="float-quantity"),
-    pytest.param("raycluster.yaml", lambda d: d["spec"]["autoscalerOptions"].update(upscalingMode="Fast"),
-                 "spec.autoscalerOptions.upscalingMode: Input should be 'Default', 'Aggressive' or 'Conservative' "
-                 "(got str 'Fast')", id="enum"),
-    pytest.param("raycluster.yaml", lambda d: d["spec"]["headGroupSpec"].pop("template"),
-                 "spec.headGroupSpec.template: missing required field", id="missing-template"),
-    pytest.param("raycluster.yaml", lambda d: _head_container(d).pop("image"),
-                 f"{HEAD}.image: missing required field", id="missing-image"),
-    pytest.param("raycluster.yaml", lambda d: _head_container(d)["ports"][0].update(containerPort="6379"),
-                 f"{HEAD}.ports[0].containerPort: Input should be a valid integer (got str '6379')", id="port-string"),
-    pytest.param("rayjob-eval.yaml", lambda d: d["spec"].update(clusterSelectors=d["spec"].pop("clusterSelector")),
-                 "spec.clusterSelectors: unknown field", id="job-typo"),
-    pytest.param("rayjob-eval.yaml", lambda d: d["spec"].update(backoffLimit="2"),
-                 "spec.backoffLimit: Input should be a valid integer (got str '2')", id="job-int-as-string"),
-    pytest.param("rayjob-merge-search.yaml", lambda d: d["spec"].update(runtimeEnvYAML="- working_dir\n"),
-                 "spec.runtimeEnvYAML: must be a YAML mapping (a runtime_env), got list", id="runtime-env-list"),
-    pytest.param("rayservice.yaml",
-                 lambda d: d["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"].update(toleration=[]),
-                 "spec.rayClusterConfig.workerGroupSpecs[0].template.spec.toleration: unknown field", id="podspec-typo"),
-    pytest.param("rayservice.yaml", lambda d: d["spec"].pop("rayClusterConfig"),
-                 "spec.rayClusterConfig: missing required field", id="missing-cluster"),
+    pytest.param(
+        "raycluster.yaml",
+        lambda d: _gpu_container(d).update(volumeMount=[]),
+        f"{GPU}.volumeMount: unknown field",
+        id="unknown-container-key",
+    ),
+    pytest.param(
+        "raycluster.yaml",
+        lambda d: d["spec"]["workerGroupSpecs"][0].update(replicas="0"),
+        "spec.workerGroupSpecs[0].replicas: Input should be a valid integer (got str '0')",
+        id="int-as-string",
+    ),
+    pytest.param(
+        "raycluster.yaml",
+        lambda d: d["spec"]["headGroupSpec"]["rayStartParams"].update({"num-cpus": 0}),
+        "spec.headGroupSpec.rayStartParams.num-cpus: Input should be a valid string (got int 0)",
+        id="string-as-int",
+    ),
+    pytest.param(
+        "raycluster.yaml",
+        lambda d: _gpu_container(d)["resources"]["limits"].update(cpu=0.5),
+        f"{GPU}.resources.limits.cpu: expected a quantity (an integer or a string like '500m' or '16Gi'), "
+        "got 0.5",
+        id="float-quantity",
+    ),
+    pytest.param(
+        "raycluster.yaml",
+        lambda d: d["spec"]["autoscalerOptions"].update(upscalingMode="Fast"),
+        "spec.autoscalerOptions.upscalingMode: Input should be 'Default', 'Aggressive' or 'Conservative' "
+        "(got str 'Fast')",
+        id="enum",
+    ),
+    pytest.param(
+        "raycluster.yaml",
+        lambda d: d["spec"]["headGroupSpec"].pop("template"),
+        "spec.headGroupSpec.template: missing required field",
+        id="missing-template",
+    ),
+    pytest.param(
+        "raycluster.yaml",
+        lambda d: _head_container(d).pop("image"),
+        f"{HEAD}.image: missing required field",
+        id="missing-image",
+    ),
+    pytest.param(
+        "raycluster.yaml",
+        lambda d: _head_container(d)["ports"][0].update(containerPort="6379"),
+        f"{HEAD}.ports[0].containerPort: Input should be a valid integer (got str '6379')",
+        id="port-string",
+    ),
+    pytest.param(
+        "rayjob-eval.yaml",
+        lambda d: d["spec"].update(clusterSelectors=d["spec"].pop("clusterSelector")),
+        "spec.clusterSelectors: unknown field",
+        id="job-typo",
+    ),
+    pytest.param(
+        "rayjob-eval.yaml",
+        lambda d: d["spec"].update(backoffLimit="2"),
+        "spec.backoffLimit: Input should be a valid integer (got str '2')",
+        id="job-int-as-string",
+    ),
+    pytest.param(
+        "rayjob-merge-search.yaml",
+        lambda d: d["spec"].update(runtimeEnvYAML="- working_dir\n"),
+        "spec.runtimeEnvYAML: must be a YAML mapping (a runtime_env), got list",
+        id="runtime-env-list",
+    ),
+    pytest.param(
+        "rayservice.yaml",
+        lambda d: d["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"].update(
+            toleration=[]
+        ),
+        "spec.rayClusterConfig.workerGroupSpecs[0].template.spec.toleration: unknown field",
+        id="podspec-typo",
+    ),
+    pytest.param(
+        "rayservice.yaml",
+        lambda d: d["spec"].pop("rayClusterConfig"),
+        "spec.rayClusterConfig: missing required field",
+        id="missing-cluster",
+    ),
     pytest.param("rayservice.yaml", lambda d: d.update(status={}), "status: unknown field", id="status"),
-    pytest.param("rayservice.yaml",
-                 lambda d: d["spec"].update(serveConfigV2=d["spec"]["serveConfigV2"].replace("max_budget", "max_budgets")),
-                 "spec.serveConfigV2: applications[0].args.planner.max_budgets: unknown field", id="serve-args-typo"),
-    pytest.param("rayservice.yaml",
-                 lambda d: d["spec"].update(serveConfigV2=d["spec"]["serveConfigV2"].replace("port: 8000", "port: x")),
-                 "spec.serveConfigV2: http_options.port: Input should be a valid integer, unable to parse string as "
-                 "an integer (got str 'x')", id="serve-wrong-type"),
+    pytest.param(
+        "rayservice.yaml",
+        lambda d: d["spec"].update(
+            serveConfigV2=d["spec"]["serveConfigV2"].replace("max_budget", "max_budgets")
+        ),
+        "spec.serveConfigV2: applications[0].args.planner.max_budgets: unknown field",
+        id="serve-args-typo",
+    ),
+    pytest.param(
+        "rayservice.yaml",
+        lambda d: d["spec"].update(serveConfigV2=d["spec"]["serveConfigV2"].replace("port: 8000", "port: x")),
+        "spec.serveConfigV2: http_options.port: Input should be a valid integer, unable to parse string as "
+        "an integer (got str 'x')",
+        id="serve-wrong-type",
+    ),
 ]
 
 

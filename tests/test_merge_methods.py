@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nexus_ray.merge import methods
+from nexus_ray.merge import methods, sparsify
 from tests.merge_oracle.oracle import run_cases
 
 W = [1.0, 0.6, -0.4]
@@ -32,7 +32,10 @@ def _case(method, params, base=True, n=3, shape=(96, 80), dtype=torch.float32, d
 
 
 DETERMINISTIC = {
-    "linear": (_case("linear", {"weight": W[:2] + [0.9]}, base=False), lambda i, p: methods.linear(None, i, p["weight"])),
+    "linear": (
+        _case("linear", {"weight": W[:2] + [0.9]}, base=False),
+        lambda i, p: methods.linear(None, i, p["weight"]),
+    ),
     "linear_raw": (
         _case("linear", {"weight": [0.3, 0.5, 0.9], "normalize": False}, base=False),
         lambda i, p: methods.linear(None, i, p["weight"], normalize=False),
@@ -45,9 +48,16 @@ DETERMINISTIC = {
         _case("task_arithmetic", {"weight": W, "lambda": 0.7}),
         lambda b, i, p: methods.task_arithmetic(b, i, p["weight"], lambda_=0.7),
     ),
-    "ties": (_case("ties", {"weight": W, "density": D}), lambda b, i, p: methods.ties(b, i, p["weight"], p["density"])),
+    "ties": (
+        _case("ties", {"weight": W, "density": D}),
+        lambda b, i, p: methods.ties(b, i, p["weight"], p["density"]),
+    ),
     "ties_raw_1d": (
-        _case("ties", {"weight": [1.0, 1.0, 1.0], "density": [0.2, 0.2, 0.9], "normalize": False, "lambda": 1.3}, shape=(1000,)),
+        _case(
+            "ties",
+            {"weight": [1.0, 1.0, 1.0], "density": [0.2, 0.2, 0.9], "normalize": False, "lambda": 1.3},
+            shape=(1000,),
+        ),
         lambda b, i, p: methods.ties(b, i, p["weight"], p["density"], normalize=False, lambda_=1.3),
     ),
     "ties_rescaled": (
@@ -67,7 +77,9 @@ DETERMINISTIC = {
         lambda b, i, p: methods.breadcrumbs(b, i, p["weight"], p["density"], p["gamma"]),
     ),
     "breadcrumbs_ties": (
-        _case("breadcrumbs_ties", {"weight": W, "density": D, "gamma": [0.05, 0.05, 0.05], "normalize": True}),
+        _case(
+            "breadcrumbs_ties", {"weight": W, "density": D, "gamma": [0.05, 0.05, 0.05], "normalize": True}
+        ),
         lambda b, i, p: methods.breadcrumbs_ties(b, i, p["weight"], p["density"], p["gamma"], normalize=True),
     ),
     "slerp": (_case("slerp", {"t": 0.3}, n=1), lambda b, i, p: methods.slerp(b, i, t=0.3)),
@@ -98,7 +110,11 @@ def oracle(tmp_path_factory):
 def test_matches_mergekit(oracle, name):
     (inputs, spec), fn = DETERMINISTIC[name]
     models = [inputs[f"m{i}"] for i in range(sum(k.startswith("m") for k in inputs))]
-    ours = fn(models, spec["parameters"]) if "base" not in inputs else fn(inputs["base"], models, spec["parameters"])
+    ours = (
+        fn(models, spec["parameters"])
+        if "base" not in inputs
+        else fn(inputs["base"], models, spec["parameters"])
+    )
     theirs = oracle[name][0]
     assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
     tol = 1e-2 if ours.dtype == torch.bfloat16 else 1e-5
@@ -109,19 +125,25 @@ def test_matches_mergekit(oracle, name):
 
 def test_trim_keeps_exactly_k_on_ties():
     delta = torch.tensor([3.0, -1.0, 1.0, 1.0, -1.0, 0.5, 2.0])
-    kept = methods.trim_magnitude(delta.clone(), 0.5)  # k = 3: 3, 2 and the first of the 1s
+    kept = sparsify.trim_magnitude(delta.clone(), 0.5)  # k = 3: 3, 2 and the first of the 1s
     assert kept.tolist() == [3.0, -1.0, 0.0, 0.0, 0.0, 0.0, 2.0]
-    assert int((methods.trim_outliers(delta.clone(), 4 / 7, 1 / 7) != 0).sum()) == 4
+    assert int((sparsify.trim_outliers(delta.clone(), 4 / 7, 1 / 7) != 0).sum()) == 4
 
 
 # --- random methods: statistics against mergekit's draws ---------------------------------------
 
 DRAWS = 40
 RANDOM = {
-    "dare_linear": _case("dare_linear", {"weight": [1.0], "density": [0.3]}, n=1, shape=(64, 64), draws=DRAWS),
+    "dare_linear": _case(
+        "dare_linear", {"weight": [1.0], "density": [0.3]}, n=1, shape=(64, 64), draws=DRAWS
+    ),
     "dare_ties": _case("dare_ties", {"weight": W, "density": D}, shape=(64, 64), draws=DRAWS),
-    "della": _case("della", {"weight": [1.0], "density": [0.5], "epsilon": [0.3]}, n=1, shape=(8, 512), draws=DRAWS),
-    "della_linear": _case("della_linear", {"weight": W, "density": [0.4] * 3, "epsilon": [0.1] * 3}, shape=(64, 64), draws=DRAWS),
+    "della": _case(
+        "della", {"weight": [1.0], "density": [0.5], "epsilon": [0.3]}, n=1, shape=(8, 512), draws=DRAWS
+    ),
+    "della_linear": _case(
+        "della_linear", {"weight": W, "density": [0.4] * 3, "epsilon": [0.1] * 3}, shape=(64, 64), draws=DRAWS
+    ),
 }
 
 
@@ -151,7 +173,9 @@ def test_random_methods_match_mergekit_statistics(oracle, name):
     if len(spec["parameters"]["weight"]) == 1:  # L1 rescale: every draw has the delta's L1 norm
         l1 = (inputs["m0"] - base).abs().sum()
         for stack in (ours, theirs):
-            torch.testing.assert_close((stack - base).abs().sum(dim=(1, 2)), l1.expand(DRAWS), rtol=1e-4, atol=1e-3)
+            torch.testing.assert_close(
+                (stack - base).abs().sum(dim=(1, 2)), l1.expand(DRAWS), rtol=1e-4, atol=1e-3
+            )
 
 
 def test_dare_single_model_l1_identity():
@@ -186,7 +210,7 @@ def test_random_methods_reproducible_by_seed(name):
 
 def test_della_domain_error():
     with pytest.raises(ValueError, match="epsilon"):
-        methods.magprune(torch.randn(10), 0.9, 0.15, True, torch.Generator())
+        sparsify.magprune(torch.randn(10), 0.9, 0.15, True, torch.Generator())
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -195,5 +219,5 @@ def test_keep_ranks_equals_a_stable_sort(seed):
     g = torch.Generator().manual_seed(seed)
     mag = torch.randint(0, 6, (200,), generator=g).float()  # many ties
     lo, hi = sorted(torch.randint(0, 201, (2,), generator=g).tolist())
-    got = methods._keep_ranks(mag, lo, hi)
+    got = sparsify.keep_ranks(mag, lo, hi)
     assert sorted(mag[got].tolist()) == sorted(mag.tolist())[lo:hi]

@@ -28,7 +28,10 @@ def _expert(base: Path, out: Path, seed: int, scale: float = 0.02, edit=None) ->
     """A fake fine-tune of ``base``: its weights plus seeded noise, a full HF checkpoint."""
     shutil.copytree(base, out)
     g = torch.Generator().manual_seed(seed)
-    tensors = {k: v + scale * torch.randn(v.shape, generator=g) for k, v in load_file(base / "model.safetensors").items()}
+    tensors = {
+        k: v + scale * torch.randn(v.shape, generator=g)
+        for k, v in load_file(base / "model.safetensors").items()
+    }
     if edit:
         edit(tensors)
     save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
@@ -42,7 +45,10 @@ def experts(tmp_path_factory):
 
 
 def _config(method: str, experts, **params) -> dict:
-    models = [{"model": str(e), "parameters": {"weight": w, "density": d}} for e, w, d in zip(experts, [0.5, 0.3, 0.8], [0.4, 0.6, 0.5])]
+    models = [
+        {"model": str(e), "parameters": {"weight": w, "density": d}}
+        for e, w, d in zip(experts, [0.5, 0.3, 0.8], [0.4, 0.6, 0.5])
+    ]
     if method in ("linear", "task_arithmetic"):
         for m in models:
             m["parameters"].pop("density")
@@ -65,8 +71,13 @@ def _in_memory(cfg: dict, seed: int = 0) -> dict[str, torch.Tensor]:
     out = {}
     for tp in plan.tensors:
         out[tp.name] = methods.call(
-            plan.method, base[tp.name] if plan.base else None, [sd[tp.name] for sd in sds],
-            tp.model_params, tp.global_params, seed, tp.name,
+            plan.method,
+            base[tp.name] if plan.base else None,
+            [sd[tp.name] for sd in sds],
+            tp.model_params,
+            tp.global_params,
+            seed,
+            tp.name,
         )
     return out
 
@@ -103,7 +114,9 @@ def test_merged_model_loads_in_transformers(experts, tmp_path):
 
 
 def test_nan_input_fails_and_writes_nothing(tmp_path, experts):
-    bad = _expert(BASE, tmp_path / "bad", 9, edit=lambda t: t["model.norm.weight"].__setitem__(3, float("nan")))
+    bad = _expert(
+        BASE, tmp_path / "bad", 9, edit=lambda t: t["model.norm.weight"].__setitem__(3, float("nan"))
+    )
     cfg = _config("ties", [experts[0], bad])
     with pytest.raises(MergeError, match="model.norm.weight"):
         merge(cfg, tmp_path / "out", progress=False)
@@ -156,13 +169,24 @@ def _renamed(t):
         (lambda c, e, tmp: c["models"][0].update(model=str(tmp / "nope")), r"models\[0\].model"),
         (lambda c, e, tmp: c.pop("base_model"), "needs 'base_model'"),
         (lambda c, e, tmp: c["models"][1]["parameters"].update(density=1.5), "density 1.5 .* outside"),
-        (lambda c, e, tmp: c["models"][1]["parameters"].update(density=0), r"density 0\.0 for tensor .* outside"),
+        (
+            lambda c, e, tmp: c["models"][1]["parameters"].update(density=0),
+            r"density 0\.0 for tensor .* outside",
+        ),
         (lambda c, e, tmp: c["models"][0]["parameters"].pop("weight"), "'weight' is required"),
         (lambda c, e, tmp: c["models"][0]["parameters"].update(gamma=0.1), r"models\[0\].parameters.gamma"),
         (lambda c, e, tmp: c["parameters"].update(lambada=1), "parameters.lambada"),
         (lambda c, e, tmp: c.update(dtype="float8"), "dtype"),
-        (lambda c, e, tmp: c["models"][2].update(model=str(_expert(BASE, tmp / "s", 1, edit=_mismatched_shape))), "model.norm.weight.*shape"),
-        (lambda c, e, tmp: c["models"][2].update(model=str(_expert(BASE, tmp / "r", 1, edit=_renamed))), "model.norm.weight"),
+        (
+            lambda c, e, tmp: c["models"][2].update(
+                model=str(_expert(BASE, tmp / "s", 1, edit=_mismatched_shape))
+            ),
+            "model.norm.weight.*shape",
+        ),
+        (
+            lambda c, e, tmp: c["models"][2].update(model=str(_expert(BASE, tmp / "r", 1, edit=_renamed))),
+            "model.norm.weight",
+        ),
     ],
 )
 def test_bad_configs_fail_before_writing(experts, tmp_path, mutate, match):
@@ -209,8 +233,12 @@ def test_matches_mergekit_yaml_on_checkpoints(experts, tmp_path, method, params)
     from tests.merge_oracle.oracle import mergekit_yaml
 
     if method == "slerp":
-        cfg = {"merge_method": "slerp", "base_model": str(BASE), "parameters": params,
-               "models": [{"model": str(BASE)}, {"model": str(experts[0])}]}
+        cfg = {
+            "merge_method": "slerp",
+            "base_model": str(BASE),
+            "parameters": params,
+            "models": [{"model": str(BASE)}, {"model": str(experts[0])}],
+        }
     else:
         cfg = _config(method, experts, **params)
     mergekit_yaml(cfg, tmp_path / "mk")
@@ -238,7 +266,11 @@ def test_zoo_experts_match_mergekit_yaml(tmp_path, method):
     theirs = _load(tmp_path / "mk")
     for name, t in ours.items():
         differ = ((t - theirs[name]).abs() > 1e-5).flatten().nonzero().squeeze(1)
-        assert all(_at_trim_threshold(cfg, name, int(i)) for i in differ) if method == "ties" else len(differ) == 0, name
+        assert (
+            all(_at_trim_threshold(cfg, name, int(i)) for i in differ)
+            if method == "ties"
+            else len(differ) == 0
+        ), name
 
 
 def _at_trim_threshold(cfg: dict, name: str, index: int) -> bool:

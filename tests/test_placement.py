@@ -41,7 +41,7 @@ def test_tensor_parallel_worker_packs_on_one_node_and_replicas_get_distinct_gpus
     prm = RewardConfig(model="arith-prm", tensor_parallel_size=2)
     prm_app = RewardWorker.options(**worker_options(prm, small)).bind(prm.model_dump())
     prm_handle = serve.run(prm_app, name="prm", route_prefix=None)
-    [(prm_node, prm_gpus, pg_id)] = _replica_infos(prm_handle, 1)
+    [(_, prm_gpus, pg_id)] = _replica_infos(prm_handle, 1)
     assert prm_gpus == () and pg_id is not None  # the GPUs belong to the shards' bundles
     table = ray.util.placement_group_table()[pg_id]
     assert table["strategy"] == "STRICT_PACK"
@@ -50,8 +50,11 @@ def test_tensor_parallel_worker_packs_on_one_node_and_replicas_get_distinct_gpus
 
     policy = EngineConfig(model="arith-policy", num_gpus=1)
     two = WorkerConfig(replicas=2, num_cpus=0.1)
-    policy_handle = serve.run(PolicyWorker.options(**worker_options(policy, two)).bind(policy.model_dump()),
-                              name="policy", route_prefix=None)
+    policy_handle = serve.run(
+        PolicyWorker.options(**worker_options(policy, two)).bind(policy.model_dump()),
+        name="policy",
+        route_prefix=None,
+    )
     placed = _replica_infos(policy_handle, 2)
     assert len(placed) == 2
     gpus = {(node, gpu) for node, ids, _ in placed for gpu in ids}
@@ -68,10 +71,16 @@ def test_fractional_gpus_share_one_device(cluster):
     half = EngineConfig(model="arith-policy", num_gpus=0.5)
     prm_half = RewardConfig(model="arith-prm", num_gpus=0.5)
     one = WorkerConfig(replicas=1, num_cpus=0.1)
-    p = serve.run(PolicyWorker.options(**worker_options(half, one)).bind(half.model_dump()), name="p-half",
-                  route_prefix=None)
-    r = serve.run(RewardWorker.options(**worker_options(prm_half, one)).bind(prm_half.model_dump()), name="r-half",
-                  route_prefix=None)
+    p = serve.run(
+        PolicyWorker.options(**worker_options(half, one)).bind(half.model_dump()),
+        name="p-half",
+        route_prefix=None,
+    )
+    r = serve.run(
+        RewardWorker.options(**worker_options(prm_half, one)).bind(prm_half.model_dump()),
+        name="r-half",
+        route_prefix=None,
+    )
     [(_, policy_gpus, _)] = _replica_infos(p, 1)
     [(_, prm_gpus, _)] = _replica_infos(r, 1)
     assert len(policy_gpus) == 1 and len(prm_gpus) == 1

@@ -19,7 +19,14 @@ from nexus_ray.planner.replay import Result
 from nexus_ray.planner.request import Planner
 from nexus_ray.planner.sampling import EngineSampler, ReplaySampler, record_pool
 from nexus_ray.planner.table import (
-    BinEntry, BudgetChoice, ModelStamp, OptionStats, PlanOption, PlanTable, TableError, model_fingerprint,
+    BinEntry,
+    BudgetChoice,
+    ModelStamp,
+    OptionStats,
+    PlanOption,
+    PlanTable,
+    TableError,
+    model_fingerprint,
 )
 from nexus_ray.search import registry
 from nexus_ray.search.base import SearchContext
@@ -59,10 +66,14 @@ def test_allocation_matches_brute_force(seed):
     assert alloc.expected_accuracy >= brute_force(curves, weights, budget) - 1e-9
     # ...its reported numbers are what its mixes give...
     by_index = [{p.index: p for p in c} for c in curves]
-    acc = sum(w * ((1 - m.p_high) * by[m.low].accuracy + m.p_high * by[m.high].accuracy)
-              for w, m, by in zip(weights, alloc.mixes, by_index))
-    cost = sum(w * ((1 - m.p_high) * by[m.low].compute + m.p_high * by[m.high].compute)
-               for w, m, by in zip(weights, alloc.mixes, by_index))
+    acc = sum(
+        w * ((1 - m.p_high) * by[m.low].accuracy + m.p_high * by[m.high].accuracy)
+        for w, m, by in zip(weights, alloc.mixes, by_index)
+    )
+    cost = sum(
+        w * ((1 - m.p_high) * by[m.low].compute + m.p_high * by[m.high].compute)
+        for w, m, by in zip(weights, alloc.mixes, by_index)
+    )
     assert acc == pytest.approx(alloc.expected_accuracy) and cost == pytest.approx(alloc.mean_compute)
     # ...and at the budget its integral part spends, it is exactly the brute-force optimum.
     integral = sum(w * by[m.low].compute for w, m, by in zip(weights, alloc.mixes, by_index))
@@ -152,15 +163,27 @@ def make_table(policy: str = "arith-policy", prm: str = "arith-prm") -> PlanTabl
     stop, w8 = PlanOption(strategy="stop"), PlanOption(strategy="weighted", n=8)
 
     def entry(option: PlanOption) -> BinEntry:
-        return BinEntry(problems=10, weight=0.5, options=[OptionStats(option=option, compute=100.0, accuracy=0.5)],
-                        choices=[BudgetChoice(budget=1, option=stop, compute=50, accuracy=0.5, cv_accuracy=0.5),
-                                 BudgetChoice(budget=8, option=option, compute=500, accuracy=0.8, cv_accuracy=0.8)])
+        return BinEntry(
+            problems=10,
+            weight=0.5,
+            options=[OptionStats(option=option, compute=100.0, accuracy=0.5)],
+            choices=[
+                BudgetChoice(budget=1, option=stop, compute=50, accuracy=0.5, cv_accuracy=0.5),
+                BudgetChoice(budget=8, option=option, compute=500, accuracy=0.8, cv_accuracy=0.8),
+            ],
+        )
 
     return PlanTable(
-        created="now", dataset="synthetic", problems=20, seed=0,
+        created="now",
+        dataset="synthetic",
+        problems=20,
+        seed=0,
         policy=ModelStamp(name=policy, fingerprint=model_fingerprint(policy)),
         prm=ModelStamp(name=prm, fingerprint=model_fingerprint(prm)),
-        estimator=Estimator.named("probe"), early_exit=False, edges=[0.3], bins=[entry(stop), entry(w8)],
+        estimator=Estimator.named("probe"),
+        early_exit=False,
+        edges=[0.3],
+        bins=[entry(stop), entry(w8)],
     )
 
 
@@ -192,7 +215,10 @@ def test_replay_charges_exactly_what_the_online_path_charges():
         await execute(sampler, probe, PlanOption(strategy="stop"), ledger)
         return ledger
 
-    assert asyncio.run(stop(EngineSampler(sim_ctx()))).to_dict() == asyncio.run(stop(ReplaySampler(pool))).to_dict()
+    assert (
+        asyncio.run(stop(EngineSampler(sim_ctx()))).to_dict()
+        == asyncio.run(stop(ReplaySampler(pool))).to_dict()
+    )
 
 
 @pytest.mark.parametrize("ceiling", [150.0, 400.0, 900.0, 3000.0])
@@ -255,8 +281,24 @@ def test_calibrate_end_to_end_on_the_zoo(tmp_path):
     """Real zoo models: pools, tables for two estimators, plots; then the refusals."""
     from nexus_ray.jobs import calibrate as job
 
-    args = ["--dataset", "arith-calib", "--per-level", "2", "--samples", "3", "--sizes", "2,4", "--bins", "2",
-            "--estimator", "surprisal,learned", "--concurrency", "8", "--out", str(tmp_path)]
+    args = [
+        "--dataset",
+        "arith-calib",
+        "--per-level",
+        "2",
+        "--samples",
+        "3",
+        "--sizes",
+        "2,4",
+        "--bins",
+        "2",
+        "--estimator",
+        "surprisal,learned",
+        "--concurrency",
+        "8",
+        "--out",
+        str(tmp_path),
+    ]
     assert job.main(args) == 0
     for name in ("surprisal", "learned"):
         table = PlanTable.load(tmp_path / f"table-{name}.json")

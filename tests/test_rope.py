@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -22,8 +23,13 @@ from nexus_ray.rope.scaling import RopeBase, compute, yarn_correction_range
 
 def _llama(dim: int, theta: float, max_pos: int) -> LlamaConfig:
     return LlamaConfig(
-        hidden_size=dim * 2, num_attention_heads=2, head_dim=dim, num_hidden_layers=1,
-        intermediate_size=8, vocab_size=16, max_position_embeddings=max_pos,
+        hidden_size=dim * 2,
+        num_attention_heads=2,
+        head_dim=dim,
+        num_hidden_layers=1,
+        intermediate_size=8,
+        vocab_size=16,
+        max_position_embeddings=max_pos,
         rope_parameters={"rope_type": "default", "rope_theta": theta},
     )
 
@@ -72,17 +78,52 @@ def _grid() -> list[tuple[RopeConfig, int, float, int, int | None]]:
             {"truncate": False},
         ]
         for extra in yarns:
-            cases.append((RopeConfig(rope_type="yarn", factor=factor, original_max_position_embeddings=orig, **extra),
-                          dim, theta, orig, None))
+            cases.append(
+                (
+                    RopeConfig(
+                        rope_type="yarn", factor=factor, original_max_position_embeddings=orig, **extra
+                    ),
+                    dim,
+                    theta,
+                    orig,
+                    None,
+                )
+            )
         for low, high in ((1.0, 4.0), (2.0, 8.0)):
-            cases.append((RopeConfig(rope_type="llama3", factor=factor, low_freq_factor=low, high_freq_factor=high,
-                                     original_max_position_embeddings=orig), dim, theta, orig, None))
+            cases.append(
+                (
+                    RopeConfig(
+                        rope_type="llama3",
+                        factor=factor,
+                        low_freq_factor=low,
+                        high_freq_factor=high,
+                        original_max_position_embeddings=orig,
+                    ),
+                    dim,
+                    theta,
+                    orig,
+                    None,
+                )
+            )
         long = [round(rng.uniform(1, factor + 1), 3) for _ in range(dim // 2)]
         short = [round(rng.uniform(1, 2), 3) for _ in range(dim // 2)]
         for seq, att in itertools.product((None, orig, orig + 1), (None, 1.25)):
-            cases.append((RopeConfig(rope_type="longrope", factor=factor, long_factor=long, short_factor=short,
-                                     original_max_position_embeddings=orig, attention_factor=att),
-                          dim, theta, orig, seq))
+            cases.append(
+                (
+                    RopeConfig(
+                        rope_type="longrope",
+                        factor=factor,
+                        long_factor=long,
+                        short_factor=short,
+                        original_max_position_embeddings=orig,
+                        attention_factor=att,
+                    ),
+                    dim,
+                    theta,
+                    orig,
+                    seq,
+                )
+            )
     return cases
 
 
@@ -122,11 +163,22 @@ LLAMA2 = RopeBase(128, 1e4, 4096)
         (LLAMA2, 2, {}, (20, 46), 1.069315),
         (RopeBase(128, 1e6, 32768), 4, {}, (23, 40), 1.138629),
         (RopeBase(64, 1e4, 4096), 40, {"mscale": 1, "mscale_all_dim": 1}, (10, 23), 1.0),
-        (RopeBase(64, 150000, 4096), 32, {"truncate": False}, (8.092779115512402, 17.39802450158856), 1.346574),
+        (
+            RopeBase(64, 150000, 4096),
+            32,
+            {"truncate": False},
+            (8.092779115512402, 17.39802450158856),
+            1.346574,
+        ),
     ],
 )
 def test_published_yarn_vectors(base, factor, extra, expected_range, expected_att):
-    rope = RopeConfig(rope_type="yarn", factor=factor, original_max_position_embeddings=base.max_position_embeddings, **extra)
+    rope = RopeConfig(
+        rope_type="yarn",
+        factor=factor,
+        original_max_position_embeddings=base.max_position_embeddings,
+        **extra,
+    )
     assert yarn_correction_range(rope, base) == pytest.approx(expected_range, rel=1e-12)
     assert compute(rope, base).attention_factor == pytest.approx(expected_att, abs=5e-7)
 
@@ -134,8 +186,16 @@ def test_published_yarn_vectors(base, factor, extra, expected_range, expected_at
 def test_llama2_yarn_per_pair_vector():
     rope = RopeConfig(rope_type="yarn", factor=16, original_max_position_embeddings=4096)
     inv = compute(rope, LLAMA2).inv_freq
-    expected = {0: 1.0, 20: 5.6234129e-02, 21: 4.6940859e-02, 30: 8.5268440e-03, 33: 4.6004355e-03,
-                45: 1.5177164e-04, 46: 8.3345090e-05, 63: 7.2173880e-06}
+    expected = {
+        0: 1.0,
+        20: 5.6234129e-02,
+        21: 4.6940859e-02,
+        30: 8.5268440e-03,
+        33: 4.6004355e-03,
+        45: 1.5177164e-04,
+        46: 8.3345090e-05,
+        63: 7.2173880e-06,
+    }
     for i, value in expected.items():
         assert inv[i] == pytest.approx(value, rel=1e-6), i
     assert np.all(np.diff(inv) < 0)
@@ -149,12 +209,19 @@ def test_other_published_vectors():
     for seq, theta in ((4096, 10000.0), (8192, 30527.74), (16384, 72195.86)):
         inv0 = compute(dyn, base, seq_len=seq).inv_freq[1]  # = theta' ** (-2/128)
         assert inv0 ** (-64) == pytest.approx(theta, rel=1e-6)
-    llama3 = compute(RopeConfig(rope_type="llama3", factor=8, original_max_position_embeddings=8192),
-                     RopeBase(128, 5e5, 8192)).inv_freq
+    llama3 = compute(
+        RopeConfig(rope_type="llama3", factor=8, original_max_position_embeddings=8192),
+        RopeBase(128, 5e5, 8192),
+    ).inv_freq
     plain = compute(RopeConfig(), RopeBase(128, 5e5, 8192)).inv_freq
     assert (np.isclose(llama3, plain).sum(), np.isclose(llama3, plain / 8).sum()) == (29, 29)
-    lr = RopeConfig(rope_type="longrope", factor=32, long_factor=[1.0] * 64, short_factor=[1.0] * 64,
-                    original_max_position_embeddings=4096)
+    lr = RopeConfig(
+        rope_type="longrope",
+        factor=32,
+        long_factor=[1.0] * 64,
+        short_factor=[1.0] * 64,
+        original_max_position_embeddings=4096,
+    )
     assert compute(lr, RopeBase(128, 1e4, 4096)).attention_factor == pytest.approx(1.190238, abs=5e-7)
 
 
@@ -167,7 +234,10 @@ def test_other_published_vectors():
         ({"rope_type": "yarn", "factor": 4, "beta_fast": 8, "beta_slow": 8}, "beta_fast"),
         ({"rope_type": "yarn", "factor": 4, "beta_slow": 0}, "greater than 0"),
         ({"rope_type": "linear", "factor": 4, "beta_fast": 64}, "does not use beta_fast"),
-        ({"rope_type": "llama3", "factor": 4, "low_freq_factor": 4, "high_freq_factor": 2}, "high_freq_factor"),
+        (
+            {"rope_type": "llama3", "factor": 4, "low_freq_factor": 4, "high_freq_factor": 2},
+            "high_freq_factor",
+        ),
         ({"rope_type": "longrope", "factor": 4, "short_factor": [1.0]}, "needs long_factor"),
         ({"rope_type": "longrope", "factor": 4, "short_factor": [1.0], "long_factor": [0.0]}, "positive"),
         ({"rope_type": "yarn", "factor": 4, "attention_factor": -1}, "greater than 0"),
@@ -201,7 +271,9 @@ def test_vllm_overrides_convert_attention_factor_when_dropped():
         apply._for_installed_vllm(rope, dict(params), keys={"beta_fast", "beta_slow"})
     untruncated = RopeConfig(rope_type="yarn", factor=8, original_max_position_embeddings=128, truncate=False)
     with pytest.raises(ValueError, match="silently drop YaRN keys truncate"):
-        apply._for_installed_vllm(untruncated, apply.rope_parameters(untruncated, base), keys={"attention_factor"})
+        apply._for_installed_vllm(
+            untruncated, apply.rope_parameters(untruncated, base), keys={"attention_factor"}
+        )
 
 
 def test_scaled_zoo_base_runs_in_the_transformers_engine():
@@ -259,7 +331,7 @@ def test_sliding_window_scores_every_token_once():
     from nexus_ray.rope.evaluate import sliding_window_nll
 
     class Recorder(torch.nn.Module):
-        scored: list[int] = []
+        scored: ClassVar[list[int]] = []
 
         def forward(self, input_ids, labels):
             self.scored.append(int((labels != -100).sum()))
@@ -275,16 +347,38 @@ def test_cli_rope_eval_writes_json_plot_and_table(tmp_path):
     import subprocess
     import sys
 
-    args = ["rope", "eval", "--methods", "none,yarn", "--lengths", "64,256", "--documents", "1", "--trials", "1",
-            "--rope", '{"rope_type": "linear", "factor": 2}', "--out", str(tmp_path)]
-    r = subprocess.run([sys.executable, "-m", "nexus_ray.cli", *args], capture_output=True, text=True, timeout=300)
+    args = [
+        "rope",
+        "eval",
+        "--methods",
+        "none,yarn",
+        "--lengths",
+        "64,256",
+        "--documents",
+        "1",
+        "--trials",
+        "1",
+        "--rope",
+        '{"rope_type": "linear", "factor": 2}',
+        "--out",
+        str(tmp_path),
+    ]
+    r = subprocess.run(
+        [sys.executable, "-m", "nexus_ray.cli", *args], capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr
     summary = json.loads((tmp_path / "rope_eval.json").read_text())
     assert set(summary["methods"]) == {"none", "yarn", "custom"} and summary["original_context"] == 128
-    assert summary["methods"]["yarn"]["rope"] == {"64": {"rope_type": "yarn", "factor": 1.0},
-                                                   "256": {"rope_type": "yarn", "factor": 2.0}}
+    assert summary["methods"]["yarn"]["rope"] == {
+        "64": {"rope_type": "yarn", "factor": 1.0},
+        "256": {"rope_type": "yarn", "factor": 2.0},
+    }
     assert (tmp_path / "rope_eval.png").stat().st_size > 10_000
     assert "| **best** |" in r.stdout
-    bad = subprocess.run([sys.executable, "-m", "nexus_ray.cli", "rope", "eval", "--methods", "yarn,ropex"],
-                         capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [sys.executable, "-m", "nexus_ray.cli", "rope", "eval", "--methods", "yarn,ropex"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 2 and "unknown method 'ropex'" in bad.stderr and "Traceback" not in bad.stderr

@@ -25,7 +25,9 @@ def test_installed_vllm_honours_every_yarn_key():
     assert {"beta_fast", "beta_slow", "attention_factor", "truncate"} <= apply.vllm_yarn_keys()
 
 
-@pytest.mark.parametrize("rope", [ROPE, RopeConfig(rope_type="linear", factor=4), RopeConfig(rope_type="ntk", factor=4)])
+@pytest.mark.parametrize(
+    "rope", [ROPE, RopeConfig(rope_type="linear", factor=4), RopeConfig(rope_type="ntk", factor=4)]
+)
 def test_vllm_rotary_module_matches_our_scaling(rope):
     """vLLM's rotary module, built from our overrides the way vLLM's Llama builds it."""
     from vllm.config import VllmConfig, set_current_vllm_config
@@ -34,8 +36,13 @@ def test_vllm_rotary_module_matches_our_scaling(rope):
     config = apply.load_config(resolve("rope-base"), None)
     overrides = apply.config_overrides(rope, config, "vllm")
     with set_current_vllm_config(VllmConfig()):
-        rotary = get_rope(32, max_position=overrides["max_position_embeddings"],
-                          rope_parameters=overrides["rope_parameters"], is_neox_style=True, dtype=torch.float32)
+        rotary = get_rope(
+            32,
+            max_position=overrides["max_position_embeddings"],
+            rope_parameters=overrides["rope_parameters"],
+            is_neox_style=True,
+            dtype=torch.float32,
+        )
     ours = compute(rope, RopeBase.from_hf_config(config))
     cache = rotary.cos_sin_cache  # [positions, cos | sin], the attention factor folded in
     assert cache.shape[0] >= 512

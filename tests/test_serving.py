@@ -14,20 +14,20 @@ import time
 import urllib.request
 
 import pytest
-from ports import free_port
 import ray
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from ports import free_port
 from ray import serve
 
 from nexus_ray.config import load_service_config
 from nexus_ray.engines.hf import HFPolicyEngine, HFRewardEngine
+from nexus_ray.planner.request import PlanError
+from nexus_ray.planner.table import load_table
 from nexus_ray.search import registry
 from nexus_ray.search.base import SearchContext
 from nexus_ray.serving import admission
 from nexus_ray.serving.app import build_app
-from nexus_ray.planner.request import PlanError
-from nexus_ray.planner.table import load_table
 from nexus_ray.serving.local import request, wait_healthy
 from nexus_ray.tasks import arith
 from nexus_ray.tasks.format import ARITH
@@ -43,8 +43,13 @@ def service():
     os.environ["NEXUS_TEST_KEYS"] = f"{KEY},test-key-2"  # inherited by the cluster's workers
     global METRICS_PORT
     METRICS_PORT = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="nexus-test",
-             _metrics_export_port=METRICS_PORT)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        namespace="nexus-test",
+        _metrics_export_port=METRICS_PORT,
+    )
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     config, _ = load_service_config("deployments/local-cpu.yaml")
@@ -53,7 +58,11 @@ def service():
     args["policy_worker"] |= {"num_cpus": 0.1}
     args["prm_worker"] |= {"num_cpus": 0.1}
     args["num_cpus"] = 0.1
-    tight = config.model_dump() | {"planner_name": "planner-tight", "request_timeout_s": 0.001, "num_cpus": 0.1}
+    tight = config.model_dump() | {
+        "planner_name": "planner-tight",
+        "request_timeout_s": 0.001,
+        "num_cpus": 0.1,
+    }
     tight["planner"] |= {"tokens_per_second": 10.0, "burst_seconds": 10.0, "tokens_per_generation": 64.0}
     tight["policy_worker"] |= {"num_cpus": 0.1}
     tight["prm_worker"] |= {"num_cpus": 0.1}
@@ -90,12 +99,19 @@ def test_health_and_models(service):
 def test_solve_matches_in_process_search(service):
     """The same strategy over remote workers gives the same answer and ledger as in-process."""
     problem = "48*7-93+15*4"
-    status, out = post(service + "/v1/solve", {"problem": problem, "strategy": "weighted", "budget": 4,
-                                               "return_candidates": True})
+    status, out = post(
+        service + "/v1/solve",
+        {"problem": problem, "strategy": "weighted", "budget": 4, "return_candidates": True},
+    )
     assert status == 200, out
     assert len(out["candidates"]) == 4 and out["plan"]["source"] == "request"
-    ctx = SearchContext(HFPolicyEngine(resolve("arith-policy")), HFRewardEngine(resolve("arith-prm")),
-                        ARITH.prompt(problem), ARITH, seed=0)
+    ctx = SearchContext(
+        HFPolicyEngine(resolve("arith-policy")),
+        HFRewardEngine(resolve("arith-prm")),
+        ARITH.prompt(problem),
+        ARITH,
+        seed=0,
+    )
     local = asyncio.run(registry.run("weighted", ctx, 4))
     assert out["answer"] == local.answer and out["solution"] == local.solution
     assert out["ledger"] == local.ledger.to_dict()
@@ -110,7 +126,11 @@ def test_planner_default_plan_and_greedy(service):
     table = load_table("arith-zoo")
     assert 0 <= out["difficulty"] < len(table.bins) == len(table.edges) + 1
     chosen = out["plan"]["params"]
-    assert chosen["bin"] == out["difficulty"] and chosen["plan"].split("@")[0] in ("stop", "majority", "weighted")
+    assert chosen["bin"] == out["difficulty"] and chosen["plan"].split("@")[0] in (
+        "stop",
+        "majority",
+        "weighted",
+    )
     assert out["ledger"]["generations"] >= table.estimator.probe.samples
     status, out = post(service + "/v1/solve", {"problem": "Q: 12 + 7*3", "budget": 2})
     assert status == 200 and out["plan"]["source"] == "request" and out["strategy"] == "weighted"
@@ -120,9 +140,12 @@ def test_planner_default_plan_and_greedy(service):
 
 
 def test_chat_completions_openai_shape(service):
-    body = {"model": "nexus-arith", "messages": [{"role": "system", "content": "be exact"},
-                                                 {"role": "user", "content": "57-8*6+19"}],
-            "temperature": 0.7, "nexus": {"strategy": "majority", "budget": 4}}
+    body = {
+        "model": "nexus-arith",
+        "messages": [{"role": "system", "content": "be exact"}, {"role": "user", "content": "57-8*6+19"}],
+        "temperature": 0.7,
+        "nexus": {"strategy": "majority", "budget": 4},
+    }
     status, out = post(service + "/v1/chat/completions", body)
     assert status == 200, out
     assert out["object"] == "chat.completion" and out["choices"][0]["message"]["role"] == "assistant"
@@ -161,8 +184,11 @@ def test_auth_body_limit_and_malformed_json(service):
 def test_timeout_is_504_and_rate_limit_is_429(service):
     status, out = request(service + "/tight/v1/solve", {"problem": "12+7*3", "strategy": "greedy"})
     assert status == 504 and out["error"]["type"] == "timeout"
-    req = urllib.request.Request(service + "/tight/v1/solve", data=json.dumps({"problem": "1+2", "strategy": "greedy"}).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        service + "/tight/v1/solve",
+        data=json.dumps({"problem": "1+2", "strategy": "greedy"}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(req, timeout=30)
     assert err.value.code == 429 and int(err.value.headers["Retry-After"]) >= 1
@@ -187,14 +213,20 @@ def test_planner_restart_keeps_state(service):
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(10**30), 10**30) | st.floats(allow_nan=False) | st.text(max_size=40),
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**30), 10**30)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=40),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
     max_leaves=8,
 )
 solve_bodies = st.fixed_dictionaries(
     {},
     optional={
-        "problem": st.one_of(st.text(max_size=120), st.sampled_from(["1+2", "Q: 3*4-5", "", " ", "1++2", "٣+٤"]), json_values),
+        "problem": st.one_of(
+            st.text(max_size=120), st.sampled_from(["1+2", "Q: 3*4-5", "", " ", "1++2", "٣+٤"]), json_values
+        ),
         "budget": st.one_of(st.integers(-(10**20), 10**20), json_values),
         "strategy": st.one_of(st.sampled_from(["greedy", "beam", "mcts", "", "GREEDY"]), json_values),
         "seed": st.one_of(st.integers(-(10**20), 10**20), json_values),
@@ -205,10 +237,21 @@ solve_bodies = st.fixed_dictionaries(
 chat_bodies = st.fixed_dictionaries(
     {"model": st.one_of(st.just("nexus-arith"), json_values)},
     optional={
-        "messages": st.one_of(st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "bot"]),
-                                                               "content": st.one_of(st.text(max_size=30), json_values)}),
-                                       max_size=3), json_values),
-        "nexus": st.one_of(st.fixed_dictionaries({}, optional={"budget": json_values, "strategy": json_values}), json_values),
+        "messages": st.one_of(
+            st.lists(
+                st.fixed_dictionaries(
+                    {
+                        "role": st.sampled_from(["user", "system", "bot"]),
+                        "content": st.one_of(st.text(max_size=30), json_values),
+                    }
+                ),
+                max_size=3,
+            ),
+            json_values,
+        ),
+        "nexus": st.one_of(
+            st.fixed_dictionaries({}, optional={"budget": json_values, "strategy": json_values}), json_values
+        ),
         "stream": json_values,
     },
 )
@@ -216,8 +259,12 @@ FUZZED: list[int] = []
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-@given(route=st.sampled_from(["/v1/solve", "/v1/chat/completions"]), solve=solve_bodies, chat=chat_bodies,
-       raw=st.one_of(st.none(), st.binary(max_size=64), st.text(max_size=64).map(str.encode)))
+@given(
+    route=st.sampled_from(["/v1/solve", "/v1/chat/completions"]),
+    solve=solve_bodies,
+    chat=chat_bodies,
+    raw=st.one_of(st.none(), st.binary(max_size=64), st.text(max_size=64).map(str.encode)),
+)
 def test_fuzz_never_5xx(service, route, solve, chat, raw):
     """Hostile and malformed bodies, and some valid ones among them: never a 5xx."""
     body = solve if route == "/v1/solve" else chat
@@ -237,15 +284,18 @@ def test_killing_a_worker_mid_flight(service):
     results: list[tuple[int, dict, arith.Problem]] = []
 
     def call(p: arith.Problem) -> None:
-        status, out = post(service + "/v1/solve", {"problem": p.expression, "strategy": "majority", "budget": 2})
+        status, out = post(
+            service + "/v1/solve", {"problem": p.expression, "strategy": "majority", "budget": 2}
+        )
         results.append((status, out, p))
 
     threads = [threading.Thread(target=call, args=(p,)) for p in problems]
     for t in threads:
         t.start()
     time.sleep(0.3)
-    replica = next(a for a in ray.util.list_named_actors(all_namespaces=True)
-                   if "nexus#PolicyWorker" in a["name"])
+    replica = next(
+        a for a in ray.util.list_named_actors(all_namespaces=True) if "nexus#PolicyWorker" in a["name"]
+    )
     ray.kill(ray.get_actor(replica["name"], namespace=replica["namespace"]), no_restart=True)
     for t in threads:
         t.join(timeout=120)
@@ -299,9 +349,13 @@ def test_planner_serves_the_table_allocation_without_ray():
     table = load_table("arith-zoo")
     p = admission.Admission({"table": "arith-zoo", "mean_budget": 200.0}, table)
     plan = p.plan("1+2", None, None)
-    assert (plan.strategy, plan.source) == ("planner", "table") and len(plan.params["mixes"]) == len(table.bins)
-    spend = sum(b.weight * ((1 - p_) * b.choices[lo].compute + p_ * b.choices[hi].compute)
-                for b, (lo, hi, p_) in zip(table.bins, plan.params["mixes"]))
+    assert (plan.strategy, plan.source) == ("planner", "table") and len(plan.params["mixes"]) == len(
+        table.bins
+    )
+    spend = sum(
+        b.weight * ((1 - p_) * b.choices[lo].compute + p_ * b.choices[hi].compute)
+        for b, (lo, hi, p_) in zip(table.bins, plan.params["mixes"])
+    )
     assert spend <= 200.0 + 1e-6 or all(lo == 0 and p_ == 0 for lo, _, p_ in plan.params["mixes"])
     assert p.plan("1+2", 4, None).strategy == "weighted"  # a budget alone: the default strategy
 
@@ -325,7 +379,12 @@ def test_prometheus_metrics_are_exported(service):
     while True:
         with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10) as resp:
             text = resp.read().decode()
-        names = ("ray_nexus_requests", "ray_nexus_tokens", "ray_nexus_strategy", "ray_nexus_latency_seconds_bucket")
+        names = (
+            "ray_nexus_requests",
+            "ray_nexus_tokens",
+            "ray_nexus_strategy",
+            "ray_nexus_latency_seconds_bucket",
+        )
         if all(n in text for n in names):
             break
         assert time.monotonic() < deadline, [n for n in names if n not in text]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from ports import free_port
 import ray
+from ports import free_port
 from ray import serve
 
 from nexus_ray.config import load_service_config
@@ -46,6 +46,8 @@ def test_vllm_workers_answer_like_the_transformers_engine(service):
         local = asyncio.run(registry.run("greedy", ctx))
         assert out["solution"] == local.solution and out["answer"] == local.answer
         assert out["ledger"]["policy_generated_tokens"] == local.ledger.policy_generated_tokens
-    status, out = request(service + "/v1/solve", {"problem": "57-8*6+19", "strategy": "weighted", "budget": 4,
-                                                  "return_candidates": True})
+    status, out = request(
+        service + "/v1/solve",
+        {"problem": "57-8*6+19", "strategy": "weighted", "budget": 4, "return_candidates": True},
+    )
     assert status == 200 and len(out["candidates"]) == 4 and out["ledger"]["prm_tokens"] > 0

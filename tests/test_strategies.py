@@ -1,10 +1,10 @@
 """Every strategy on seeded simulated engines with known error rates (no Ray, no models)."""
 
 import asyncio
-import random
 from math import comb
 
 import pytest
+from sim import SimPolicy, SimPRM
 
 from nexus_ray.search import registry
 from nexus_ray.search.adaptive import prob_leader_is_majority
@@ -13,10 +13,20 @@ from nexus_ray.search.ledger import Budget
 from nexus_ray.search.particles import resampling_weights
 from nexus_ray.tasks import arith
 from nexus_ray.tasks.format import ARITH
-from sim import SimPolicy, SimPRM
 
 PROBLEMS = [p for p in arith.generate_set(60, seed=4) if p.level >= 3]
-ALL = ["greedy", "best_of_n", "majority", "weighted", "adaptive", "beam", "dvts", "lookahead", "mcts", "particles"]
+ALL = [
+    "greedy",
+    "best_of_n",
+    "majority",
+    "weighted",
+    "adaptive",
+    "beam",
+    "dvts",
+    "lookahead",
+    "mcts",
+    "particles",
+]
 
 
 def run(name, problem, policy, prm, generations=16, budget=None, seed=0, overrides=None):
@@ -94,7 +104,9 @@ def test_majority_vote_matches_the_binomial_formula():
 def test_a_perfect_prm_fixes_what_the_policy_can_reach(name):
     policy = SimPolicy(0.3)
     single = sum(run("greedy", p, SimPolicy(0.3), None).answer == p.answer for p in PROBLEMS) / len(PROBLEMS)
-    solved = sum(run(name, p, policy, SimPRM(), generations=32).answer == p.answer for p in PROBLEMS) / len(PROBLEMS)
+    solved = sum(run(name, p, policy, SimPRM(), generations=32).answer == p.answer for p in PROBLEMS) / len(
+        PROBLEMS
+    )
     assert solved >= 0.95 and solved > single
     if name == "beam":
         assert solved == 1.0
@@ -160,7 +172,9 @@ def test_prefix_caching_charges_each_prefix_once():
     assert ledger.policy_prefill_tokens == 8 + 2 + 0
     uncached, cached = SimPolicy(0.3), SimPolicy(0.3)
     a = run("beam", PROBLEMS[0], uncached, SimPRM())
-    ctx = SearchContext(cached, SimPRM(), ARITH.prompt(PROBLEMS[0].expression), ARITH, None, 0, prefix_caching=True)
+    ctx = SearchContext(
+        cached, SimPRM(), ARITH.prompt(PROBLEMS[0].expression), ARITH, None, 0, prefix_caching=True
+    )
     b = asyncio.run(registry.run("beam", ctx, 16))
     assert b.answer == a.answer and b.ledger.policy_generated_tokens == a.ledger.policy_generated_tokens
     assert b.ledger.policy_prefill_tokens < a.ledger.policy_prefill_tokens

@@ -23,15 +23,26 @@ ENV = os.environ | {"RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(ROOT)}
 def run_script(script: str, config: dict, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
     path = tmp_path / "search.yaml"
     path.write_text(yaml.safe_dump(config))
-    return subprocess.run([sys.executable, str(ROOT / "tune" / script), "--config", str(path), *extra],
-                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "tune" / script), "--config", str(path), *extra],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def test_merge_search_beats_uniform_linear_and_its_best_rescores_the_same(tmp_path):
     config = yaml.safe_load((ROOT / "tune" / "configs" / "merge-zoo.yaml").read_text())
     # One trial at a time: Optuna's proposals and ASHA's cuts then do not depend on timing.
-    config |= {"name": "tiny-merge", "num_samples": 6, "problems": [15, 30], "max_concurrent_trials": 1,
-               "storage_path": str(tmp_path / "tune")}
+    config |= {
+        "name": "tiny-merge",
+        "num_samples": 6,
+        "problems": [15, 30],
+        "max_concurrent_trials": 1,
+        "storage_path": str(tmp_path / "tune"),
+    }
     run = run_script("merge_search.py", config, tmp_path)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     out = tmp_path / "tune" / "tiny-merge"
@@ -48,8 +59,13 @@ def test_merge_search_beats_uniform_linear_and_its_best_rescores_the_same(tmp_pa
 
 def test_yarn_search_beats_no_scaling_at_4x_and_its_best_reevaluates_the_same(tmp_path):
     config = yaml.safe_load((ROOT / "tune" / "configs" / "yarn-zoo.yaml").read_text())
-    config |= {"name": "tiny-yarn", "num_samples": 5, "documents": 2, "passkey_trials": 4,
-               "storage_path": str(tmp_path / "tune")}
+    config |= {
+        "name": "tiny-yarn",
+        "num_samples": 5,
+        "documents": 2,
+        "passkey_trials": 4,
+        "storage_path": str(tmp_path / "tune"),
+    }
     run = run_script("yarn_search.py", config, tmp_path)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     out = tmp_path / "tune" / "tiny-yarn-512"
@@ -61,12 +77,17 @@ def test_yarn_search_beats_no_scaling_at_4x_and_its_best_reevaluates_the_same(tm
     assert block["rope_parameters"]["rope_type"] == "yarn" and block["max_position_embeddings"] == 512
 
 
-@pytest.mark.parametrize("script,bad,message", [
-    ("merge_search.py", {"base_model": "arith-policy", "models": ["arith-expert-mul"]}, "models"),
-    ("merge_search.py", {"base_model": "arith-policy", "models": ["arith-expert-mul", "nope"]}, "nope"),
-    ("yarn_search.py", {"target_length": 512, "beta_slow": [1, 64]}, "beta_slow"),
-    ("yarn_search.py", {"target_length": 64}, "within the model's trained"),
-])
+@pytest.mark.parametrize(
+    "script,bad,message",
+    [
+        ("merge_search.py", {"base_model": "arith-policy", "models": ["arith-expert-mul"]}, "models"),
+        ("merge_search.py", {"base_model": "arith-policy", "models": ["arith-expert-mul", "nope"]}, "nope"),
+        ("yarn_search.py", {"target_length": 512, "beta_slow": [1, 64]}, "beta_slow"),
+        ("yarn_search.py", {"target_length": 64}, "within the model's trained"),
+    ],
+)
 def test_bad_search_configs_are_clear_errors(tmp_path, script, bad, message):
     run = run_script(script, bad | {"storage_path": str(tmp_path / "tune")}, tmp_path)
-    assert run.returncode == 2 and message in run.stdout and "Traceback" not in run.stdout + run.stderr, run.stdout
+    assert run.returncode == 2 and message in run.stdout and "Traceback" not in run.stdout + run.stderr, (
+        run.stdout
+    )

@@ -50,7 +50,9 @@ def test_greedy_completions_match_transformers(vllm_policy, policy_engine):
 
 def test_greedy_logprobs_match_transformers(vllm_policy, policy_engine):
     params = GenerationParams(temperature=0.0, max_tokens=60, logprobs=True)
-    for v, h in zip(vllm_policy.generate_sync(PROMPTS[:5], params), policy_engine.generate_sync(PROMPTS[:5], params)):
+    for v, h in zip(
+        vllm_policy.generate_sync(PROMPTS[:5], params), policy_engine.generate_sync(PROMPTS[:5], params)
+    ):
         assert len(v.completions[0].logprobs) == len(h.completions[0].logprobs)
         for a, b in zip(v.completions[0].logprobs, h.completions[0].logprobs):
             assert math.isclose(a, b, abs_tol=1e-4)
@@ -110,9 +112,23 @@ def test_cli_solve_on_vllm_prints_clean_json():
     import sys
 
     r = subprocess.run(
-        [sys.executable, "-m", "nexus_ray.cli", "solve", "3*4+5", "--engine", "vllm", "--strategy", "weighted",
-         "--budget", "2", "--json"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "nexus_ray.cli",
+            "solve",
+            "3*4+5",
+            "--engine",
+            "vllm",
+            "--strategy",
+            "weighted",
+            "--budget",
+            "2",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout)  # vLLM's logs go to stderr, not into the JSON

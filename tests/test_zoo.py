@@ -29,7 +29,13 @@ def test_loads_with_transformers_auto_classes(name, auto_class):
 
 def test_zoo_list_reports_built_models():
     models = {m.name: m for m in list_models()}
-    assert set(models) == {"arith-policy", "arith-prm", "arith-expert-addsub", "arith-expert-mul", "rope-base"}
+    assert set(models) == {
+        "arith-policy",
+        "arith-prm",
+        "arith-expert-addsub",
+        "arith-expert-mul",
+        "rope-base",
+    }
     assert all(m.parameters and m.size_mb > 0 for m in models.values())
 
 
@@ -60,7 +66,9 @@ def test_policy_is_imperfect_on_hard_problems(policy_engine):
     results = policy_engine.generate_sync(
         [ARITH.prompt(e.problem) for e in hard], GenerationParams(temperature=0.0, max_tokens=200)
     )
-    accuracy = sum(is_equivalent(ARITH.answer(r.completions[0].text), e.answer) for e, r in zip(hard, results))
+    accuracy = sum(
+        is_equivalent(ARITH.answer(r.completions[0].text), e.answer) for e, r in zip(hard, results)
+    )
     assert accuracy / len(hard) < 0.7  # search needs something to fix
 
 

@@ -1,7 +1,7 @@
 """Ray Tune search over merge coefficients (see nexus_ray/tuning/merge_search.py, or --help).
 
-    python tune/merge_search.py --config tune/configs/merge-zoo.yaml
-    ray job submit --working-dir . -- python tune/merge_search.py --config tune/configs/merge-zoo.yaml
+python tune/merge_search.py --config tune/configs/merge-zoo.yaml
+ray job submit --working-dir . -- python tune/merge_search.py --config tune/configs/merge-zoo.yaml
 """
 
 from nexus_ray.tuning.merge_search import main

@@ -38,8 +38,13 @@ def build_reward_engine(config: RewardConfig) -> RewardEngine:
     from nexus_ray.engines.hf import HFRewardEngine
 
     return HFRewardEngine(
-        path, config.device, _hf_dtype(config), config.step_separator, config.max_batch_size,
-        config.positive_label, config.hf_overrides,
+        path,
+        config.device,
+        _hf_dtype(config),
+        config.step_separator,
+        config.max_batch_size,
+        config.positive_label,
+        config.hf_overrides,
     )
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from typing import Any, Callable, Hashable, TypeVar
+from collections.abc import Callable, Hashable
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -43,7 +44,7 @@ class MicroBatcher:
                     merged = [item for items, _ in calls for item in items]
                     try:
                         results = await asyncio.to_thread(self._run, key, merged)
-                    except Exception as err:  # every caller of the batch sees the error
+                    except Exception as err:  # noqa: BLE001 - every caller of the batch sees the error
                         for _, future in calls:
                             if not future.done():
                                 future.set_exception(err)

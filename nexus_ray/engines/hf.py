@@ -16,8 +16,6 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
-from nexus_ray.engines.batching import MicroBatcher
-from nexus_ray.engines.prm_format import encode_steps
 from nexus_ray.engines.base import (
     Completion,
     GenerationParams,
@@ -26,6 +24,8 @@ from nexus_ray.engines.base import (
     ScoreResult,
     prompt_seed,
 )
+from nexus_ray.engines.batching import MicroBatcher
+from nexus_ray.engines.prm_format import encode_steps
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -34,8 +34,6 @@ def _device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
 
 
 def _load(
@@ -53,7 +51,9 @@ def _load(
     for key, value in (overrides or {}).items():
         setattr(config, key, value)
     engine.model = (
-        auto_class.from_pretrained(engine.model_path, config=config, dtype=_DTYPES[dtype]).to(engine.device).eval()
+        auto_class.from_pretrained(engine.model_path, config=config, dtype=_DTYPES[dtype])
+        .to(engine.device)
+        .eval()
     )
     engine.num_parameters = sum(p.numel() for p in engine.model.parameters())
 
@@ -104,9 +104,7 @@ class HFPolicyEngine:
                 chunk = list(range(start, min(start + per_chunk, len(prompts))))
                 completions = self._decode([encoded[i] for i in chunk], [seeds[i] for i in chunk], params)
                 for k, i in enumerate(chunk):
-                    results.append(
-                        GenerationResult(prompts[i], len(encoded[i]), tuple(completions[k]))
-                    )
+                    results.append(GenerationResult(prompts[i], len(encoded[i]), tuple(completions[k])))
         return results
 
     def _decode(
@@ -214,9 +212,7 @@ class HFPolicyEngine:
             sorted_p = sorted_p * keep
             probs = torch.zeros_like(probs).scatter(1, order, sorted_p)
             probs = probs / probs.sum(-1, keepdim=True)
-        return torch.stack(
-            [torch.multinomial(probs[r], 1, generator=g)[0] for r, g in enumerate(generators)]
-        )
+        return torch.stack([torch.multinomial(probs[r], 1, generator=g)[0] for r, g in enumerate(generators)])
 
 
 def _eos_ids(model, tokenizer) -> list[int]:

@@ -22,9 +22,10 @@ import json
 import os
 import struct
 import threading
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Coroutine, TypeVar
+from typing import Any, TypeVar
 
 from transformers import AutoTokenizer
 
@@ -86,7 +87,9 @@ def _vllm_api() -> _API:
             f"installed vllm {version} has no AsyncEngineArgs.runner (it predates the pooling "
             "runner); nexus_ray needs vllm >= 0.10"
         )
-    return _API(version, AsyncEngineArgs, AsyncLLM, SamplingParams, PoolingParams, TokensPrompt, RequestOutputKind)
+    return _API(
+        version, AsyncEngineArgs, AsyncLLM, SamplingParams, PoolingParams, TokensPrompt, RequestOutputKind
+    )
 
 
 def _engine_args(api: _API, config: EngineConfig, model_path: Path, **extra: Any) -> Any:
@@ -194,7 +197,9 @@ class VLLMPolicyEngine(_VLLMBase):
 
     async def _one(self, ids: list[int], sp: Any) -> Any:
         final = None
-        async for out in self.engine.generate(self.api.TokensPrompt(prompt_token_ids=ids), sp, self._request_id()):
+        async for out in self.engine.generate(
+            self.api.TokensPrompt(prompt_token_ids=ids), sp, self._request_id()
+        ):
             final = out
         if final is None:
             raise RuntimeError("vLLM returned no output for a request")
@@ -249,7 +254,9 @@ class VLLMRewardEngine(_VLLMBase):
     async def _one(self, ids: list[int]) -> Any:
         params = self.api.PoolingParams(task="token_classify")
         final = None
-        async for out in self.engine.encode(self.api.TokensPrompt(prompt_token_ids=ids), params, self._request_id()):
+        async for out in self.engine.encode(
+            self.api.TokensPrompt(prompt_token_ids=ids), params, self._request_id()
+        ):
             final = out
         if final is None:
             raise RuntimeError("vLLM returned no pooling output for a request")

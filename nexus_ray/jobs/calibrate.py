@@ -19,6 +19,7 @@ import time
 from functools import partial
 from pathlib import Path
 
+from nexus_ray.cluster import ray_session
 from nexus_ray.config import local_models
 from nexus_ray.jobs.eval import (
     interleave_levels,
@@ -38,23 +39,43 @@ ESTIMATORS = ("probe", "surprisal", "learned", "oracle")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nexus-ray calibrate", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--dataset", default="arith-calib", help="built-in set or JSONL path; never the set you evaluate on")
-    p.add_argument("--estimator", default="learned",
-                   help="comma list of probe, surprisal, learned, oracle (oracle: benchmarks only)")
+    p = argparse.ArgumentParser(
+        prog="nexus-ray calibrate", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    p.add_argument(
+        "--dataset", default="arith-calib", help="built-in set or JSONL path; never the set you evaluate on"
+    )
+    p.add_argument(
+        "--estimator",
+        default="learned",
+        help="comma list of probe, surprisal, learned, oracle (oracle: benchmarks only)",
+    )
     p.add_argument("--bins", type=int, default=5, help="difficulty bins (equal-count quantiles)")
-    p.add_argument("--sizes", default="4,8,16,32", help="sample counts of the majority/weighted plans in the menu")
-    p.add_argument("--samples", type=int, default=31, help="temperature-1 samples recorded per problem (>= max size - 1)")
+    p.add_argument(
+        "--sizes", default="4,8,16,32", help="sample counts of the majority/weighted plans in the menu"
+    )
+    p.add_argument(
+        "--samples", type=int, default=31, help="temperature-1 samples recorded per problem (>= max size - 1)"
+    )
     p.add_argument("--no-early-exit", action="store_true", help="never stop early on a unanimous probe")
     p.add_argument("--per-level", type=int, default=None, help="use only the first N problems of each level")
-    p.add_argument("--workers", type=int, default=0, help="N Ray tasks in flight over shared model workers (0: this process)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="N Ray tasks in flight over shared model workers (0: this process)",
+    )
     p.add_argument("--concurrency", type=int, default=32, help="problems in flight per process")
     p.add_argument("--engine", choices=["hf", "vllm"], default="hf")
     p.add_argument("--policy", default="arith-policy")
     p.add_argument("--prm", default="arith-prm")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: results/calibration/<dataset>)")
-    p.add_argument("--resume", action="store_true", help="keep the pools already recorded in the output folder")
+    p.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: results/calibration/<dataset>)"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="keep the pools already recorded in the output folder"
+    )
     return p
 
 
@@ -67,7 +88,8 @@ def record(args, examples: list[datasets.Example], fmt: TaskFormat, path: Path) 
     models = local_models(args.engine, args.policy, args.prm)
     solver = partial(replay.record_one, fmt=fmt, samples=args.samples, seed=args.seed)
     if args.workers > 0:
-        run_on_ray(args.workers, models.policy, models.prm, solver, work, path, args.concurrency)
+        with ray_session():
+            run_on_ray(args.workers, models.policy, models.prm, solver, work, path, args.concurrency)
     else:
         run_local(models.policy, models.prm, solver, work, path, args.concurrency)
 
@@ -85,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.bins < 1:
             raise ValueError("--bins must be >= 1")
         examples = select_examples(args.dataset, args.per_level)
-        stamps = (ModelStamp(name=args.policy, fingerprint=model_fingerprint(args.policy)),
-                  ModelStamp(name=args.prm, fingerprint=model_fingerprint(args.prm)))
+        stamps = (
+            ModelStamp(name=args.policy, fingerprint=model_fingerprint(args.policy)),
+            ModelStamp(name=args.prm, fingerprint=model_fingerprint(args.prm)),
+        )
     except (ValueError, FileNotFoundError, datasets.DatasetError) as err:
         print(f"error: {err}")
         return 2
@@ -95,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     pools_path = out / "pools.jsonl"
     if pools_path.exists() and pools_path.stat().st_size and not args.resume:
-        print(f"error: {pools_path} already holds pools; pass --resume to use and extend them, or choose another --out")
+        print(
+            f"error: {pools_path} already holds pools; pass --resume to extend them, or choose another --out"
+        )
         return 2
     start = time.perf_counter()
     record(args, examples, fmt, pools_path)
@@ -104,8 +130,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"recorded {len(recs)} pools in {time.perf_counter() - start:.0f} s; building tables")
     for name in estimators:
         try:
-            table = build_table(recs, name, dataset=args.dataset, seed=args.seed, policy=stamps[0], prm=stamps[1],
-                                bins=args.bins, sizes=sizes, early_exit=not args.no_early_exit)
+            table = build_table(
+                recs,
+                name,
+                dataset=args.dataset,
+                seed=args.seed,
+                policy=stamps[0],
+                prm=stamps[1],
+                bins=args.bins,
+                sizes=sizes,
+                early_exit=not args.no_early_exit,
+            )
         except ValueError as err:
             print(f"error: {err}")
             return 2
@@ -118,8 +153,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_table(table: PlanTable) -> None:
-    print(f"\nestimator {table.estimator.name}: Spearman vs oracle difficulty on {table.dataset} "
-          f"{table.spearman_vs_oracle:+.3f}; bins at {[round(e, 3) for e in table.edges]}")
+    print(
+        f"\nestimator {table.estimator.name}: Spearman vs oracle difficulty on {table.dataset} "
+        f"{table.spearman_vs_oracle:+.3f}; bins at {[round(e, 3) for e in table.edges]}"
+    )
     budgets = [c.budget for c in table.bins[0].choices]
     print("bin  problems  " + "  ".join(f"{'budget ' + str(b):>24}" for b in budgets))
     for i, b in enumerate(table.bins):
@@ -136,9 +173,19 @@ def plot_curves(table: PlanTable, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, b in enumerate(table.bins):
-        (line,) = ax.plot([c.compute for c in b.choices], [c.cv_accuracy for c in b.choices], marker="o",
-                          label=f"bin {i} ({b.problems} problems)")
-        ax.scatter([o.compute for o in b.options], [o.accuracy for o in b.options], s=8, color=line.get_color(), alpha=0.4)
+        (line,) = ax.plot(
+            [c.compute for c in b.choices],
+            [c.cv_accuracy for c in b.choices],
+            marker="o",
+            label=f"bin {i} ({b.problems} problems)",
+        )
+        ax.scatter(
+            [o.compute for o in b.options],
+            [o.accuracy for o in b.options],
+            s=8,
+            color=line.get_color(),
+            alpha=0.4,
+        )
     ax.set_xscale("log")
     ax.set_xlabel("mean compute per problem (policy-token equivalents, probe included)")
     ax.set_ylabel("accuracy (lines: chosen plans, cross-validated; dots: every plan)")

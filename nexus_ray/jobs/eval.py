@@ -18,13 +18,15 @@ import asyncio
 import json
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from tqdm import tqdm
 
+from nexus_ray.cluster import ray_session
 from nexus_ray.config import EngineConfig, RewardConfig, local_models
 from nexus_ray.search import registry
 from nexus_ray.search.base import SearchContext
@@ -76,7 +78,13 @@ def interleave_levels(examples: list[datasets.Example]) -> list[datasets.Example
 
 
 async def solve_one(
-    policy, prm, item: tuple[datasets.Example, Job], *, fmt: TaskFormat, seed: int, overrides: dict,
+    policy,
+    prm,
+    item: tuple[datasets.Example, Job],
+    *,
+    fmt: TaskFormat,
+    seed: int,
+    overrides: dict,
     token_cap_per_generation: float | None,
 ) -> dict:
     example, job = item
@@ -118,7 +126,13 @@ Solver = Callable[[Any, Any, Any], Awaitable[dict]]  # (policy, prm, work item) 
 
 
 async def solve_all(
-    policy, prm, solver: Solver, work: list, out: Path | None, concurrency: int, progress: bool,
+    policy,
+    prm,
+    solver: Solver,
+    work: list,
+    out: Path | None,
+    concurrency: int,
+    progress: bool,
 ) -> list[dict]:
     """``solver`` on every work item, ``concurrency`` at a time, so their engine calls batch
     together; records are appended to ``out`` as they finish."""
@@ -141,7 +155,11 @@ async def solve_all(
 
 
 def run_local(
-    policy_cfg: EngineConfig, prm_cfg: RewardConfig, solver: Solver, work: list, out: Path | None,
+    policy_cfg: EngineConfig,
+    prm_cfg: RewardConfig,
+    solver: Solver,
+    work: list,
+    out: Path | None,
     concurrency: int = 16,
 ) -> list[dict]:
     """Run ``solver`` on every work item in this process, on engines it loads."""
@@ -157,7 +175,12 @@ def run_local(
 
 
 def run_on_ray(
-    workers: int, policy_cfg: EngineConfig, prm_cfg: RewardConfig, solver: Solver, work: list, out: Path,
+    workers: int,
+    policy_cfg: EngineConfig,
+    prm_cfg: RewardConfig,
+    solver: Solver,
+    work: list,
+    out: Path,
     concurrency: int = 16,
 ) -> list[dict]:
     """Fan the work items out over Ray tasks that share one policy and one PRM worker deployment.
@@ -175,16 +198,20 @@ def run_on_ray(
     from nexus_ray.config import WorkerConfig
     from nexus_ray.serving.workers import PolicyWorker, RewardWorker, connect, worker_options
 
-    if not ray.is_initialized():
-        ray.init(ignore_reinit_error=True, log_to_driver=False)
     serve.start(proxy_location="Disabled")  # no-op when Serve already runs (e.g. the service)
     tag = uuid.uuid4().hex[:6]
     cpus = max(0.1, min(1.0, ray.available_resources().get("CPU", 1) / 4))
     worker = WorkerConfig(num_cpus=cpus)
-    policy = serve.run(PolicyWorker.options(**worker_options(policy_cfg, worker)).bind(policy_cfg.model_dump()),
-                       name=f"eval-policy-{tag}", route_prefix=None)
-    prm = serve.run(RewardWorker.options(**worker_options(prm_cfg, worker)).bind(prm_cfg.model_dump()),
-                    name=f"eval-prm-{tag}", route_prefix=None)
+    policy = serve.run(
+        PolicyWorker.options(**worker_options(policy_cfg, worker)).bind(policy_cfg.model_dump()),
+        name=f"eval-policy-{tag}",
+        route_prefix=None,
+    )
+    prm = serve.run(
+        RewardWorker.options(**worker_options(prm_cfg, worker)).bind(prm_cfg.model_dump()),
+        name=f"eval-prm-{tag}",
+        route_prefix=None,
+    )
 
     @ray.remote(num_cpus=0.05)
     def shard(chunk):
@@ -223,18 +250,26 @@ def summarize(records: list[dict]) -> dict:
         for level in ("all", r["level"]):
             groups[(r["strategy"], r["budget"], level)].append(r)
     rows = []
-    for (strategy, budget, level), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0, str(kv[0][2]))):
-        rows.append({
-            "strategy": strategy,
-            "budget": budget,
-            "level": level,
-            "problems": len(rs),
-            "accuracy": round(sum(r["correct"] for r in rs) / len(rs), 4),
-            "mean_policy_token_equivalents": round(sum(r["ledger"]["policy_token_equivalents"] for r in rs) / len(rs), 1),
-            "mean_generated_tokens": round(sum(r["ledger"]["policy_generated_tokens"] for r in rs) / len(rs), 1),
-            "mean_prm_tokens": round(sum(r["ledger"]["prm_tokens"] for r in rs) / len(rs), 1),
-            "truncated": sum(r["truncated"] for r in rs),
-        })
+    for (strategy, budget, level), rs in sorted(
+        groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0, str(kv[0][2]))
+    ):
+        rows.append(
+            {
+                "strategy": strategy,
+                "budget": budget,
+                "level": level,
+                "problems": len(rs),
+                "accuracy": round(sum(r["correct"] for r in rs) / len(rs), 4),
+                "mean_policy_token_equivalents": round(
+                    sum(r["ledger"]["policy_token_equivalents"] for r in rs) / len(rs), 1
+                ),
+                "mean_generated_tokens": round(
+                    sum(r["ledger"]["policy_generated_tokens"] for r in rs) / len(rs), 1
+                ),
+                "mean_prm_tokens": round(sum(r["ledger"]["prm_tokens"] for r in rs) / len(rs), 1),
+                "truncated": sum(r["truncated"] for r in rs),
+            }
+        )
     return {"rows": rows}
 
 
@@ -248,8 +283,15 @@ def winners(summary: dict) -> list[dict]:
         for budget in budgets:
             pool = [r for r in rows if r["level"] == level and r["budget"] in (budget, None)]
             best = max(pool, key=lambda r: (r["accuracy"], -r["mean_policy_token_equivalents"]))
-            out.append({"level": level, "budget": budget, "strategy": best["strategy"],
-                        "accuracy": best["accuracy"], "compute": best["mean_policy_token_equivalents"]})
+            out.append(
+                {
+                    "level": level,
+                    "budget": budget,
+                    "strategy": best["strategy"],
+                    "accuracy": best["accuracy"],
+                    "compute": best["mean_policy_token_equivalents"],
+                }
+            )
     return out
 
 
@@ -264,14 +306,15 @@ def plot(summary: dict, path: Path) -> None:
     rows_n = -(-len(levels) // cols)
     fig, axes = plt.subplots(rows_n, cols, figsize=(4.5 * cols, 3.6 * rows_n), sharey=True, squeeze=False)
     flat = [ax for row in axes for ax in row]
-    for ax in flat[len(levels):]:
+    for ax in flat[len(levels) :]:
         ax.set_visible(False)
     strategies = sorted({r["strategy"] for r in summary["rows"]})
     for ax, level in zip(flat, levels):
         for s in strategies:
             pts = sorted(
                 (r["mean_policy_token_equivalents"], r["accuracy"])
-                for r in summary["rows"] if r["strategy"] == s and r["level"] == level
+                for r in summary["rows"]
+                if r["strategy"] == s and r["level"] == level
             )
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=s)
@@ -303,25 +346,47 @@ def parse_overrides(items: list[str]) -> dict[str, dict]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nexus-ray eval", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--dataset", default="arith-test", help="built-in set name or JSONL path (problem, answer[, level])")
-    p.add_argument("--strategy", default="greedy,majority,weighted", help=f"comma list of: {', '.join(registry.names())}")
+    p = argparse.ArgumentParser(
+        prog="nexus-ray eval", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    p.add_argument(
+        "--dataset", default="arith-test", help="built-in set name or JSONL path (problem, answer[, level])"
+    )
+    p.add_argument(
+        "--strategy", default="greedy,majority,weighted", help=f"comma list of: {', '.join(registry.names())}"
+    )
     p.add_argument("--budget", default="4,16,64", help="comma list of budgets in generations")
     p.add_argument("--per-level", type=int, default=None, help="use only the first N problems of each level")
     p.add_argument("--param", action="append", default=[], help="strategy.key=value override (repeatable)")
-    p.add_argument("--token-cap", type=float, default=None,
-                   help="hard ceiling in policy-token equivalents per budgeted generation (default: none)")
-    p.add_argument("--workers", type=int, default=0, help="N Ray tasks in flight over shared model workers (0: run in this process)")
-    p.add_argument("--concurrency", type=int, default=16,
-                   help="solves in flight per process; their engine calls are batched together")
+    p.add_argument(
+        "--token-cap",
+        type=float,
+        default=None,
+        help="hard ceiling in policy-token equivalents per budgeted generation (default: none)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="N Ray tasks in flight over shared model workers (0: run in this process)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=16,
+        help="solves in flight per process; their engine calls are batched together",
+    )
     p.add_argument("--engine", choices=["hf", "vllm"], default="hf")
     p.add_argument("--policy", default="arith-policy")
     p.add_argument("--prm", default="arith-prm")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("results"), help="parent folder of the run folder")
     p.add_argument("--run", default=None, help="run name (default: dataset-timestamp)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run: keep its records, do only what is missing")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run: keep its records, do only what is missing",
+    )
     return p
 
 
@@ -348,8 +413,10 @@ def main(argv: list[str] | None = None) -> int:
     records_path = run_dir / "records.jsonl"
     done = load_records(records_path)
     if done and not args.resume:
-        print(f"error: {records_path} already holds {len(done)} records; pass --resume to continue "
-              "that run, or choose another --run")
+        print(
+            f"error: {records_path} already holds {len(done)} records; pass --resume to continue "
+            "that run, or choose another --run"
+        )
         return 2
     # Records outside this selection (another --per-level, say) stay in the file, out of the summary.
     wanted = {(e.problem, j.strategy, j.budget) for e in examples for j in jobs}
@@ -357,16 +424,33 @@ def main(argv: list[str] | None = None) -> int:
     finished = {(r["problem"], r["strategy"], r["budget"]) for r in done}
     # Problem by problem, levels taken in turn: a run stopped early is a level-balanced subsample
     # with every strategy, and --resume completes it.
-    work = [(e, j) for e in interleave_levels(examples) for j in jobs if (e.problem, j.strategy, j.budget) not in finished]
-    print(f"{len(examples)} problems x {len(jobs)} strategy/budget pairs -> {run_dir}"
-          + (f" ({len(done)} done before, {len(work)} to go)" if done else ""))
-    solver = partial(solve_one, fmt=fmt, seed=args.seed, overrides=overrides, token_cap_per_generation=args.token_cap)
+    work = [
+        (e, j)
+        for e in interleave_levels(examples)
+        for j in jobs
+        if (e.problem, j.strategy, j.budget) not in finished
+    ]
+    print(
+        f"{len(examples)} problems x {len(jobs)} strategy/budget pairs -> {run_dir}"
+        + (f" ({len(done)} done before, {len(work)} to go)" if done else "")
+    )
+    solver = partial(
+        solve_one, fmt=fmt, seed=args.seed, overrides=overrides, token_cap_per_generation=args.token_cap
+    )
     if args.workers > 0:
-        records = run_on_ray(args.workers, policy_cfg, prm_cfg, solver, work, records_path, args.concurrency)
+        with ray_session():
+            records = run_on_ray(
+                args.workers, policy_cfg, prm_cfg, solver, work, records_path, args.concurrency
+            )
     else:
         records = run_local(policy_cfg, prm_cfg, solver, work, records_path, args.concurrency)
     records = done + records
-    summary = summarize(records) | {"dataset": args.dataset, "strategies": strategies, "budgets": budgets, "seed": args.seed}
+    summary = summarize(records) | {
+        "dataset": args.dataset,
+        "strategies": strategies,
+        "budgets": budgets,
+        "seed": args.seed,
+    }
     summary["winners"] = winners(summary)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     plot(summary, run_dir / "accuracy_vs_compute.png")
@@ -378,12 +462,16 @@ def main(argv: list[str] | None = None) -> int:
 def print_table(summary: dict) -> None:
     print(f"{'strategy':<12} {'budget':>6} {'level':>5} {'n':>4} {'accuracy':>8} {'compute':>9}")
     for r in summary["rows"]:
-        print(f"{r['strategy']:<12} {str(r['budget'] or '-'):>6} {str(r['level']):>5} {r['problems']:>4} "
-              f"{r['accuracy']:>8.3f} {r['mean_policy_token_equivalents']:>9.0f}")
+        print(
+            f"{r['strategy']:<12} {r['budget'] or '-'!s:>6} {r['level']!s:>5} {r['problems']:>4} "
+            f"{r['accuracy']:>8.3f} {r['mean_policy_token_equivalents']:>9.0f}"
+        )
     print("\nbest strategy per level and budget (ties: cheaper wins)")
     for w in summary["winners"]:
-        print(f"  level {str(w['level']):>3}  budget {w['budget']:>4}: {w['strategy']:<10} "
-              f"accuracy {w['accuracy']:.3f} at {w['compute']:.0f}")
+        print(
+            f"  level {w['level']!s:>3}  budget {w['budget']:>4}: {w['strategy']:<10} "
+            f"accuracy {w['accuracy']:.3f} at {w['compute']:.0f}"
+        )
 
 
 if __name__ == "__main__":

@@ -19,16 +19,29 @@ import torch
 from safetensors import safe_open
 
 ST_DTYPES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
     torch.bool: "BOOL",
 }
 TORCH_DTYPES = {v: k for k, v in ST_DTYPES.items()}
 INDEX = "model.safetensors.index.json"
 SIDE_FILES = ("config.json", "generation_config.json")
 TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
 )
 
 
@@ -49,7 +62,7 @@ class ModelReader:
         for f in files:
             handle = safe_open(self.path / f, framework="pt")
             self._files[f] = handle
-            for name in handle.keys():
+            for name in handle.keys():  # noqa: SIM118 - a safetensors handle is not a dict
                 self._where[name] = f
         self._meta: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
         for name, f in self._where.items():
@@ -93,7 +106,9 @@ def _header(entries: list[tuple[str, torch.dtype, tuple[int, ...]]], metadata: d
 class ShardedWriter:
     """Writes tensors into pre-laid-out safetensors shards of at most ``shard_bytes`` each."""
 
-    def __init__(self, directory: Path, entries: list[tuple[str, torch.dtype, tuple[int, ...]]], shard_bytes: int) -> None:
+    def __init__(
+        self, directory: Path, entries: list[tuple[str, torch.dtype, tuple[int, ...]]], shard_bytes: int
+    ) -> None:
         self.directory = Path(directory)
         groups: list[list] = [[]]
         size = 0
@@ -144,7 +159,7 @@ class ShardedWriter:
             os.close(fd)
         self._fds.clear()
         if self.pending:
-            raise RuntimeError(f"{len(self.pending)} tensors were never written, e.g. {sorted(self.pending)[0]!r}")
+            raise RuntimeError(f"{len(self.pending)} tensors were never written, e.g. {min(self.pending)!r}")
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -159,7 +174,9 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy())
 
 
-def copy_side_files(config_source: Path, tokenizer_source: Path, out: Path, out_dtype: torch.dtype | None) -> None:
+def copy_side_files(
+    config_source: Path, tokenizer_source: Path, out: Path, out_dtype: torch.dtype | None
+) -> None:
     """config.json (its dtype updated) and generation config from one model, tokenizer from another."""
     for f in SIDE_FILES:
         if (config_source / f).exists():

@@ -30,12 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from nexus_ray.merge import sparsify
 from nexus_ray.merge.sparsify import SPARSIFIERS, tensor_generator
-
-# tests/test_merge_methods.py reaches the sparsifiers through this module
-_keep_ranks, magprune = sparsify.keep_ranks, sparsify.magprune
-trim_magnitude, trim_outliers = sparsify.trim_magnitude, sparsify.trim_outliers
 
 EPS_WEIGHT_SUM = 1e-8  # |sum of weights| below this divides by 1
 SLERP_DOT_THRESHOLD = 0.9995  # nearly colinear tensors are interpolated linearly
@@ -163,7 +158,10 @@ class TaskArithmetic:
             for key, default in defaults.items()
         }
         return generalized_task_arithmetic(
-            base, models, weight, params,
+            base,
+            models,
+            weight,
+            params,
             sparsification=self.sparsification,
             consensus=self.consensus,
             normalize=self.normalize if normalize is None else normalize,
@@ -178,14 +176,14 @@ class TaskArithmetic:
 # (task_arithmetic accepts it for mergekit configs).
 FAMILY: dict[str, TaskArithmetic] = {
     #                                 sparsification        consensus  normalize  rescale
-    "task_arithmetic": TaskArithmetic(None,                 False,     False,     False),
-    "ties": TaskArithmetic(           "magnitude",          True,      True,      False),
-    "dare_linear": TaskArithmetic(    "random",             False,     False,     True),
-    "dare_ties": TaskArithmetic(      "random",             True,      False,     True),
-    "della": TaskArithmetic(          "della_magprune",     True,      True,      True),
-    "della_linear": TaskArithmetic(   "della_magprune",     False,     False,     True),
-    "breadcrumbs": TaskArithmetic(    "magnitude_outliers", False,     False,     False),
-    "breadcrumbs_ties": TaskArithmetic("magnitude_outliers", True,     False,     False),
+    "task_arithmetic": TaskArithmetic(None, False, False, False),
+    "ties": TaskArithmetic("magnitude", True, True, False),
+    "dare_linear": TaskArithmetic("random", False, False, True),
+    "dare_ties": TaskArithmetic("random", True, False, True),
+    "della": TaskArithmetic("della_magprune", True, True, True),
+    "della_linear": TaskArithmetic("della_magprune", False, False, True),
+    "breadcrumbs": TaskArithmetic("magnitude_outliers", False, False, False),
+    "breadcrumbs_ties": TaskArithmetic("magnitude_outliers", True, False, False),
 }
 
 # The family's members by name, as callers use them: methods.ties(base, models, weight, density).
@@ -239,7 +237,10 @@ def _family_method(name: str, member: TaskArithmetic) -> Method:
         needs_base=True,
         model_params={"weight": None, **member.model_params},
         global_params={
-            "normalize": member.normalize, "rescale": member.rescale, "lambda": 1.0, "int8_mask": False
+            "normalize": member.normalize,
+            "rescale": member.rescale,
+            "lambda": 1.0,
+            "int8_mask": False,
         },
         random=member.random,
     )

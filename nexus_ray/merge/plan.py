@@ -28,10 +28,20 @@ from nexus_ray.merge.io import ModelReader
 from nexus_ray.zoo.registry import resolve
 
 DTYPES = {
-    "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
 }
 TOP_KEYS = {
-    "merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "tokenizer_source", "name"
+    "merge_method",
+    "base_model",
+    "models",
+    "parameters",
+    "dtype",
+    "out_dtype",
+    "tokenizer_source",
+    "name",
 }
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
 

@@ -12,7 +12,6 @@ visible to every node (a shared filesystem).
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from nexus_ray.cluster import ray_session
 from nexus_ray.merge import methods
 from nexus_ray.merge.io import ModelReader, ShardedWriter, commit, copy_side_files, temp_dir_for, tensor_bytes
 from nexus_ray.merge.plan import Plan, TensorPlan, build
@@ -93,13 +93,16 @@ def merge(
         entries = [(t.name, t.out_dtype, t.shape) for t in plan.tensors]
         writer = ShardedWriter(tmp, entries, shard_bytes)
         total = sum(t.nbytes for t in plan.tensors)
-        bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"merge {plan.method.name}", disable=not progress)
+        bar = tqdm(
+            total=total, unit="B", unit_scale=True, desc=f"merge {plan.method.name}", disable=not progress
+        )
         if workers <= 1:
             for tp in plan.tensors:
                 writer.write(tp.name, tensor_bytes(merge_tensor(plan, tp, seed)))
                 bar.update(tp.nbytes)
         else:
-            _run_ray(plan, writer, workers, seed, bar)
+            with ray_session(num_cpus=workers):
+                _merge_on_ray(plan, writer, workers, seed, bar)
         bar.close()
         writer.close()
         copy_side_files(plan.config_source, plan.tokenizer_source, tmp, plan.out_dtype)
@@ -110,16 +113,9 @@ def merge(
     return MergeStats(out, len(plan.tensors), total, time.perf_counter() - start)
 
 
-def _run_ray(plan: Plan, writer: ShardedWriter, workers: int, seed: int, bar: tqdm) -> None:
+def _merge_on_ray(plan: Plan, writer: ShardedWriter, workers: int, seed: int, bar: tqdm) -> None:
     import ray
 
-    started_here = not ray.is_initialized()  # then it is ours to shut down, so callers can ray.init
-    if started_here:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
-        else:  # a fresh local Ray, never some other cluster that happens to run on this machine
-            ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
     task = ray.remote(num_cpus=1, max_retries=0)(_merge_bytes)
     plan_ref = ray.put(plan)
     todo = sorted(plan.tensors, key=lambda t: -t.nbytes)  # big tensors first: no long tail
@@ -143,5 +139,3 @@ def _run_ray(plan: Plan, writer: ShardedWriter, workers: int, seed: int, bar: tq
     finally:
         for ref in in_flight:
             ray.cancel(ref)
-        if started_here:
-            ray.shutdown()

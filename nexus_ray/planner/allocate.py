@@ -36,7 +36,9 @@ def upper_hull(points: list[Point]) -> list[Point]:
         while len(hull) >= 2:
             a, b = hull[-2], hull[-1]
             # drop b when it lies on or under the chord a -> p
-            if (b.accuracy - a.accuracy) * (p.compute - a.compute) <= (p.accuracy - a.accuracy) * (b.compute - a.compute):
+            if (b.accuracy - a.accuracy) * (p.compute - a.compute) <= (p.accuracy - a.accuracy) * (
+                b.compute - a.compute
+            ):
                 hull.pop()
             else:
                 break

@@ -19,7 +19,14 @@ import time
 import numpy as np
 
 from nexus_ray.planner import replay
-from nexus_ray.planner.difficulty import PROBE_SPECS, Estimator, EstimatorName, LogisticModel, features, spearman
+from nexus_ray.planner.difficulty import (
+    PROBE_SPECS,
+    Estimator,
+    EstimatorName,
+    LogisticModel,
+    features,
+    spearman,
+)
 from nexus_ray.planner.replay import Recorded, Result
 from nexus_ray.planner.table import BinEntry, BudgetChoice, ModelStamp, OptionStats, PlanOption, PlanTable
 
@@ -30,8 +37,12 @@ def menu(sizes: list[int], pool_samples: int) -> list[PlanOption]:
         raise ValueError("plan sizes are numbers of samples >= 2")
     too_big = [n for n in sizes if n > pool_samples + 1]
     if too_big:
-        raise ValueError(f"plan sizes {too_big} need more samples than the pools hold ({pool_samples} + greedy)")
-    return [PlanOption(strategy="stop")] + [PlanOption(strategy=s, n=n) for n in sizes for s in ("majority", "weighted")]
+        raise ValueError(
+            f"plan sizes {too_big} need more samples than the pools hold ({pool_samples} + greedy)"
+        )
+    return [PlanOption(strategy="stop")] + [
+        PlanOption(strategy=s, n=n) for n in sizes for s in ("majority", "weighted")
+    ]
 
 
 def fold(problem: str) -> int:
@@ -43,7 +54,7 @@ def quantile_edges(values: list[float], bins: int) -> list[float]:
     """Upper boundaries of the first bins-1 bins at equal-count quantiles. Each edge is a value
     of the data, so no bin is empty; ties can merge bins (fewer edges)."""
     qs = np.quantile(np.asarray(values), [i / bins for i in range(1, bins)], method="lower")
-    edges = sorted(set(float(q) for q in qs))
+    edges = sorted({float(q) for q in qs})
     if edges and edges[-1] >= max(values):
         edges.pop()
     return edges
@@ -59,7 +70,9 @@ def choose(candidates: list[int], results: dict[int, list[Result]], members: lis
     return max(candidates, key=key)
 
 
-def cross_validated(candidates: list[int], results: dict[int, list[Result]], members: list[int], folds: list[int]) -> float:
+def cross_validated(
+    candidates: list[int], results: dict[int, list[Result]], members: list[int], folds: list[int]
+) -> float:
     """Accuracy of 'choose on one half, score on the other', both ways, over ``members``."""
     halves = [[i for i in members if folds[i] == f] for f in (0, 1)]
     if not halves[0] or not halves[1]:
@@ -81,8 +94,16 @@ def fit_learned(recs: list[Recorded]) -> LogisticModel:
 
 
 def build_table(
-    recs: list[Recorded], estimator_name: EstimatorName, *, dataset: str, seed: int, policy: ModelStamp,
-    prm: ModelStamp, bins: int = 5, sizes: tuple[int, ...] = (4, 8, 16, 32), early_exit: bool = True,
+    recs: list[Recorded],
+    estimator_name: EstimatorName,
+    *,
+    dataset: str,
+    seed: int,
+    policy: ModelStamp,
+    prm: ModelStamp,
+    bins: int = 5,
+    sizes: tuple[int, ...] = (4, 8, 16, 32),
+    early_exit: bool = True,
 ) -> PlanTable:
     if len(recs) < 2 * bins:
         raise ValueError(f"{len(recs)} calibration problems are too few for {bins} bins (need >= {2 * bins})")
@@ -99,22 +120,43 @@ def build_table(
     for b in range(len(edges) + 1):
         members = [i for i, d in enumerate(diffs) if bisect.bisect_left(edges, d) == b]
         stats = [
-            OptionStats(option=opt, compute=_mean(results[o], members, "compute"), accuracy=_mean(results[o], members, "correct"))
+            OptionStats(
+                option=opt,
+                compute=_mean(results[o], members, "compute"),
+                accuracy=_mean(results[o], members, "correct"),
+            )
             for o, opt in enumerate(options)
         ]
         choices = []
         for budget in budgets:
-            candidates = [o for o, opt in enumerate(options) if opt.strategy == "stop" or probe_size < opt.n <= budget]
+            candidates = [
+                o for o, opt in enumerate(options) if opt.strategy == "stop" or probe_size < opt.n <= budget
+            ]
             o = choose(candidates, results, members)
-            choices.append(BudgetChoice(
-                budget=budget, option=options[o], compute=stats[o].compute, accuracy=stats[o].accuracy,
-                cv_accuracy=cross_validated(candidates, results, members, folds),
-            ))
-        entries.append(BinEntry(problems=len(members), weight=len(members) / len(recs), choices=choices, options=stats))
+            choices.append(
+                BudgetChoice(
+                    budget=budget,
+                    option=options[o],
+                    compute=stats[o].compute,
+                    accuracy=stats[o].accuracy,
+                    cv_accuracy=cross_validated(candidates, results, members, folds),
+                )
+            )
+        entries.append(
+            BinEntry(problems=len(members), weight=len(members) / len(recs), choices=choices, options=stats)
+        )
     oracle = [1 - r.pass_at_1 for r in recs]
     return PlanTable(
-        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), dataset=dataset, problems=len(recs), seed=seed,
-        policy=policy, prm=prm, estimator=estimator, early_exit=early_exit, edges=edges, bins=entries,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        dataset=dataset,
+        problems=len(recs),
+        seed=seed,
+        policy=policy,
+        prm=prm,
+        estimator=estimator,
+        early_exit=early_exit,
+        edges=edges,
+        bins=entries,
         spearman_vs_oracle=round(spearman(diffs, oracle), 4),
     )
 

@@ -120,7 +120,7 @@ class LogisticModel(BaseModel):
         return 1.0 / (1.0 + np.exp(-(z @ np.array(self.weights) + self.bias)))
 
     @classmethod
-    def fit(cls, x: np.ndarray, y: np.ndarray, l2: float = 1e-2, steps: int = 50) -> "LogisticModel":
+    def fit(cls, x: np.ndarray, y: np.ndarray, l2: float = 1e-2, steps: int = 50) -> LogisticModel:
         """Newton's method on the mean cross-entropy; converges in a few dozen steps."""
         mean, scale = x.mean(0), x.std(0)
         scale[scale == 0] = 1.0
@@ -146,7 +146,7 @@ class Estimator(BaseModel):
     model: LogisticModel | None = None
 
     @classmethod
-    def named(cls, name: EstimatorName, model: LogisticModel | None = None) -> "Estimator":
+    def named(cls, name: EstimatorName, model: LogisticModel | None = None) -> Estimator:
         if name == "learned" and model is None:
             raise ValueError("the learned estimator needs a fitted model (nexus-ray calibrate fits it)")
         return cls(name=name, probe=PROBE_SPECS[name], model=model)

@@ -41,15 +41,21 @@ def probe_answer(probe: Probe) -> int:
 
 
 async def execute(
-    sampler: Sampler, probe: Probe, option: PlanOption, ledger: ComputeLedger,
-    budget: Budget | None = None, early_exit: bool = True,
+    sampler: Sampler,
+    probe: Probe,
+    option: PlanOption,
+    ledger: ComputeLedger,
+    budget: Budget | None = None,
+    early_exit: bool = True,
 ) -> Outcome:
     """Extend the probe to ``option.n`` samples and vote; stop at the probe when the option says
     so, when the probe is unanimous (``early_exit``), or when the budget has no room."""
     unanimous_exit = early_exit and probe.unanimous and option.strategy != "stop"
     if option.strategy == "stop" or unanimous_exit:
         i = probe_answer(probe)
-        return Outcome(probe.samples[i].answer, probe.samples[i].text, list(probe.samples), unanimous_exit, False)
+        return Outcome(
+            probe.samples[i].answer, probe.samples[i].text, list(probe.samples), unanimous_exit, False
+        )
     weighted = option.strategy == "weighted"
     more = max(0, option.n - len(probe.samples))
     fit = affordable(budget, ledger, sampler.prompt_tokens, more, sampler.max_tokens, weighted)
@@ -74,8 +80,14 @@ class Planned:
 
     def to_search_result(self) -> SearchResult:
         candidates = [Candidate(s.text, s.answer, s.prm) for s in self.outcome.candidates]
-        return SearchResult("planner", self.outcome.answer, self.outcome.solution, self.ledger, candidates,
-                            self.outcome.truncated)
+        return SearchResult(
+            "planner",
+            self.outcome.answer,
+            self.outcome.solution,
+            self.ledger,
+            candidates,
+            self.outcome.truncated,
+        )
 
     def to_dict(self) -> dict:
         return {
@@ -94,8 +106,14 @@ def draw(problem: str) -> float:
 
 
 async def solve(
-    sampler: Sampler, problem: str, table: PlanTable, allocation: Allocation, ledger: ComputeLedger,
-    budget: Budget | None = None, estimator: Estimator | None = None, oracle_pass_at_1: float | None = None,
+    sampler: Sampler,
+    problem: str,
+    table: PlanTable,
+    allocation: Allocation,
+    ledger: ComputeLedger,
+    budget: Budget | None = None,
+    estimator: Estimator | None = None,
+    oracle_pass_at_1: float | None = None,
 ) -> Planned:
     """Probe, bin, and run the allocation's plan for the bin (``estimator`` overrides the
     table's, for benchmarks that swap in the oracle)."""
@@ -109,7 +127,10 @@ async def solve(
 
 
 async def run_plan(
-    plan: Plan, ctx: SearchContext, problem: str, table: PlanTable | None,
+    plan: Plan,
+    ctx: SearchContext,
+    problem: str,
+    table: PlanTable | None,
 ) -> tuple[SearchResult, Plan]:
     """Run a plan on the context's engines within its Budget: the named strategy, or for a table
     plan the bin's plan for ``problem``. Returns the result and the plan as it ran (a table plan

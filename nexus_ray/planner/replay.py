@@ -44,12 +44,20 @@ class Recorded:
         return ComputeLedger(self.policy_parameters, self.prm_parameters)
 
 
-async def record_one(policy, prm, example: datasets.Example, *, fmt: TaskFormat, samples: int, seed: int) -> dict:
+async def record_one(
+    policy, prm, example: datasets.Example, *, fmt: TaskFormat, samples: int, seed: int
+) -> dict:
     """A work item for the eval harness's runners: one problem's pool, as a JSON-able record."""
     ctx = SearchContext(policy, prm, fmt.prompt(example.problem), fmt, None, seed)
     pool = await record_pool(ctx, example.problem, samples)
-    return {**pool.to_dict(), "gold": example.answer, "level": example.level, "answer_kind": fmt.answer_kind,
-            "policy_parameters": policy.num_parameters, "prm_parameters": prm.num_parameters}
+    return {
+        **pool.to_dict(),
+        "gold": example.answer,
+        "level": example.level,
+        "answer_kind": fmt.answer_kind,
+        "policy_parameters": policy.num_parameters,
+        "prm_parameters": prm.num_parameters,
+    }
 
 
 def load_pools(path: Path) -> list[Recorded]:
@@ -58,8 +66,16 @@ def load_pools(path: Path) -> list[Recorded]:
         if not line.strip():
             continue
         d = json.loads(line)
-        out.append(Recorded(Pool.from_dict(d), d["gold"], d["level"], d["policy_parameters"],
-                            d["prm_parameters"], d["answer_kind"]))
+        out.append(
+            Recorded(
+                Pool.from_dict(d),
+                d["gold"],
+                d["level"],
+                d["policy_parameters"],
+                d["prm_parameters"],
+                d["answer_kind"],
+            )
+        )
     return out
 
 
@@ -87,10 +103,13 @@ async def _option(rec: Recorded, estimator: Estimator, option: PlanOption, early
     return Result(rec.correct(outcome.answer), ledger.policy_token_equivalents)
 
 
-async def _planned(rec: Recorded, table: PlanTable, allocation: Allocation, estimator: Estimator | None) -> Result:
+async def _planned(
+    rec: Recorded, table: PlanTable, allocation: Allocation, estimator: Estimator | None
+) -> Result:
     ledger = rec.ledger()
-    planned = await solve(ReplaySampler(rec.pool), rec.pool.problem, table, allocation, ledger, None,
-                          estimator, rec.pass_at_1)
+    planned = await solve(
+        ReplaySampler(rec.pool), rec.pool.problem, table, allocation, ledger, None, estimator, rec.pass_at_1
+    )
     return Result(rec.correct(planned.outcome.answer), ledger.policy_token_equivalents, planned)
 
 
@@ -117,12 +136,17 @@ def difficulties(recs: list[Recorded], estimator: Estimator) -> list[float]:
     return asyncio.run(_gather(_difficulty(r, estimator) for r in recs))
 
 
-def option_results(recs: list[Recorded], estimator: Estimator, option: PlanOption, early_exit: bool) -> list[Result]:
+def option_results(
+    recs: list[Recorded], estimator: Estimator, option: PlanOption, early_exit: bool
+) -> list[Result]:
     return asyncio.run(_gather(_option(r, estimator, option, early_exit) for r in recs))
 
 
 def planned_results(
-    recs: list[Recorded], table: PlanTable, allocation: Allocation, estimator: Estimator | None = None,
+    recs: list[Recorded],
+    table: PlanTable,
+    allocation: Allocation,
+    estimator: Estimator | None = None,
 ) -> list[Result]:
     return asyncio.run(_gather(_planned(r, table, allocation, estimator) for r in recs))
 

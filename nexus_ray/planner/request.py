@@ -73,5 +73,11 @@ class Planner:
         mixes = self.allocation.mixes
         chosen = [self.table.bins[b].choices[i] for b, m in enumerate(mixes) for i in (m.low, m.high)]
         params = {"mixes": [[m.low, m.high, m.p_high] for m in mixes]}
-        return Plan(PLANNED, max(c.option.n for c in chosen), params, "table",
-                    reserved=max(c.compute for c in chosen), allocation=self.allocation)
+        return Plan(
+            PLANNED,
+            max(c.option.n for c in chosen),
+            params,
+            "table",
+            reserved=max(c.compute for c in chosen),
+            allocation=self.allocation,
+        )

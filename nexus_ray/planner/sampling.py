@@ -12,8 +12,9 @@ samples per question the same way).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Callable, Protocol
+from typing import Protocol
 
 from nexus_ray.engines.base import Completion, GenerationParams, ScoreResult
 from nexus_ray.search.aggregate import aggregate_steps
@@ -73,7 +74,9 @@ class EngineSampler:
         # Each call gets its own seed, so a later call does not redraw the probe's samples.
         seed = None if self.ctx.seed is None else self.ctx.seed + 7919 * self._calls
         self._calls += 1
-        params = GenerationParams(n=n, temperature=temperature, max_tokens=self.max_tokens, seed=seed, logprobs=True)
+        params = GenerationParams(
+            n=n, temperature=temperature, max_tokens=self.max_tokens, seed=seed, logprobs=True
+        )
         completions = await draw(self.ctx, ledger, params)
         return [Sample(self.ctx.fmt.answer(c.text), c.num_tokens, _surprisal(c), c.text) for c in completions]
 
@@ -107,14 +110,24 @@ class Pool:
     samples: tuple[Sample, ...]
 
     def to_dict(self) -> dict:
-        strip = lambda s: {k: v for k, v in asdict(s).items() if k not in ("text", "ref")}  # noqa: E731
-        return {"problem": self.problem, "prompt": self.prompt, "prompt_tokens": self.prompt_tokens,
-                "greedy": strip(self.greedy), "samples": [strip(s) for s in self.samples]}
+        strip = lambda s: {k: v for k, v in asdict(s).items() if k not in ("text", "ref")}
+        return {
+            "problem": self.problem,
+            "prompt": self.prompt,
+            "prompt_tokens": self.prompt_tokens,
+            "greedy": strip(self.greedy),
+            "samples": [strip(s) for s in self.samples],
+        }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Pool":
-        return cls(d["problem"], d["prompt"], d["prompt_tokens"], Sample(**d["greedy"]),
-                   tuple(Sample(**s) for s in d["samples"]))
+    def from_dict(cls, d: dict) -> Pool:
+        return cls(
+            d["problem"],
+            d["prompt"],
+            d["prompt_tokens"],
+            Sample(**d["greedy"]),
+            tuple(Sample(**s) for s in d["samples"]),
+        )
 
     def pass_at_1(self, correct: Callable[[str | None], bool]) -> float:
         """Fraction of the temperature-1 samples that are right: the oracle's difficulty signal."""

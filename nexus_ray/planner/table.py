@@ -116,7 +116,7 @@ class PlanTable(_Strict):
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: str | Path) -> "PlanTable":
+    def load(cls, path: str | Path) -> PlanTable:
         path = Path(path)
         if not path.is_file():
             raise TableError(f"plan table {path} not found: run `nexus-ray calibrate` to make one")

@@ -109,7 +109,9 @@ def vllm_yarn_keys() -> set[str]:
     return {k for k in (*_YARN_OPTIONAL, "attn_factor") if f'"{k}"' in source and k in accepted}
 
 
-def _for_installed_vllm(rope: RopeConfig, params: dict[str, Any], keys: set[str] | None = None) -> dict[str, Any]:
+def _for_installed_vllm(
+    rope: RopeConfig, params: dict[str, Any], keys: set[str] | None = None
+) -> dict[str, Any]:
     """Rewrite YaRN keys the installed vLLM would drop into ones it honours, or fail."""
     if rope.rope_type == "longrope":
         # vLLM's LongRoPE class takes the magnitude as short/long mscale, never attention_factor.

@@ -22,8 +22,9 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -182,14 +183,21 @@ def compare(
     best = {}
     for length in map(str, sorted(lengths)):
         ppl = {m: round(results[m]["perplexity"][length], 9) for m in results}
-        key = {m: (r["passkey"][length]["accuracy"], -round(r["passkey"][length]["answer_nll"], 9))
-               for m, r in results.items()}
+        key = {
+            m: (r["passkey"][length]["accuracy"], -round(r["passkey"][length]["answer_nll"], 9))
+            for m, r in results.items()
+        }
         best[length] = {  # every method tied for the best (at factor 1 they all are)
             "perplexity": [m for m in results if ppl[m] == min(ppl.values())],
             "passkey": [m for m in results if key[m] == max(key.values())],
         }
-    return {"model": str(model_dir), "original_context": original, "lengths": sorted(lengths),
-            "methods": results, "best": best}
+    return {
+        "model": str(model_dir),
+        "original_context": original,
+        "lengths": sorted(lengths),
+        "methods": results,
+        "best": best,
+    }
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
@@ -227,7 +235,10 @@ def plot(summary: dict[str, Any], path: Path) -> None:
 def table(summary: dict[str, Any]) -> str:
     """A Markdown table: perplexity / passkey accuracy per method and length, best per length."""
     lengths = [str(n) for n in summary["lengths"]]
-    rows = ["| method | " + " | ".join(f"{n} tokens" for n in lengths) + " |", "|---" * (len(lengths) + 1) + "|"]
+    rows = [
+        "| method | " + " | ".join(f"{n} tokens" for n in lengths) + " |",
+        "|---" * (len(lengths) + 1) + "|",
+    ]
     for method, r in summary["methods"].items():
         cells = [f"{r['perplexity'][n]:.3f} / {r['passkey'][n]['accuracy']:.0%}" for n in lengths]
         rows.append(f"| {method} | " + " | ".join(cells) + " |")
@@ -236,6 +247,9 @@ def table(summary: dict[str, Any]) -> str:
     def names(tied: list[str]) -> str:
         return "all equal" if len(tied) == len(summary["methods"]) > 1 else ", ".join(tied)
 
-    rows.append("| **best** | " + " | ".join(f"{names(best[n]['perplexity'])} / {names(best[n]['passkey'])}"
-                                            for n in lengths) + " |")
+    rows.append(
+        "| **best** | "
+        + " | ".join(f"{names(best[n]['perplexity'])} / {names(best[n]['passkey'])}" for n in lengths)
+        + " |"
+    )
     return "\n".join(rows)

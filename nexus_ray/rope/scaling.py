@@ -36,7 +36,7 @@ class RopeBase:
     max_position_embeddings: int
 
     @classmethod
-    def from_hf_config(cls, config: Any) -> "RopeBase":
+    def from_hf_config(cls, config: Any) -> RopeBase:
         """From a transformers config (v5 ``rope_parameters`` or a v4-style ``rope_theta``)."""
         params = getattr(config, "rope_parameters", None) or {}
         theta = params.get("rope_theta", getattr(config, "rope_theta", None))
@@ -155,8 +155,9 @@ def check_fits(rope: RopeConfig, base: RopeBase) -> None:
     for name in ("long_factor", "short_factor"):
         values = getattr(rope, name)
         if values is not None and len(values) != base.dim // 2:
+            pairs = base.dim // 2
             raise ValueError(
-                f"{name} has {len(values)} entries; this model has {base.dim // 2} rotary pairs (dim {base.dim})"
+                f"{name} has {len(values)} entries; the model has {pairs} rotary pairs (dim {base.dim})"
             )
 
 

@@ -21,7 +21,7 @@ class StrategyParams(BaseModel):
     max_tokens: int = 256
 
     @classmethod
-    def for_budget(cls, generations: int, **overrides) -> "StrategyParams":
+    def for_budget(cls, generations: int, **overrides) -> StrategyParams:
         """Parameters that spend about ``generations`` full samples."""
         return cls(**overrides)
 
@@ -62,7 +62,11 @@ class SearchContext:
 
 
 def worst_case(
-    ctx: SearchContext, ledger: ComputeLedger, paths: list[Path], samples_each: int, max_step_tokens: int,
+    ctx: SearchContext,
+    ledger: ComputeLedger,
+    paths: list[Path],
+    samples_each: int,
+    max_step_tokens: int,
     lookahead: int = 0,
 ) -> float:
     """Worst-case cost of expanding ``paths`` one step (plus a k-step rollout per child) and scoring."""

@@ -25,20 +25,22 @@ class BeamParams(ScoredSearchParams):
     temperature: float = 0.8
 
     @model_validator(mode="after")
-    def _check(self) -> "BeamParams":
+    def _check(self) -> BeamParams:
         if self.m < 1 or self.n < self.m or self.n % self.m:
             raise ValueError(f"beam needs n a multiple of m >= 1 (got n={self.n}, m={self.m})")
         return self
 
     @classmethod
-    def for_budget(cls, generations: int, **overrides) -> "BeamParams":
+    def for_budget(cls, generations: int, **overrides) -> BeamParams:
         m = overrides.get("m", 4)
         k = overrides.get("lookahead", 0)
         n = max(m, (generations // (k + 1)) // m * m)
         return cls(**{"n": n, "m": m, **overrides})
 
 
-async def _rollout_scores(ctx: SearchContext, ledger, paths: list[Path], params: BeamParams, seed) -> list[Path]:
+async def _rollout_scores(
+    ctx: SearchContext, ledger, paths: list[Path], params: BeamParams, seed
+) -> list[Path]:
     """Score each path by the PRM at the end of a k-step greedy rollout (the path keeps its text)."""
     prm = ctx.require_prm("lookahead")
     rolled = list(paths)
@@ -46,7 +48,17 @@ async def _rollout_scores(ctx: SearchContext, ledger, paths: list[Path], params:
         live = [i for i, p in enumerate(rolled) if not p.done]
         if not live:
             break
-        kids = await expand(ctx.policy, ledger, ctx.prompt, ctx.fmt, [rolled[i] for i in live], 1, 0.0, params.max_step_tokens, seed)
+        kids = await expand(
+            ctx.policy,
+            ledger,
+            ctx.prompt,
+            ctx.fmt,
+            [rolled[i] for i in live],
+            1,
+            0.0,
+            params.max_step_tokens,
+            seed,
+        )
         for i, k in zip(live, kids):
             rolled[i] = k[0]
     scored = await score(prm, ledger, ctx.prompt, ctx.fmt, rolled, params.aggregation)
@@ -61,11 +73,27 @@ async def run_beam(ctx: SearchContext, params: BeamParams, name: str) -> SearchR
     truncated = False
     for r in range(params.max_rounds):
         samples_each = params.n if r == 0 else params.m
-        if not ctx.fits(ledger, worst_case(ctx, ledger, active, samples_each, params.max_step_tokens, params.lookahead)):
+        if not ctx.fits(
+            ledger, worst_case(ctx, ledger, active, samples_each, params.max_step_tokens, params.lookahead)
+        ):
             truncated = True
             break
         seed = round_seed(ctx.seed, r)
-        children = [c for kids in await expand(ctx.policy, ledger, ctx.prompt, ctx.fmt, active, samples_each, params.temperature, params.max_step_tokens, seed) for c in kids]
+        children = [
+            c
+            for kids in await expand(
+                ctx.policy,
+                ledger,
+                ctx.prompt,
+                ctx.fmt,
+                active,
+                samples_each,
+                params.temperature,
+                params.max_step_tokens,
+                seed,
+            )
+            for c in kids
+        ]
         if params.lookahead:
             children = await _rollout_scores(ctx, ledger, children, params, seed)
         else:

@@ -21,7 +21,7 @@ class BestOfNParams(ScoredSearchParams):
     temperature: float = 1.0
 
     @classmethod
-    def for_budget(cls, generations: int, **overrides) -> "BestOfNParams":
+    def for_budget(cls, generations: int, **overrides) -> BestOfNParams:
         return cls(**{"n": max(1, generations), **overrides})
 
 
@@ -45,7 +45,9 @@ async def sample_and_select(
     ]
 
 
-def choose(name: str, candidates: list[Candidate], params: BestOfNParams, ledger: ComputeLedger, truncated: bool) -> SearchResult:
+def choose(
+    name: str, candidates: list[Candidate], params: BestOfNParams, ledger: ComputeLedger, truncated: bool
+) -> SearchResult:
     if not candidates:
         return SearchResult(name, None, "", ledger, [], truncated=True)
     scores = None if params.selection == "majority" else [c.score or 0.0 for c in candidates]

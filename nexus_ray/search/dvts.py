@@ -29,14 +29,28 @@ async def dvts(ctx: SearchContext, params: DVTSParams) -> SearchResult:
         live = [i for i, p in enumerate(subtrees) if not p.done]
         if not live:
             break
-        if not ctx.fits(ledger, worst_case(ctx, ledger, [subtrees[i] for i in live], params.m, params.max_step_tokens)):
+        if not ctx.fits(
+            ledger, worst_case(ctx, ledger, [subtrees[i] for i in live], params.m, params.max_step_tokens)
+        ):
             truncated = True
             break
-        kids = await expand(ctx.policy, ledger, ctx.prompt, ctx.fmt, [subtrees[i] for i in live], params.m, params.temperature, params.max_step_tokens, round_seed(ctx.seed, r))
+        kids = await expand(
+            ctx.policy,
+            ledger,
+            ctx.prompt,
+            ctx.fmt,
+            [subtrees[i] for i in live],
+            params.m,
+            params.temperature,
+            params.max_step_tokens,
+            round_seed(ctx.seed, r),
+        )
         flat = await score(prm, ledger, ctx.prompt, ctx.fmt, [c for k in kids for c in k], params.aggregation)
         for j, i in enumerate(live):
             group = flat[j * params.m : (j + 1) * params.m]
             subtrees[i] = max(group, key=lambda c: c.score or 0.0)
     ledger.generations += params.n
     finished = [p for p in subtrees if p.done]
-    return paths_result("dvts", ctx.fmt, finished or subtrees, params.selection, ledger, truncated or not finished)
+    return paths_result(
+        "dvts", ctx.fmt, finished or subtrees, params.selection, ledger, truncated or not finished
+    )

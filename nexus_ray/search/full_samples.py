@@ -10,12 +10,20 @@ from nexus_ray.search.base import SearchContext
 from nexus_ray.search.ledger import Budget, ComputeLedger, worst_case_round
 
 
-def affordable(budget: Budget | None, ledger: ComputeLedger, prompt_tokens: int, wanted: int, max_tokens: int,
-               scored: bool) -> int:
+def affordable(
+    budget: Budget | None,
+    ledger: ComputeLedger,
+    prompt_tokens: int,
+    wanted: int,
+    max_tokens: int,
+    scored: bool,
+) -> int:
     """How many of ``wanted`` full samples of a prompt fit the budget in the worst case."""
     k = wanted
-    while k > 0 and budget is not None and not budget.fits(
-        ledger, worst_case_round(ledger, [prompt_tokens], k, max_tokens, scored)
+    while (
+        k > 0
+        and budget is not None
+        and not budget.fits(ledger, worst_case_round(ledger, [prompt_tokens], k, max_tokens, scored))
     ):
         k -= 1
     return k
@@ -30,7 +38,10 @@ async def draw(ctx: SearchContext, ledger: ComputeLedger, params: GenerationPara
 
 
 async def score(
-    ctx: SearchContext, ledger: ComputeLedger, solutions: list[str], strategy: str,
+    ctx: SearchContext,
+    ledger: ComputeLedger,
+    solutions: list[str],
+    strategy: str,
 ) -> list[ScoreResult]:
     """PRM step scores of whole solutions in one call, charged to the ledger (``strategy``
     names who needs the PRM when the context has none)."""

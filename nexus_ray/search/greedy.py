@@ -18,13 +18,19 @@ async def greedy(ctx: SearchContext, params: GreedyParams) -> SearchResult:
     ledger = ctx.new_ledger()
     prompt_tokens = ctx.policy.count_tokens(ctx.prompt)
     max_tokens = params.max_tokens
-    while max_tokens > 0 and not ctx.fits(ledger, worst_case_round(ledger, [prompt_tokens], 1, max_tokens, False)):
+    while max_tokens > 0 and not ctx.fits(
+        ledger, worst_case_round(ledger, [prompt_tokens], 1, max_tokens, False)
+    ):
         max_tokens //= 2
     if max_tokens == 0:
         return SearchResult("greedy", None, "", ledger, truncated=True)
-    [result] = await ctx.policy.generate([ctx.prompt], GenerationParams(temperature=0.0, max_tokens=max_tokens))
+    [result] = await ctx.policy.generate(
+        [ctx.prompt], GenerationParams(temperature=0.0, max_tokens=max_tokens)
+    )
     ledger.charge_generation([result])
     ledger.generations += 1
     text = result.completions[0].text
     answer = ctx.fmt.answer(text)
-    return SearchResult("greedy", answer, text, ledger, [Candidate(text, answer)], truncated=max_tokens < params.max_tokens)
+    return SearchResult(
+        "greedy", answer, text, ledger, [Candidate(text, answer)], truncated=max_tokens < params.max_tokens
+    )

@@ -15,7 +15,7 @@ class LookaheadParams(BeamParams):
     lookahead: int = 1
 
     @classmethod
-    def for_budget(cls, generations: int, **overrides) -> "LookaheadParams":
+    def for_budget(cls, generations: int, **overrides) -> LookaheadParams:
         return super().for_budget(generations, **{"lookahead": 1, **overrides})  # type: ignore[return-value]
 
 

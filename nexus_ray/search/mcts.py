@@ -8,10 +8,11 @@ child's PRM value up the tree. The selection score of a child is
     Q + c_puct * P * sqrt(N_parent) / (1 + N_child) + surprisal_bonus * surprisal
 
 with P the share of the ``branching`` samples that wrote that step (identical samples are
-merged into one child, so a likely step is a likely child) and ``surprisal`` the mean negative logprob of the child's step
-under the policy: the seed document's proposal to spend exploration where the model was
-surprised. Terminal nodes are the candidates; the answer is chosen among them. If the
-simulations end before any path does, the most valuable open path is finished greedily.
+merged into one child, so a likely step is a likely child) and ``surprisal`` the mean negative
+logprob of the child's step under the policy: the seed document's proposal to spend exploration
+where the model was surprised. Terminal nodes are the candidates; the answer is chosen among
+them. If the simulations end before any path does, the most valuable open path is finished
+greedily.
 """
 
 from __future__ import annotations
@@ -35,16 +36,16 @@ class MCTSParams(ScoredSearchParams):
     temperature: float = 1.0
 
     @classmethod
-    def for_budget(cls, generations: int, **overrides) -> "MCTSParams":
+    def for_budget(cls, generations: int, **overrides) -> MCTSParams:
         return cls(**{"simulations": max(1, generations), **overrides})
 
 
 @dataclass
 class Node:
     path: Path
-    parent: "Node | None" = None
+    parent: Node | None = None
     prior: float = 1.0
-    children: list["Node"] = field(default_factory=list)
+    children: list[Node] = field(default_factory=list)
     visits: int = 0
     value_sum: float = 0.0
 
@@ -110,11 +111,27 @@ async def mcts(ctx: SearchContext, params: MCTSParams) -> SearchResult:
             leaf.visits -= 1
         if not leaves:
             break
-        if not ctx.fits(ledger, worst_case(ctx, ledger, [l.path for l in leaves], params.branching, params.max_step_tokens)):
+        if not ctx.fits(
+            ledger,
+            worst_case(ctx, ledger, [l.path for l in leaves], params.branching, params.max_step_tokens),
+        ):
             truncated = True
             break
-        kids = await expand(ctx.policy, ledger, ctx.prompt, ctx.fmt, [l.path for l in leaves], params.branching, params.temperature, params.max_step_tokens, round_seed(ctx.seed, r), logprobs=True)
-        scored = await score(prm, ledger, ctx.prompt, ctx.fmt, [c for k in kids for c in k], params.aggregation)
+        kids = await expand(
+            ctx.policy,
+            ledger,
+            ctx.prompt,
+            ctx.fmt,
+            [l.path for l in leaves],
+            params.branching,
+            params.temperature,
+            params.max_step_tokens,
+            round_seed(ctx.seed, r),
+            logprobs=True,
+        )
+        scored = await score(
+            prm, ledger, ctx.prompt, ctx.fmt, [c for k in kids for c in k], params.aggregation
+        )
         for j, leaf in enumerate(leaves):
             group = scored[j * params.branching : (j + 1) * params.branching]
             leaf.children = _children(leaf, group, params.branching)

@@ -25,13 +25,15 @@ class ParticlesParams(ScoredSearchParams):
     softmax_temperature: float = 1.0
 
     @classmethod
-    def for_budget(cls, generations: int, **overrides) -> "ParticlesParams":
+    def for_budget(cls, generations: int, **overrides) -> ParticlesParams:
         return cls(**{"n": max(1, generations), **overrides})
 
 
 def resampling_weights(scores: list[float], temperature: float) -> list[float]:
     eps = 1e-6
-    logits = [math.log(min(max(s, eps), 1 - eps) / (1 - min(max(s, eps), 1 - eps))) / temperature for s in scores]
+    logits = [
+        math.log(min(max(s, eps), 1 - eps) / (1 - min(max(s, eps), 1 - eps))) / temperature for s in scores
+    ]
     top = max(logits)
     exp = [math.exp(x - top) for x in logits]
     total = sum(exp)
@@ -52,7 +54,17 @@ async def particles(ctx: SearchContext, params: ParticlesParams) -> SearchResult
         if not ctx.fits(ledger, worst_case(ctx, ledger, [pool[i] for i in live], 1, params.max_step_tokens)):
             truncated = True
             break
-        kids = await expand(ctx.policy, ledger, ctx.prompt, ctx.fmt, [pool[i] for i in live], 1, params.temperature, params.max_step_tokens, round_seed(ctx.seed, r))
+        kids = await expand(
+            ctx.policy,
+            ledger,
+            ctx.prompt,
+            ctx.fmt,
+            [pool[i] for i in live],
+            1,
+            params.temperature,
+            params.max_step_tokens,
+            round_seed(ctx.seed, r),
+        )
         scored = await score(prm, ledger, ctx.prompt, ctx.fmt, [k[0] for k in kids], params.aggregation)
         for i, p in zip(live, scored):
             pool[i] = p
@@ -60,4 +72,6 @@ async def particles(ctx: SearchContext, params: ParticlesParams) -> SearchResult
         pool = rng.choices(pool, weights=weights, k=params.n)
     ledger.generations += params.n
     finished = [p for p in pool if p.done]
-    return paths_result("particles", ctx.fmt, finished or pool, params.selection, ledger, truncated or not finished)
+    return paths_result(
+        "particles", ctx.fmt, finished or pool, params.selection, ledger, truncated or not finished
+    )

@@ -60,9 +60,7 @@ async def expand(
         for c in r.completions:
             text = p.text + c.text
             surprisal = -sum(c.logprobs) / max(1, len(c.logprobs)) if c.logprobs else 0.0
-            kids.append(
-                Path(text, _is_done(fmt, text, c.finish_reason, c.stop_reason), None, (), surprisal)
-            )
+            kids.append(Path(text, _is_done(fmt, text, c.finish_reason, c.stop_reason), None, (), surprisal))
         children.append(kids)
     return children
 
@@ -71,7 +69,9 @@ async def complete(
     policy: PolicyEngine, ledger: ComputeLedger, prompt: str, fmt: TaskFormat, path: Path, max_tokens: int
 ) -> Path:
     """Finish a partial path greedily in one call (for a search that ran out before any end)."""
-    [r] = await policy.generate([prompt + path.text], GenerationParams(temperature=0.0, max_tokens=max_tokens))
+    [r] = await policy.generate(
+        [prompt + path.text], GenerationParams(temperature=0.0, max_tokens=max_tokens)
+    )
     ledger.charge_generation([r])
     c = r.completions[0]
     return Path(path.text + c.text, True, None, (), path.surprisal)

@@ -10,8 +10,9 @@ once, which fills the table.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from nexus_ray.search.base import SearchContext, StrategyParams
 from nexus_ray.search.result import SearchResult
@@ -54,7 +55,9 @@ def get(name: str) -> tuple[Strategy, dict]:
     return STRATEGIES[base], fixed
 
 
-def build_params(name: str, generations: int | None, overrides: dict | None = None) -> tuple[Strategy, StrategyParams]:
+def build_params(
+    name: str, generations: int | None, overrides: dict | None = None
+) -> tuple[Strategy, StrategyParams]:
     """A strategy and its parameters for a budget in generations (None, or a strategy that
     takes no budget: its defaults)."""
     strategy, fixed = get(name)
@@ -73,6 +76,8 @@ def without_budget() -> list[str]:
     return sorted(s.name for s in STRATEGIES.values() if not s.takes_budget)
 
 
-async def run(name: str, ctx: SearchContext, generations: int | None = None, overrides: dict | None = None) -> SearchResult:
+async def run(
+    name: str, ctx: SearchContext, generations: int | None = None, overrides: dict | None = None
+) -> SearchResult:
     strategy, params = build_params(name, generations, overrides)
     return await strategy.run(ctx, params)

@@ -82,7 +82,11 @@ class Admission:
         self._save()
 
     def plan(
-        self, problem: str, budget: int | None, strategy: str | None, api_key: str | None = None,
+        self,
+        problem: str,
+        budget: int | None,
+        strategy: str | None,
+        api_key: str | None = None,
     ) -> Plan:
         """A plan for one problem, admitted against the compute budget (raises ``PlanError`` or
         ``AdmissionDenied``)."""

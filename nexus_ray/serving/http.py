@@ -16,7 +16,11 @@ log = logging.getLogger("ray.serve")
 
 
 def error_response(
-    status: int, message: str, kind: str, headers: dict | None = None, **extra: Any,
+    status: int,
+    message: str,
+    kind: str,
+    headers: dict | None = None,
+    **extra: Any,
 ) -> JSONResponse:
     return JSONResponse({"error": {"type": kind, "message": message, **extra}}, status, headers=headers)
 
@@ -53,8 +57,9 @@ class Guard:
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         if self.api_keys and scope["path"] != "/healthz" and not self._authorized(headers):
-            return await error_response(401, "missing or invalid API key (Authorization: Bearer <key>)",
-                                        "unauthorized")(scope, receive, send)
+            return await error_response(
+                401, "missing or invalid API key (Authorization: Bearer <key>)", "unauthorized"
+            )(scope, receive, send)
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
             return await self._too_large(scope, receive, send)
@@ -112,9 +117,7 @@ def api_key(headers) -> str | None:
 
 async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
     """A body that does not parse or fails its schema: 422 with where and why."""
-    details = [
-        {"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", "")} for e in err.errors()
-    ]
+    details = [{"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", "")} for e in err.errors()]
     summary = "; ".join(f"{'.'.join(d['loc'])}: {d['msg']}" for d in details[:5])
     return error_response(422, "invalid request: " + summary, "invalid_request", details=details[:20])
 

@@ -86,13 +86,17 @@ class Ingress:
                 await asyncio.sleep(plan.wait_s)
             policy, prm = await self._engines()
             ctx = SearchContext(
-                policy, prm, ARITH.prompt(expression), ARITH, seed=options.seed,
+                policy,
+                prm,
+                ARITH.prompt(expression),
+                ARITH,
+                seed=options.seed,
                 prefix_caching=self.prefix_caching,
             )
             run = run_plan(plan, ctx, expression, self.table)
             result, plan = await asyncio.wait_for(run, cfg.request_timeout_s)
             spent = result.ledger.policy_token_equivalents
-        except asyncio.TimeoutError:
+        except TimeoutError:
             spent = plan.reserved
             raise Failure(504, f"solve took longer than {cfg.request_timeout_s:g} s", "timeout") from None
         except WorkerUnavailable as err:
@@ -102,8 +106,13 @@ class Ingress:
         out = result.to_dict(with_candidates=options.return_candidates)
         self.metrics.solved(plan.strategy, plan.difficulty, out["ledger"])
         out["strategy"] = plan.strategy  # the name asked for ("weighted"), not its family ("best_of_n")
-        return {"problem": expression, **out, "budget": plan.budget, "difficulty": plan.difficulty,
-                "plan": plan.to_dict()}
+        return {
+            "problem": expression,
+            **out,
+            "budget": plan.budget,
+            "difficulty": plan.difficulty,
+            "plan": plan.to_dict(),
+        }
 
     async def _respond(self, route: str, make) -> JSONResponse:
         start = time.monotonic()
@@ -130,8 +139,11 @@ class Ingress:
                 raise Failure(422, "stream: true is not supported; send stream: false", "invalid_request")
             if body.model != self.config.model_id:
                 listed = self.config.model_id
-                raise Failure(422, f"unknown model {body.model[:80]!r}; GET /v1/models lists {listed!r}",
-                              "invalid_request")
+                raise Failure(
+                    422,
+                    f"unknown model {body.model[:80]!r}; GET /v1/models lists {listed!r}",
+                    "invalid_request",
+                )
             users = [m.content for m in body.messages if m.role == "user"]
             if not users:
                 raise Failure(422, "messages hold no user message with the problem", "invalid_request")
@@ -142,11 +154,13 @@ class Ingress:
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": self.config.model_id,
-                "choices": [{
-                    "index": 0,
-                    "message": {"role": "assistant", "content": solved["solution"]},
-                    "finish_reason": "length" if solved["truncated"] else "stop",
-                }],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": solved["solution"]},
+                        "finish_reason": "length" if solved["truncated"] else "stop",
+                    }
+                ],
                 "usage": {
                     "prompt_tokens": ledger["policy_prefill_tokens"],
                     "completion_tokens": ledger["policy_generated_tokens"],
@@ -162,10 +176,16 @@ class Ingress:
         cfg = self.config
         return {
             "object": "list",
-            "data": [{
-                "id": cfg.model_id, "object": "model", "owned_by": "nexus_ray",
-                "policy": cfg.policy.model, "prm": cfg.prm.model, "strategies": registry.names(),
-            }],
+            "data": [
+                {
+                    "id": cfg.model_id,
+                    "object": "model",
+                    "owned_by": "nexus_ray",
+                    "policy": cfg.policy.model,
+                    "prm": cfg.prm.model,
+                    "strategies": registry.names(),
+                }
+            ],
         }
 
     @api.get("/healthz")
@@ -173,11 +193,14 @@ class Ingress:
         """200 when the admission actor and both workers answer within 5 s, else 503."""
         try:
             await asyncio.wait_for(
-                asyncio.gather(self.admission.ping.remote(), self.policy_handle.info.remote(),
-                               self.prm_handle.info.remote()),
+                asyncio.gather(
+                    self.admission.ping.remote(),
+                    self.policy_handle.info.remote(),
+                    self.prm_handle.info.remote(),
+                ),
                 5.0,
             )
-        except Exception as err:  # any failure to answer is "not healthy", with the reason
+        except Exception as err:  # noqa: BLE001 - any failure to answer is "not healthy", with the reason
             reason = f"not ready: {type(err).__name__}"
             return error_response(503, reason, "unavailable", {"Retry-After": "5"})
         return JSONResponse({"status": "ok"})

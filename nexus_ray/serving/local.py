@@ -5,7 +5,6 @@ wait until it answers, and optionally send it a few real requests: ``nexus-ray s
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.error
 import urllib.request
@@ -14,6 +13,7 @@ from pathlib import Path
 import ray
 from ray import serve
 
+from nexus_ray.cluster import start_ray
 from nexus_ray.config import load_service_config
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "deployments" / "local-cpu.yaml"
@@ -28,10 +28,7 @@ def start(config_path: Path, port: int | None = None, app: str = "nexus", timeou
     http.setdefault("host", "127.0.0.1")
     http.setdefault("port", 8000)
     route = next(a for a in data["applications"] if a.get("name") == app).get("route_prefix", "/")
-    if not ray.is_initialized():
-        if "RAY_ADDRESS" not in os.environ:
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster
-        ray.init(log_to_driver=False)
+    start_ray()
     serve.start(http_options=http)
     from nexus_ray.serving.app import build_app
 
@@ -56,10 +53,14 @@ def wait_healthy(url: str, timeout_s: float) -> None:
         time.sleep(0.5)
 
 
-def request(url: str, body: dict | None = None, headers: dict | None = None, timeout: float = 120) -> tuple[int, dict]:
+def request(
+    url: str, body: dict | None = None, headers: dict | None = None, timeout: float = 120
+) -> tuple[int, dict]:
     """A real HTTP request; returns (status, JSON body) for errors as well."""
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
+    req = urllib.request.Request(
+        url, data=data, headers={"Content-Type": "application/json", **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read() or b"{}")
@@ -79,8 +80,15 @@ def smoke(url: str, echo=print) -> bool:
         ("/v1/solve", {"problem": "Q: 8+0-54*68"}, 200),
         ("/v1/solve", {"problem": "12+7*3-5", "strategy": "greedy"}, 200),
         ("/v1/solve", {"problem": "Q: 48*7-93+15*4", "strategy": "weighted", "budget": 8}, 200),
-        ("/v1/chat/completions", {"model": "nexus-arith", "messages": [{"role": "user", "content": "57-8*6+19"}],
-                                  "nexus": {"strategy": "majority", "budget": 4}}, 200),
+        (
+            "/v1/chat/completions",
+            {
+                "model": "nexus-arith",
+                "messages": [{"role": "user", "content": "57-8*6+19"}],
+                "nexus": {"strategy": "majority", "budget": 4},
+            },
+            200,
+        ),
         ("/v1/solve", {"problem": "what is love?"}, 422),
     ]
     ok = True
@@ -96,9 +104,12 @@ def smoke(url: str, echo=print) -> bool:
             if nexus["plan"]["source"] == "table":
                 chosen = nexus["plan"]["params"]
                 how = f"planner: difficulty bin {chosen['bin']}, plan {chosen['plan']}" + (
-                    ", early exit" if chosen["early_exit"] else "")
-            echo(f"  -> 200 in {ms:.0f} ms: answer {nexus['answer']} via {how} "
-                 f"({ledger['policy_token_equivalents']:.0f} policy-token equivalents)")
+                    ", early exit" if chosen["early_exit"] else ""
+                )
+            echo(
+                f"  -> 200 in {ms:.0f} ms: answer {nexus['answer']} via {how} "
+                f"({ledger['policy_token_equivalents']:.0f} policy-token equivalents)"
+            )
         else:
             echo(f"  -> {status}: {out.get('error', {}).get('message', out)}")
         ok = ok and status == expected
@@ -108,4 +119,3 @@ def smoke(url: str, echo=print) -> bool:
 def stop() -> None:
     serve.shutdown()
     ray.shutdown()
-

@@ -9,15 +9,15 @@ from ray.util import metrics
 class Metrics:
     def __init__(self) -> None:
         self.requests = metrics.Counter("nexus_requests", "HTTP requests", tag_keys=("route", "status"))
-        self.tokens = metrics.Counter(
-            "nexus_tokens", "tokens spent by solves", tag_keys=("kind",)
-        )
+        self.tokens = metrics.Counter("nexus_tokens", "tokens spent by solves", tag_keys=("kind",))
         self.budget = metrics.Counter("nexus_budget_spent", "policy-token equivalents spent by solves")
         self.strategy = metrics.Counter("nexus_strategy", "solves per strategy", tag_keys=("strategy",))
         self.difficulty = metrics.Counter("nexus_difficulty", "solves per difficulty bin", tag_keys=("bin",))
         self.latency = metrics.Histogram(
-            "nexus_latency_seconds", "request latency",
-            boundaries=[0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60], tag_keys=("route",),
+            "nexus_latency_seconds",
+            "request latency",
+            boundaries=[0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+            tag_keys=("route",),
         )
 
     def solved(self, strategy: str, difficulty: int | None, ledger: dict) -> None:

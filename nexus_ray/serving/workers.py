@@ -53,8 +53,12 @@ class _Worker:
         context = ray.get_runtime_context()
         pg = context.get_placement_group_id()
         self._info = WorkerInfo(
-            engine.model_name, str(resolve(model)), engine.num_parameters, context.get_node_id(),
-            tuple(str(g) for g in ray.get_gpu_ids()), pg,
+            engine.model_name,
+            str(resolve(model)),
+            engine.num_parameters,
+            context.get_node_id(),
+            tuple(str(g) for g in ray.get_gpu_ids()),
+            pg,
         )
         self._serial = None if batching else asyncio.Lock()
 

@@ -88,8 +88,7 @@ def parse_problem(text: str) -> str:
     integers with ``+ - *``.
     """
     expression = text.strip()
-    if expression.startswith(QUESTION_PREFIX.strip()):
-        expression = expression[len(QUESTION_PREFIX.strip()) :]
+    expression = expression.removeprefix(QUESTION_PREFIX.strip())
     expression = expression.replace(" ", "")
     try:
         tokenize(expression)

@@ -12,6 +12,7 @@ are scored on the fixed held-out sets (``nexus_ray.tuning.subtask_score``).
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass
 
@@ -40,7 +41,7 @@ def generate(task: SubTask, rng: random.Random) -> arith.Problem:
     ops = [rng.choice(task.operators) for _ in range(n_ops)]
     while True:  # positions of the products, no two adjacent (the numbers would explode)
         muls = sorted(rng.sample(range(n_ops), task.n_mul))
-        if all(b - a > 1 for a, b in zip(muls, muls[1:])):
+        if all(b - a > 1 for a, b in itertools.pairwise(muls)):
             break
     for i in muls:
         ops[i] = "*"

@@ -24,7 +24,8 @@ from nexus_ray.zoo import registry
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m nexus_ray.training", description=__doc__,
+        prog="python -m nexus_ray.training",
+        description=__doc__,
         formatter_class=argparse.RawTextHelpFormatter,
     )
     parser.add_argument("which", choices=["policy", "prm", "rope-base", "experts", "all"])
@@ -70,4 +71,3 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-

@@ -6,8 +6,8 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -61,8 +61,15 @@ def fit(
 
 
 def run_meta(
-    kind: str, model: torch.nn.Module, steps: int, batch_size: int, lr: float, seed: int, start: float,
-    log: list[dict], **extra,
+    kind: str,
+    model: torch.nn.Module,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    start: float,
+    log: list[dict],
+    **extra,
 ) -> dict:
     """The ``training.json`` record of a causal-LM run."""
     return {

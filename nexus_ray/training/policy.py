@@ -47,7 +47,11 @@ def train_policy(out: Path, steps: int, batch_size: int, lr: float, seed: int) -
     levels = list(arith.LEVELS)
     start = time.time()
     log = fit(
-        model, opt, steps, "arith-policy", lambda step: warmup_cosine(step, steps, lr),
+        model,
+        opt,
+        steps,
+        "arith-policy",
+        lambda step: warmup_cosine(step, steps, lr),
         lambda step: model(**policy_batch(stream.batch(levels[step % len(levels)], batch_size), tok)).loss,
     )
     meta = run_meta("policy", model, steps, batch_size, lr, seed, start, log)

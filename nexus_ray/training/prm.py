@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -188,7 +188,12 @@ def heldout_auroc(model, tok, eval_rows: list) -> tuple[float, float]:
 
 
 def train_prm(
-    policy_dir: Path, out: Path, problems_per_level: int, samples: int, steps: int, seed: int,
+    policy_dir: Path,
+    out: Path,
+    problems_per_level: int,
+    samples: int,
+    steps: int,
+    seed: int,
     lr: float = 1e-3,
 ) -> dict:
     """Sample the policy, label every step with the checker, train a token classifier on it.
@@ -243,8 +248,13 @@ def train_prm(
         return {"step": step + 1, **probe}
 
     log = fit(
-        model, opt, steps, "arith-prm", lambda step: warmup_cosine(step, steps, lr, warmup=100),
-        loss_at, probe_at,
+        model,
+        opt,
+        steps,
+        "arith-prm",
+        lambda step: warmup_cosine(step, steps, lr, warmup=100),
+        loss_at,
+        probe_at,
     )
     step_auroc, positive_rate = heldout_auroc(model, tok, eval_rows)
     meta = {

@@ -8,10 +8,13 @@ were pending or running, instead of starting over.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from nexus_ray.cluster import ray_session
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -66,8 +69,13 @@ def output_dir(settings: SearchSettings) -> Path:
 
 
 def fit(
-    trainable: Callable, settings: SearchSettings, param_space: dict, metric: str,
-    search_alg: Any = None, scheduler: Any = None, fresh: bool = False,
+    trainable: Callable,
+    settings: SearchSettings,
+    param_space: dict,
+    metric: str,
+    search_alg: Any = None,
+    scheduler: Any = None,
+    fresh: bool = False,
 ):
     """Run the search, or resume it when its experiment folder already holds one."""
     from ray import tune
@@ -75,21 +83,43 @@ def fit(
     root = storage_uri(settings.storage_path)
     path = f"{root.rstrip('/')}/{settings.name}"
     wrapped = tune.with_resources(trainable, {"cpu": settings.resources.cpu, "gpu": settings.resources.gpu})
+    with ray_session():
+        return _fit(wrapped, path, root, settings, param_space, metric, search_alg, scheduler, fresh), path
+
+
+def _fit(
+    wrapped: Any,
+    path: str,
+    root: str,
+    settings: SearchSettings,
+    param_space: dict,
+    metric: str,
+    search_alg: Any,
+    scheduler: Any,
+    fresh: bool,
+):
+    from ray import tune
+
     if not fresh and tune.Tuner.can_restore(path):
         print(f"resuming the search in {path}")
-        tuner = tune.Tuner.restore(path, trainable=wrapped, resume_unfinished=True, resume_errored=True,
-                                   param_space=param_space)
+        tuner = tune.Tuner.restore(
+            path, trainable=wrapped, resume_unfinished=True, resume_errored=True, param_space=param_space
+        )
     else:
         tuner = tune.Tuner(
             wrapped,
             param_space=param_space,
             tune_config=tune.TuneConfig(
-                metric=metric, mode="max", num_samples=settings.num_samples, search_alg=search_alg,
-                scheduler=scheduler, max_concurrent_trials=settings.max_concurrent_trials,
+                metric=metric,
+                mode="max",
+                num_samples=settings.num_samples,
+                search_alg=search_alg,
+                scheduler=scheduler,
+                max_concurrent_trials=settings.max_concurrent_trials,
             ),
             run_config=tune.RunConfig(name=settings.name, storage_path=root, verbose=1),
         )
-    return tuner.fit(), path
+    return tuner.fit()
 
 
 def trials_in_order(results) -> list:
@@ -116,8 +146,13 @@ def trials_to_reach(values: list[float], fraction: float = 0.95) -> int | None:
     return None
 
 
-def plot_search(values: list[float], coefficients: dict[str, list[float]], baselines: dict[str, float],
-                title: str, path: Path) -> None:
+def plot_search(
+    values: list[float],
+    coefficients: dict[str, list[float]],
+    baselines: dict[str, float],
+    title: str,
+    path: Path,
+) -> None:
     """Objective vs. trial (with the running best and the baselines), then each coefficient vs. objective."""
     import matplotlib
 

@@ -27,7 +27,14 @@ from pydantic import Field, model_validator
 
 from nexus_ray.tasks.subtasks import SUBTASKS, eval_set
 from nexus_ray.tuning.common import (
-    SearchError, SearchSettings, fit, load_config, output_dir, plot_search, trials_in_order, trials_to_reach,
+    SearchError,
+    SearchSettings,
+    fit,
+    load_config,
+    output_dir,
+    plot_search,
+    trials_in_order,
+    trials_to_reach,
 )
 
 Method = Literal["ties", "dare_ties", "della", "linear", "task_arithmetic"]
@@ -43,11 +50,13 @@ class MergeSearchConfig(SearchSettings):
     density: tuple[float, float] = (0.2, 0.95)
     lambda_: tuple[float, float] = Field((0.3, 1.4), alias="lambda")
     objective: dict[str, float] | None = Field(None, description="sub-task weights (default: the mean)")
-    problems: list[int] = Field(default_factory=lambda: [25, 50, 100], description="ASHA rungs, problems per sub-task")
+    problems: list[int] = Field(
+        default_factory=lambda: [25, 50, 100], description="ASHA rungs, problems per sub-task"
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
     @model_validator(mode="after")
-    def _ranges(self) -> "MergeSearchConfig":
+    def _ranges(self) -> MergeSearchConfig:
         for key, (lo, hi) in (("weight", self.weight), ("density", self.density), ("lambda", self.lambda_)):
             if not 0 < lo <= hi:
                 raise ValueError(f"{key}: expected 0 < low <= high, got ({lo}, {hi})")
@@ -99,7 +108,11 @@ def score(model_dir: Path, rungs: list[int], weights: dict[str, float] | None, r
                 correct[name] += count_correct(engine, eval_set(name, n)[done:n])
             done = n
             accuracy = {name: correct[name] / n for name in SUBTASKS}
-            metrics = {"objective": objective(accuracy, weights), "problems": n, **{f"acc_{k}": v for k, v in accuracy.items()}}
+            metrics = {
+                "objective": objective(accuracy, weights),
+                "problems": n,
+                **{f"acc_{k}": v for k, v in accuracy.items()},
+            }
             if report is not None:
                 report(metrics)
         return metrics
@@ -141,7 +154,6 @@ def default_ties(cfg: MergeSearchConfig) -> dict:
 
 
 def run(cfg: MergeSearchConfig, fresh: bool = False) -> dict:
-    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
@@ -158,32 +170,45 @@ def run(cfg: MergeSearchConfig, fresh: bool = False) -> dict:
     searcher = OptunaSearch(points_to_evaluate=start, seed=cfg.seed)
     rungs = len(cfg.problems)
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=rungs, grace_period=1, reduction_factor=2)
-    if not ray.is_initialized():
-        ray.init(log_to_driver=False)
     trainable = tune.with_parameters(trial, search=cfg.model_dump(by_alias=True))
     results, _ = fit(trainable, cfg, space, "objective", searcher, scheduler, fresh)
 
     finished = [r for r in trials_in_order(results) if r.metrics.get("problems") == cfg.problems[-1]]
     if not finished:
-        raise SearchError("no trial finished every rung; raise num_samples or lower the early-stopping pressure")
+        raise SearchError(
+            "no trial finished every rung; raise num_samples or lower the early-stopping pressure"
+        )
     best = max(finished, key=lambda r: r.metrics["objective"])
     best_cfg = merge_config(cfg, best.config)
     local = output_dir(cfg)
     local.mkdir(parents=True, exist_ok=True)
     scratch = local / "scratch-model"
     recheck = evaluate_merge(best_cfg, scratch, cfg)
-    uniform = {"merge_method": "linear", "base_model": cfg.base_model, "dtype": cfg.dtype,
-               "models": [{"model": m, "parameters": {"weight": 1.0 / len(cfg.models)}} for m in cfg.models]}
-    baselines = {"uniform linear": evaluate_merge(uniform, scratch, cfg),
-                 "default ties": evaluate_merge(merge_config(cfg, default_ties(cfg)), scratch, cfg)}
+    uniform = {
+        "merge_method": "linear",
+        "base_model": cfg.base_model,
+        "dtype": cfg.dtype,
+        "models": [{"model": m, "parameters": {"weight": 1.0 / len(cfg.models)}} for m in cfg.models],
+    }
+    baselines = {
+        "uniform linear": evaluate_merge(uniform, scratch, cfg),
+        "default ties": evaluate_merge(merge_config(cfg, default_ties(cfg)), scratch, cfg),
+    }
     for i, m in enumerate(cfg.models):
         baselines[f"expert {m}"] = score(_resolve(m), [cfg.problems[-1]], cfg.objective)
     ordered = trials_in_order(results)
     values = [r.metrics["objective"] for r in ordered]  # ASHA-stopped trials: their last rung's score
-    full = [r.metrics["objective"] if r.metrics.get("problems") == cfg.problems[-1] else float("-inf") for r in ordered]
+    full = [
+        r.metrics["objective"] if r.metrics.get("problems") == cfg.problems[-1] else float("-inf")
+        for r in ordered
+    ]
     summary = {
-        "best": {"config": best_cfg, "objective": best.metrics["objective"],
-                 "accuracy": {k[4:]: v for k, v in best.metrics.items() if k.startswith("acc_")}, "recheck": recheck},
+        "best": {
+            "config": best_cfg,
+            "objective": best.metrics["objective"],
+            "accuracy": {k[4:]: v for k, v in best.metrics.items() if k.startswith("acc_")},
+            "recheck": recheck,
+        },
         "baselines": baselines,
         "trials": len(values),
         "finished_all_rungs": len(finished),
@@ -193,10 +218,18 @@ def run(cfg: MergeSearchConfig, fresh: bool = False) -> dict:
     results.get_dataframe().to_csv(local / "trials.csv", index=False)
     (local / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     coefficients = {k: [r.config[k] for r in ordered] for k in sorted(space) if k != "method"}
-    plot_search(values, coefficients, {k: v["objective"] for k, v in baselines.items()},
-                f"merge search: {cfg.name}", local / "search.png")
-    print(f"\nbest ({best_cfg['merge_method']}): objective {best.metrics['objective']:.3f}, "
-          f"re-scored {recheck['objective']:.3f}; " + ", ".join(f"{k} {v['objective']:.3f}" for k, v in baselines.items()))
+    plot_search(
+        values,
+        coefficients,
+        {k: v["objective"] for k, v in baselines.items()},
+        f"merge search: {cfg.name}",
+        local / "search.png",
+    )
+    print(
+        f"\nbest ({best_cfg['merge_method']}): objective {best.metrics['objective']:.3f}, "
+        f"re-scored {recheck['objective']:.3f}; "
+        + ", ".join(f"{k} {v['objective']:.3f}" for k, v in baselines.items())
+    )
     print(f"wrote {local / 'best-merge.yaml'}, trials.csv, summary.json, search.png")
     return summary
 
@@ -208,16 +241,20 @@ def _resolve(model: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="tune/merge_search.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="tune/merge_search.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config", required=True, help="search config YAML (see tune/configs/merge-zoo.yaml)")
     p.add_argument("--storage", default=None, help="overrides storage_path (a shared folder, s3:// or gs://)")
     p.add_argument("--num-samples", type=int, default=None, help="overrides num_samples")
-    p.add_argument("--fresh", action="store_true", help="start over even if the experiment folder holds a search")
+    p.add_argument(
+        "--fresh", action="store_true", help="start over even if the experiment folder holds a search"
+    )
     args = p.parse_args(argv)
     try:
-        cfg = load_config(args.config, MergeSearchConfig,
-                          {"storage_path": args.storage, "num_samples": args.num_samples})
+        cfg = load_config(
+            args.config, MergeSearchConfig, {"storage_path": args.storage, "num_samples": args.num_samples}
+        )
         run(cfg, args.fresh)
     except (SearchError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}")

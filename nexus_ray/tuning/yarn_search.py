@@ -27,7 +27,14 @@ import yaml
 from pydantic import Field, model_validator
 
 from nexus_ray.tuning.common import (
-    SearchError, SearchSettings, fit, load_config, output_dir, plot_search, trials_in_order, trials_to_reach,
+    SearchError,
+    SearchSettings,
+    fit,
+    load_config,
+    output_dir,
+    plot_search,
+    trials_in_order,
+    trials_to_reach,
 )
 
 
@@ -41,17 +48,24 @@ class YarnSearchConfig(SearchSettings):
     beta_slow: tuple[float, float] = (0.25, 4.0)
     attention_scale: tuple[float, float] = Field((0.8, 1.25), description="x YaRN's default attention factor")
     ppl_weight: float = Field(0.5, ge=0)
-    short_ppl_bound: float = Field(0.10, ge=0, description="allowed relative rise of short-context perplexity")
+    short_ppl_bound: float = Field(
+        0.10, ge=0, description="allowed relative rise of short-context perplexity"
+    )
     documents: int = Field(4, ge=1, description="perplexity documents per length")
     passkey_trials: int = Field(8, ge=1, description="passkey examples per (length, depth)")
 
     @model_validator(mode="after")
-    def _ranges(self) -> "YarnSearchConfig":
+    def _ranges(self) -> YarnSearchConfig:
         if not 1.0 <= self.factor[0] <= self.factor[1]:
             raise ValueError(f"factor: expected 1 <= low <= high, got {self.factor}")
         if self.beta_slow[1] >= self.beta_fast[0]:
-            raise ValueError(f"beta_slow's range {self.beta_slow} must lie below beta_fast's {self.beta_fast}")
-        if not 0 < self.beta_slow[0] <= self.beta_slow[1] or not 0 < self.attention_scale[0] <= self.attention_scale[1]:
+            raise ValueError(
+                f"beta_slow's range {self.beta_slow} must lie below beta_fast's {self.beta_fast}"
+            )
+        if (
+            not 0 < self.beta_slow[0] <= self.beta_slow[1]
+            or not 0 < self.attention_scale[0] <= self.attention_scale[1]
+        ):
             raise ValueError("beta_slow and attention_scale ranges must be positive and ordered")
         return self
 
@@ -60,7 +74,9 @@ def rope_of(point: dict):
     from nexus_ray.config import RopeConfig
     from nexus_ray.rope.scaling import yarn_attention_factor
 
-    rope = RopeConfig(rope_type="yarn", factor=point["factor"], beta_fast=point["beta_fast"], beta_slow=point["beta_slow"])
+    rope = RopeConfig(
+        rope_type="yarn", factor=point["factor"], beta_fast=point["beta_fast"], beta_slow=point["beta_slow"]
+    )
     attention = yarn_attention_factor(rope) * point["attention_scale"]
     return rope.model_copy(update={"attention_factor": round(attention, 6)})
 
@@ -85,8 +101,14 @@ def measure(cfg: YarnSearchConfig, rope, short_ppl_unscaled: float | None) -> di
 
     model_dir = resolve(cfg.model)
     original = _trained_length(model_dir)
-    out = evaluate(model_dir, rope, [original, cfg.target_length], documents_per_length=cfg.documents,
-                   trials=cfg.passkey_trials, seed=cfg.seed)
+    out = evaluate(
+        model_dir,
+        rope,
+        [original, cfg.target_length],
+        documents_per_length=cfg.documents,
+        trials=cfg.passkey_trials,
+        seed=cfg.seed,
+    )
     short = out["perplexity"][str(original)]
     ppl = out["perplexity"][str(cfg.target_length)]
     passkey = out["passkey"][str(cfg.target_length)]["accuracy"]
@@ -95,8 +117,13 @@ def measure(cfg: YarnSearchConfig, rope, short_ppl_unscaled: float | None) -> di
     excess = short / reference - 1 - cfg.short_ppl_bound
     if excess > 0:
         value -= 1.0 + excess  # over the bound: worse than any feasible point
-    return {"objective": value, "ppl_target": ppl, "passkey_target": passkey, "ppl_short": short,
-            "short_ppl_rise": short / reference - 1}
+    return {
+        "objective": value,
+        "ppl_target": ppl,
+        "passkey_target": passkey,
+        "ppl_short": short,
+        "short_ppl_rise": short / reference - 1,
+    }
 
 
 def _trained_length(model_dir: Path) -> int:
@@ -119,13 +146,12 @@ def trial(point: dict, search: dict, short_ppl_unscaled: float, cache_dir: str) 
 
 
 def run(cfg: YarnSearchConfig, fresh: bool = False) -> dict:
-    import ray
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
     from nexus_ray.config import RopeConfig
-    from nexus_ray.rope.apply import rope_parameters
     from nexus_ray.rope.apply import load_config as load_model_config
+    from nexus_ray.rope.apply import rope_parameters
     from nexus_ray.rope.scaling import RopeBase
     from nexus_ray.zoo.registry import resolve
 
@@ -134,7 +160,9 @@ def run(cfg: YarnSearchConfig, fresh: bool = False) -> dict:
     model_dir = resolve(cfg.model)
     original = _trained_length(model_dir)
     if cfg.target_length <= original:
-        raise SearchError(f"target_length {cfg.target_length} is within the model's trained {original} tokens")
+        raise SearchError(
+            f"target_length {cfg.target_length} is within the model's trained {original} tokens"
+        )
     unscaled = measure(cfg, None, None)
     default_factor = cfg.target_length / original
     default_yarn = measure(cfg, RopeConfig(rope_type="yarn", factor=default_factor), unscaled["ppl_short"])
@@ -145,15 +173,20 @@ def run(cfg: YarnSearchConfig, fresh: bool = False) -> dict:
         "beta_slow": tune.loguniform(*cfg.beta_slow),
         "attention_scale": tune.quniform(*cfg.attention_scale, 0.01),
     }
-    start = {"factor": round(min(max(default_factor, lo), hi) / cfg.factor_step) * cfg.factor_step,
-             "beta_fast": min(max(32.0, cfg.beta_fast[0]), cfg.beta_fast[1]),
-             "beta_slow": min(max(1.0, cfg.beta_slow[0]), cfg.beta_slow[1]), "attention_scale": 1.0}
+    start = {
+        "factor": round(min(max(default_factor, lo), hi) / cfg.factor_step) * cfg.factor_step,
+        "beta_fast": min(max(32.0, cfg.beta_fast[0]), cfg.beta_fast[1]),
+        "beta_slow": min(max(1.0, cfg.beta_slow[0]), cfg.beta_slow[1]),
+        "attention_scale": 1.0,
+    }
     searcher = OptunaSearch(points_to_evaluate=[start], seed=cfg.seed)
-    if not ray.is_initialized():
-        ray.init(log_to_driver=False)
     local = output_dir(cfg)
-    trainable = tune.with_parameters(trial, search=cfg.model_dump(), short_ppl_unscaled=unscaled["ppl_short"],
-                                     cache_dir=str(local / "dedupe-cache"))
+    trainable = tune.with_parameters(
+        trial,
+        search=cfg.model_dump(),
+        short_ppl_unscaled=unscaled["ppl_short"],
+        cache_dir=str(local / "dedupe-cache"),
+    )
     results, _ = fit(trainable, cfg, space, "objective", searcher, None, fresh)
     ordered = trials_in_order(results)
     if not ordered:
@@ -162,16 +195,25 @@ def run(cfg: YarnSearchConfig, fresh: bool = False) -> dict:
     best_rope = rope_of(best.config)
     recheck = measure(cfg, best_rope, unscaled["ppl_short"])
     base = RopeBase.from_hf_config(load_model_config(model_dir, None))
-    block = {"rope_parameters": rope_parameters(best_rope, base),
-             "max_position_embeddings": max(cfg.target_length, original)}
+    block = {
+        "rope_parameters": rope_parameters(best_rope, base),
+        "max_position_embeddings": max(cfg.target_length, original),
+    }
     values = [r.metrics["objective"] for r in ordered]
     summary = {
-        "target_length": cfg.target_length, "trained_length": original,
-        "best": {"config": {k: best.config[k] for k in space}, "rope": best_rope.model_dump(exclude_none=True),
-                 "metrics": {k: best.metrics[k] for k in ("objective", "ppl_target", "passkey_target", "ppl_short")},
-                 "recheck": recheck},
+        "target_length": cfg.target_length,
+        "trained_length": original,
+        "best": {
+            "config": {k: best.config[k] for k in space},
+            "rope": best_rope.model_dump(exclude_none=True),
+            "metrics": {
+                k: best.metrics[k] for k in ("objective", "ppl_target", "passkey_target", "ppl_short")
+            },
+            "recheck": recheck,
+        },
         "baselines": {"no scaling": unscaled, f"default yarn (factor {default_factor:g})": default_yarn},
-        "trials": len(values), "evaluated": sum(not r.metrics.get("cached", False) for r in ordered),
+        "trials": len(values),
+        "evaluated": sum(not r.metrics.get("cached", False) for r in ordered),
         "trials_to_95pct_of_best": trials_to_reach(values),
     }
     local.mkdir(parents=True, exist_ok=True)
@@ -179,26 +221,43 @@ def run(cfg: YarnSearchConfig, fresh: bool = False) -> dict:
     results.get_dataframe().to_csv(local / "trials.csv", index=False)
     (local / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     coefficients = {k: [r.config[k] for r in ordered] for k in space}
-    plot_search(values, coefficients, {k: v["objective"] for k, v in summary["baselines"].items()},
-                f"YaRN search: {cfg.model} at {cfg.target_length} tokens", local / "search.png")
-    print(f"\nbest: objective {best.metrics['objective']:.3f} (re-evaluated {recheck['objective']:.3f}); "
-          + ", ".join(f"{k} {v['objective']:.3f}" for k, v in summary["baselines"].items()))
+    plot_search(
+        values,
+        coefficients,
+        {k: v["objective"] for k, v in summary["baselines"].items()},
+        f"YaRN search: {cfg.model} at {cfg.target_length} tokens",
+        local / "search.png",
+    )
+    print(
+        f"\nbest: objective {best.metrics['objective']:.3f} (re-evaluated {recheck['objective']:.3f}); "
+        + ", ".join(f"{k} {v['objective']:.3f}" for k, v in summary["baselines"].items())
+    )
     print(f"wrote {local / 'best-rope.yaml'}, trials.csv, summary.json, search.png")
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="tune/yarn_search.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="tune/yarn_search.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config", required=True, help="search config YAML (see tune/configs/yarn-zoo.yaml)")
     p.add_argument("--storage", default=None, help="overrides storage_path (a shared folder, s3:// or gs://)")
     p.add_argument("--num-samples", type=int, default=None, help="overrides num_samples")
     p.add_argument("--target-length", type=int, default=None, help="overrides target_length")
-    p.add_argument("--fresh", action="store_true", help="start over even if the experiment folder holds a search")
+    p.add_argument(
+        "--fresh", action="store_true", help="start over even if the experiment folder holds a search"
+    )
     args = p.parse_args(argv)
     try:
-        cfg = load_config(args.config, YarnSearchConfig, {"storage_path": args.storage, "num_samples": args.num_samples,
-                                                           "target_length": args.target_length})
+        cfg = load_config(
+            args.config,
+            YarnSearchConfig,
+            {
+                "storage_path": args.storage,
+                "num_samples": args.num_samples,
+                "target_length": args.target_length,
+            },
+        )
         run(cfg, args.fresh)
     except (SearchError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}")

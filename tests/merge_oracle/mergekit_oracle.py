@@ -10,13 +10,14 @@ Separate process because mergekit needs its own dependency set.
 
 import json
 import sys
+from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from mergekit.merge_methods.api import merge_tensors
+from safetensors.torch import load_file, save_file
 
 tensors = load_file(sys.argv[1])
-spec = json.loads(open(sys.argv[3]).read())
+spec = json.loads(Path(sys.argv[3]).read_text())
 out = {}
 for case, s in spec.items():
     names = sorted(k.split("/", 1)[1] for k in tensors if k.startswith(case + "/"))
@@ -27,5 +28,7 @@ for case, s in spec.items():
     for i in range(s.get("draws", 1)):
         torch.manual_seed(s.get("seed", 0) + i)
         params = s["parameters"]  # per-model lists in the order m0, m1, ... (the base takes none)
-        out[f"{case}/{i}"] = merge_tensors(stack, s["method"], parameters=params, base_index=base_index).contiguous()
+        out[f"{case}/{i}"] = merge_tensors(
+            stack, s["method"], parameters=params, base_index=base_index
+        ).contiguous()
 save_file(out, sys.argv[2])

@@ -16,7 +16,7 @@ SCRIPT = Path(__file__).with_name("mergekit_oracle.py")
 
 
 def mergekit_python() -> Path:
-    """The mergekit venv's python; a skip locally, a failure when NEXUS_REQUIRE_MERGEKIT is set (make test)."""
+    """The mergekit venv's python; a skip locally, a failure under NEXUS_REQUIRE_MERGEKIT (make test)."""
     python = Path(os.environ.get("NEXUS_MERGEKIT_PYTHON", ROOT / ".venv-mergekit" / "bin" / "python"))
     if not python.exists():
         message = f"mergekit oracle not installed at {python}: run `make setup-mergekit`"
@@ -26,7 +26,9 @@ def mergekit_python() -> Path:
     return python
 
 
-def run_cases(cases: dict[str, tuple[dict[str, torch.Tensor], dict]], tmp: Path) -> dict[str, list[torch.Tensor]]:
+def run_cases(
+    cases: dict[str, tuple[dict[str, torch.Tensor], dict]], tmp: Path
+) -> dict[str, list[torch.Tensor]]:
     """mergekit's outputs per case: ``cases[name] = ({"base": .., "m0": .., ...}, spec)``."""
     tensors, spec = {}, {}
     for name, (inputs, s) in cases.items():
@@ -36,8 +38,16 @@ def run_cases(cases: dict[str, tuple[dict[str, torch.Tensor], dict]], tmp: Path)
     save_file(tensors, tmp / "in.safetensors")
     (tmp / "spec.json").write_text(json.dumps(spec))
     proc = subprocess.run(
-        [str(mergekit_python()), str(SCRIPT), str(tmp / "in.safetensors"), str(tmp / "out.safetensors"), str(tmp / "spec.json")],
-        capture_output=True, text=True, timeout=600,
+        [
+            str(mergekit_python()),
+            str(SCRIPT),
+            str(tmp / "in.safetensors"),
+            str(tmp / "out.safetensors"),
+            str(tmp / "spec.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = load_file(tmp / "out.safetensors")
