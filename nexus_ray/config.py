@@ -208,7 +208,7 @@ class ServiceConfig(ModelsConfig):
     policy_worker: WorkerConfig = Field(default_factory=WorkerConfig)
     prm_worker: WorkerConfig = Field(default_factory=WorkerConfig)
     planner: PlannerConfig = Field(default_factory=PlannerConfig)
-    planner_name: str = Field("nexus-planner", description="the named admission actor (token buckets, counters)")
+    planner_name: str = Field("nexus-planner", description="the named admission actor")
     api_keys_env: str | None = Field(
         None, description="environment variable with comma-separated API keys; unset: no auth"
     )

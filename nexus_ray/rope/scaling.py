@@ -155,10 +155,8 @@ def check_fits(rope: RopeConfig, base: RopeBase) -> None:
     for name in ("long_factor", "short_factor"):
         values = getattr(rope, name)
         if values is not None and len(values) != base.dim // 2:
-            pairs = base.dim // 2
-            raise ValueError(
-                f"{name} has {len(values)} entries; the model has {pairs} rotary pairs (dim {base.dim})"
-            )
+            n, pairs, dim = len(values), base.dim // 2, base.dim
+            raise ValueError(f"{name} has {n} entries; this model has {pairs} rotary pairs (dim {dim})")
 
 
 def compute(rope: RopeConfig, base: RopeBase, seq_len: int | None = None) -> Scaling:
