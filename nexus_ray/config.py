@@ -129,22 +129,36 @@ class EngineConfig(_Strict):
     num_gpus: float = Field(0, ge=0, description="GPUs the worker that holds this engine reserves")
 
 
-class RewardConfig(EngineConfig):
-    """A PRM: scores are read at the last token of each ``step + step_separator`` segment.
+PrmFormat = Literal["token", "qwen-prm"]
+QWEN_MATH_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 
-    ``pooler: token`` reads the positive-class probability at those tokens from per-token
-    classification (the zoo PRM, any ``*ForTokenClassification``); ``pooler: step`` uses the
-    model's native step pooler (vLLM only; Qwen2.5-Math-PRM with ``step_separator: <extra_0>``).
+
+class RewardConfig(EngineConfig):
+    """A PRM, and the input format it was trained on (the same on both engines).
+
+    ``format: token``: the policy's prompt, then each step + ``step_separator``; the score is
+    the positive-class probability at the separator (the zoo PRM, any ``*ForTokenClassification``).
+    ``format: qwen-prm``: Qwen2.5-Math-PRM's chat-templated input with ``system_prompt``, the
+    user's turns and the steps each ended by ``step_tag``; the score is read at each tag.
     """
 
-    step_separator: str = "\n"
-    pooler: Literal["token", "step"] = "token"
+    format: PrmFormat = "token"
+    step_separator: str = Field("\n", description="format token: appended to every step")
+    step_tag: str = Field("<extra_0>", description="format qwen-prm: the token after every step")
+    system_prompt: str = Field(QWEN_MATH_SYSTEM_PROMPT, description="format qwen-prm: the PRM's system turn")
     positive_label: int = Field(1, ge=0)
+    pooler: Literal["token", "step"] | None = Field(
+        None, description="deprecated: pooler step is format qwen-prm, pooler token is format token"
+    )
 
     @model_validator(mode="after")
-    def _step_pooler_needs_vllm(self) -> RewardConfig:
-        if self.pooler == "step" and self.engine != "vllm":
-            raise ValueError("pooler 'step' is vLLM's native step pooler: set engine: vllm")
+    def _pooler_is_a_format(self) -> RewardConfig:
+        if self.pooler is not None:
+            implied = "qwen-prm" if self.pooler == "step" else "token"
+            if "format" in self.model_fields_set and self.format != implied:
+                raise ValueError(f"pooler {self.pooler!r} contradicts format {self.format!r}: drop pooler")
+            self.format = implied
+            self.pooler = None
         return self
 
 
@@ -208,7 +222,9 @@ class ServiceConfig(ModelsConfig):
     policy_worker: WorkerConfig = Field(default_factory=WorkerConfig)
     prm_worker: WorkerConfig = Field(default_factory=WorkerConfig)
     planner: PlannerConfig = Field(default_factory=PlannerConfig)
-    planner_name: str = Field("nexus-planner", description="the named admission actor (token buckets, counters)")
+    planner_name: str = Field(
+        "nexus-planner", description="the named admission actor (token buckets, counters)"
+    )
     api_keys_env: str | None = Field(
         None, description="environment variable with comma-separated API keys; unset: no auth"
     )

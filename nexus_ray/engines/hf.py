@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
+from nexus_ray.config import QWEN_MATH_SYSTEM_PROMPT, PrmFormat
 from nexus_ray.engines.base import (
     Completion,
     GenerationParams,
@@ -25,7 +26,8 @@ from nexus_ray.engines.base import (
     prompt_seed,
 )
 from nexus_ray.engines.batching import MicroBatcher
-from nexus_ray.engines.prm_format import encode_steps
+from nexus_ray.engines.prm_format import STEP_POOLER_ARCHITECTURES, StepEncoder, check_format
+from nexus_ray.engines.qwen2_prm import Qwen2ForProcessRewardModel
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -50,6 +52,8 @@ def _load(
     config = AutoConfig.from_pretrained(engine.model_path)
     for key, value in (overrides or {}).items():
         setattr(config, key, value)
+    if any(a in STEP_POOLER_ARCHITECTURES for a in config.architectures or []):
+        auto_class = Qwen2ForProcessRewardModel  # transformers has no class for it (see qwen2_prm)
     engine.model = (
         auto_class.from_pretrained(engine.model_path, config=config, dtype=_DTYPES[dtype])
         .to(engine.device)
@@ -223,11 +227,11 @@ def _eos_ids(model, tokenizer) -> list[int]:
 
 
 class HFRewardEngine:
-    """A token-classification PRM: P(positive) at the last token of every step.
+    """A PRM in either format of ``prm_format``: P(positive) where each step is scored.
 
-    The input is the prompt followed by each step and the step delimiter; the score of step i
-    is the positive-class probability at the delimiter that ends it, the format the zoo PRM is
-    trained on (and that vLLM's token-classify pooling returns).
+    ``token``: a ``*ForTokenClassification`` model read at the separator ending each step (the
+    zoo PRM; what vLLM's token-classify pooling returns). ``qwen-prm``: Qwen2.5-Math-PRM's
+    chat-templated input read at every ``<extra_0>`` (what vLLM's step pooler returns).
     """
 
     def __init__(
@@ -239,9 +243,13 @@ class HFRewardEngine:
         max_batch_size: int = 128,
         positive_label: int = 1,
         config_overrides: dict | None = None,
+        prm_format: PrmFormat = "token",
+        step_tag: str = "<extra_0>",
+        system_prompt: str = QWEN_MATH_SYSTEM_PROMPT,
     ) -> None:
         _load(self, AutoModelForTokenClassification, model_path, device, dtype, config_overrides)
-        self.step_delimiter = step_delimiter
+        self.encoder = StepEncoder(self.tokenizer, prm_format, step_delimiter, step_tag, system_prompt)
+        check_format(self.encoder, self.model.config, str(self.model_path), positive_label)
         self.positive_label = positive_label
         self.max_batch_size = max_batch_size
         self._lock = threading.Lock()
@@ -256,7 +264,7 @@ class HFRewardEngine:
 
     def score_sync(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
         """Requests are scored in chunks of similar length (little padding), results in order."""
-        encoded = [encode_steps(self.tokenizer, r, self.step_delimiter) for r in requests]
+        encoded = [self.encoder.encode(r) for r in requests]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
         results: list[ScoreResult | None] = [None] * len(encoded)
         pad = self.tokenizer.pad_token_id or 0

@@ -38,7 +38,7 @@ from nexus_ray.engines.base import (
     ScoreResult,
     prompt_seed,
 )
-from nexus_ray.engines.prm_format import encode_steps
+from nexus_ray.engines.prm_format import StepEncoder, check_format
 
 T = TypeVar("T")
 
@@ -54,6 +54,7 @@ class _API:
     AsyncLLM: Any
     SamplingParams: Any
     PoolingParams: Any
+    PoolerConfig: Any
     TokensPrompt: Any
     RequestOutputKind: Any
 
@@ -73,6 +74,7 @@ def _vllm_api() -> _API:
     version = getattr(vllm, "__version__", "unknown")
     try:
         from vllm import AsyncEngineArgs, PoolingParams, SamplingParams
+        from vllm.config import PoolerConfig
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -88,7 +90,14 @@ def _vllm_api() -> _API:
             "runner); nexus_ray needs vllm >= 0.10"
         )
     return _API(
-        version, AsyncEngineArgs, AsyncLLM, SamplingParams, PoolingParams, TokensPrompt, RequestOutputKind
+        version,
+        AsyncEngineArgs,
+        AsyncLLM,
+        SamplingParams,
+        PoolingParams,
+        PoolerConfig,
+        TokensPrompt,
+        RequestOutputKind,
     )
 
 
@@ -224,8 +233,18 @@ class VLLMRewardEngine(_VLLMBase):
     """A PRM on vLLM's pooling runner; scores step ends like ``HFRewardEngine``."""
 
     def __init__(self, config: RewardConfig, model_path: Path) -> None:
-        super().__init__(config, model_path, runner="pooling")
-        self.step_separator = config.step_separator
+        from transformers import AutoConfig
+
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        encoder = StepEncoder(
+            tokenizer, config.format, config.step_separator, config.step_tag, config.system_prompt
+        )
+        check_format(encoder, AutoConfig.from_pretrained(model_path), str(model_path), config.positive_label)
+        extra: dict[str, Any] = {"runner": "pooling"}
+        if config.format == "qwen-prm":  # the step pooler keeps only the rows at this token
+            extra["pooler_config"] = _vllm_api().PoolerConfig(step_tag_id=encoder.step_tag_id)
+        super().__init__(config, model_path, **extra)
+        self.encoder = encoder
         self.positive_label = config.positive_label
 
     def score_sync(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
@@ -235,7 +254,7 @@ class VLLMRewardEngine(_VLLMBase):
         return await self._loop.run_async(self._score(requests))
 
     async def _score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
-        encoded = [encode_steps(self.tokenizer, r, self.step_separator) for r in requests]
+        encoded = [self.encoder.encode(r) for r in requests]
         outputs = await asyncio.gather(*(self._one(ids) for ids, _ in encoded))
         results = []
         for (ids, ends), data in zip(encoded, outputs):
