@@ -162,11 +162,27 @@ class RewardConfig(EngineConfig):
         return self
 
 
+class TaskConfig(_Strict):
+    """How prompts, steps and answers look (``nexus_ray.tasks.format``).
+
+    ``arith``: the zoo's ``Q: <expression>`` lines. ``chat-math``: the policy tokenizer's chat
+    template over ``system_prompt`` and the user's turns, steps split at a blank line, the
+    answer in the last ``\\boxed{}`` graded with math-verify.
+    """
+
+    format: Literal["arith", "chat-math"] = "arith"
+    system_prompt: str | None = Field(
+        QWEN_MATH_SYSTEM_PROMPT,
+        description="chat-math: the system turn when a request brings none; null: the template's own default",
+    )
+
+
 class ModelsConfig(_Strict):
-    """The policy and the PRM a deployment runs (``deployments/*.yaml``)."""
+    """The policy and the PRM a deployment runs (``deployments/*.yaml``), and their task format."""
 
     policy: EngineConfig
     prm: RewardConfig
+    task: TaskConfig = Field(default_factory=TaskConfig)
 
 
 class WorkerConfig(_Strict):
