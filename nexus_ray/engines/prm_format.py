@@ -87,7 +87,8 @@ def check_format(encoder: StepEncoder, model_config, model_dir: str, positive_la
     step_pooled = any(a in STEP_POOLER_ARCHITECTURES for a in architectures)
     if encoder.format == "token" and step_pooled:
         raise PrmFormatError(
-            f"{model_dir}/config.json: architectures {architectures} score at step tags: set prm.format: qwen-prm"
+            f"{model_dir}/config.json: architectures {architectures} score at step tags; "
+            "set prm.format: qwen-prm"
         )
     if encoder.format != "qwen-prm":
         return
@@ -102,6 +103,6 @@ def check_format(encoder: StepEncoder, model_config, model_dir: str, positive_la
         )
     if not getattr(tok, "chat_template", None):
         raise PrmFormatError(
-            f"{model_dir}: the tokenizer has no chat template (chat_template.jinja or tokenizer_config.json's "
-            "chat_template), which format qwen-prm needs"
+            f"{model_dir}: the tokenizer has no chat template (chat_template.jinja or "
+            "tokenizer_config.json's chat_template), which format qwen-prm needs"
         )

@@ -24,7 +24,7 @@ class ChatTemplate:
     model_dir: str
 
     @classmethod
-    def from_model_dir(cls, model_dir: str | Path) -> "ChatTemplate":
+    def from_model_dir(cls, model_dir: str | Path) -> ChatTemplate:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -40,5 +40,7 @@ class ChatTemplate:
         turns = [{"role": role, "content": content} for role, content in messages]
         try:
             return self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-        except Exception as err:  # jinja raises its own types (e.g. a template that demands alternation)
-            raise ChatTemplateError(f"{self.model_dir}: the chat template refused the conversation: {err}") from None
+        except Exception as err:  # noqa: BLE001 - jinja raises its own types (templates may demand alternation)
+            raise ChatTemplateError(
+                f"{self.model_dir}: the chat template refused the conversation: {err}"
+            ) from None

@@ -95,10 +95,16 @@ def write_builtin_sets() -> None:
         (DATA_DIR / f"{name}.jsonl").write_text("\n".join(rows) + "\n")
     for name in CHAT_SETS:
         rows = [
-            json.dumps({
-                "problem": p.problem, "solution": p.solution, "answer": p.answer,
-                "subject": p.kind, "level": p.level, "unique_id": f"{name}/{i}",
-            })
+            json.dumps(
+                {
+                    "problem": p.problem,
+                    "solution": p.solution,
+                    "answer": p.answer,
+                    "subject": p.kind,
+                    "level": p.level,
+                    "unique_id": f"{name}/{i}",
+                }
+            )
             for i, p in enumerate(builtin_chat_problems(name))
         ]
         (DATA_DIR / f"{name}.jsonl").write_text("\n".join(rows) + "\n")

@@ -35,7 +35,7 @@ class TaskFormat:
     def messages(self, problem: str | tuple[Message, ...]) -> tuple[Message, ...]:
         """The conversation a problem stands for: the caller's turns, or one user turn; the
         system prompt goes first unless the caller brought one."""
-        turns = ((("user", problem),) if isinstance(problem, str) else tuple(problem))
+        turns = (("user", problem),) if isinstance(problem, str) else tuple(problem)
         if self.system_prompt is not None and not any(role == "system" for role, _ in turns):
             turns = (("system", self.system_prompt), *turns)
         return turns
@@ -72,6 +72,9 @@ def task_format(config: TaskConfig, policy_dir: str | Path) -> TaskFormat:
 def chat_math(policy_dir: str | Path, system_prompt: str | None = mathchat.SYSTEM_PROMPT) -> TaskFormat:
     """The chat-math format over a policy's chat template; a clear error if it has none."""
     return TaskFormat(
-        prompt_template="{problem}", step_delimiter=mathchat.STEP_DELIMITER, answer_kind="math",
-        chat=ChatTemplate.from_model_dir(policy_dir), system_prompt=system_prompt,
+        prompt_template="{problem}",
+        step_delimiter=mathchat.STEP_DELIMITER,
+        answer_kind="math",
+        chat=ChatTemplate.from_model_dir(policy_dir),
+        system_prompt=system_prompt,
     )

@@ -115,12 +115,15 @@ def _word_text(start: Fraction, ops: list[tuple[str, Fraction]]) -> str:
     first, *rest = ops
     if len(ops) <= 2 and all(kind in ("add", "sub") for kind, _ in rest):
         head = (
-            f"{plain(first[1])} of {plain(start)}" if first[0] == "of"
+            f"{plain(first[1])} of {plain(start)}"
+            if first[0] == "of"
             else f"{plain(start)} {_ASK_WORD[first[0]]} {plain(first[1])}"
         )
         tail = "".join(f" {_ASK_WORD[kind]} {plain(k)}" for kind, k in rest)
         return f"What is {head}{tail}?"
-    clauses = [f"take {plain(k)} of it" if kind == "of" else _TELL_WORD[kind].format(k=plain(k)) for kind, k in ops]
+    clauses = [
+        f"take {plain(k)} of it" if kind == "of" else _TELL_WORD[kind].format(k=plain(k)) for kind, k in ops
+    ]
     said = ", ".join(clauses[:-1]) + f", then {clauses[-1]}"
     return f"Start with {plain(start)}. {said[0].upper()}{said[1:]}. What is the result?"
 
