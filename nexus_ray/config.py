@@ -305,6 +305,15 @@ def load_yaml(path: str | Path, model: type[BaseModel]) -> BaseModel:
         raise ConfigError(explain(str(path), model, err)) from None
 
 
+def load_models_config(path: str | Path) -> ModelsConfig:
+    """The models (and task) of a models YAML, or of the ``nexus`` application of a Serve config."""
+    path = Path(path)
+    if "applications" in read_yaml(path):
+        config, _ = load_service_config(path)
+        return ModelsConfig(policy=config.policy, prm=config.prm, task=config.task)
+    return load_yaml(path, ModelsConfig)
+
+
 def load_service_config(path: str | Path, app: str = "nexus") -> tuple[ServiceConfig, dict]:
     """The ``ServiceConfig`` of application ``app`` in a Serve config YAML, and the whole YAML."""
     path = Path(path)

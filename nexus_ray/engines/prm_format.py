@@ -13,8 +13,9 @@ Two formats, the same in every engine:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from nexus_ray.config import QWEN_MATH_SYSTEM_PROMPT, PrmFormat
+from nexus_ray.config import QWEN_MATH_SYSTEM_PROMPT, PrmFormat, RewardConfig
 from nexus_ray.engines.base import ScoreRequest
 
 STEP_POOLER_ARCHITECTURES = ("Qwen2ForProcessRewardModel",)
@@ -70,6 +71,19 @@ class StepEncoder:
                 f"the chat template of the PRM kept {len(ends)} of {len(steps)} step tags {self.step_tag!r}"
             )
         return ids, ends
+
+
+def encoder_for(config: RewardConfig, model_dir: str | Path) -> StepEncoder:
+    """The PRM directory's tokenizer in the format its config names, checked against the model
+    (``check_format``): a mismatch fails here, before any engine starts."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    encoder = StepEncoder(
+        tokenizer, config.format, config.step_separator, config.step_tag, config.system_prompt
+    )
+    check_format(encoder, AutoConfig.from_pretrained(model_dir), str(model_dir), config.positive_label)
+    return encoder
 
 
 def check_format(encoder: StepEncoder, model_config, model_dir: str, positive_label: int) -> None:

@@ -38,7 +38,7 @@ from nexus_ray.engines.base import (
     ScoreResult,
     prompt_seed,
 )
-from nexus_ray.engines.prm_format import StepEncoder, check_format
+from nexus_ray.engines.prm_format import encoder_for
 
 T = TypeVar("T")
 
@@ -233,13 +233,7 @@ class VLLMRewardEngine(_VLLMBase):
     """A PRM on vLLM's pooling runner; scores step ends like ``HFRewardEngine``."""
 
     def __init__(self, config: RewardConfig, model_path: Path) -> None:
-        from transformers import AutoConfig
-
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-        encoder = StepEncoder(
-            tokenizer, config.format, config.step_separator, config.step_tag, config.system_prompt
-        )
-        check_format(encoder, AutoConfig.from_pretrained(model_path), str(model_path), config.positive_label)
+        encoder = encoder_for(config, model_path)
         extra: dict[str, Any] = {"runner": "pooling"}
         if config.format == "qwen-prm":  # the step pooler keeps only the rows at this token
             extra["pooler_config"] = _vllm_api().PoolerConfig(step_tag_id=encoder.step_tag_id)
