@@ -5,6 +5,7 @@
     python -m nexus_ray.training rope-base  # rope-base: trained at a 128-token context only
     python -m nexus_ray.training experts    # merge experts: arith-policy fine-tuned per sub-task
     python -m nexus_ray.training chat-policy  # Qwen2 policy with BPE + chat template (free-form math)
+    python -m nexus_ray.training chat-prm     # Qwen2.5-Math-PRM-format PRM for chat-policy's samples
     python -m nexus_ray.training all
 
 Everything is seeded and runs on CPU with transformers' own model classes, so the outputs are
@@ -17,6 +18,7 @@ import argparse
 from pathlib import Path
 
 from nexus_ray.training.chat_policy import train_chat_policy
+from nexus_ray.training.chat_prm import train_chat_prm
 from nexus_ray.training.experts import train_expert
 from nexus_ray.training.policy import train_policy
 from nexus_ray.training.prm import train_prm
@@ -30,7 +32,9 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__,
         formatter_class=argparse.RawTextHelpFormatter,
     )
-    parser.add_argument("which", choices=["policy", "prm", "rope-base", "experts", "chat-policy", "all"])
+    parser.add_argument(
+        "which", choices=["policy", "prm", "rope-base", "experts", "chat-policy", "chat-prm", "all"]
+    )
     parser.add_argument("--out-dir", type=Path, default=registry.ZOO_DIR, help="where models are written")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--policy-steps", type=int, default=7000)
@@ -46,6 +50,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chat-policy-steps", type=int, default=5000)
     parser.add_argument("--chat-batch-size", type=int, default=32)
     parser.add_argument("--chat-lr", type=float, default=2e-3)
+    parser.add_argument("--chat-prm-problems-per-level", type=int, default=400)
+    parser.add_argument("--chat-prm-samples", type=int, default=8, help="chat-policy samples per problem")
+    parser.add_argument("--chat-prm-steps", type=int, default=3000)
     args = parser.parse_args(argv)
     if args.which in ("policy", "all"):
         train_policy(args.out_dir / "arith-policy", args.policy_steps, args.batch_size, 1.5e-3, args.seed)
@@ -76,6 +83,18 @@ def main(argv: list[str] | None = None) -> None:
         out = args.out_dir / "chat-policy"
         meta = train_chat_policy(out, args.chat_policy_steps, args.chat_batch_size, args.chat_lr, args.seed)
         print(f"chat-policy: {meta['parameters']} parameters, {meta['train_seconds']} s -> {out}")
+    if args.which in ("chat-prm", "all"):
+        meta = train_chat_prm(
+            args.out_dir / "chat-policy",
+            args.out_dir / "chat-prm",
+            args.chat_prm_problems_per_level,
+            args.chat_prm_samples,
+            args.chat_prm_steps,
+            args.seed,
+        )
+        print(
+            f"chat-prm held-out step AUROC {meta['heldout_step_auroc']}, within-problem {meta['heldout_within_problem_auroc']}"
+        )
 
 
 if __name__ == "__main__":
