@@ -92,9 +92,8 @@ def main(argv: list[str] | None = None) -> None:
             args.chat_prm_steps,
             args.seed,
         )
-        print(
-            f"chat-prm held-out step AUROC {meta['heldout_step_auroc']}, within-problem {meta['heldout_within_problem_auroc']}"
-        )
+        step, within = meta["heldout_step_auroc"], meta["heldout_within_problem_auroc"]
+        print(f"chat-prm held-out step AUROC {step}, within-problem AUROC {within}")
 
 
 if __name__ == "__main__":
