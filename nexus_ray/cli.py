@@ -181,18 +181,19 @@ def serve(
     import time
     from pathlib import Path
 
-    from nexus_ray.config import ConfigError
+    from nexus_ray.config import ConfigError, load_service_config
     from nexus_ray.serving import local
 
     path = Path(config) if config else local.DEFAULT_CONFIG
     try:
+        service, _ = load_service_config(path)
         url = local.start(path, port or None)
     except (ConfigError, ValueError, TimeoutError) as err:
         _fail(str(err))
     try:
         if smoke:
             typer.echo(f"service up at {url}; a few real requests:")
-            ok = local.smoke(url, typer.echo)
+            ok = local.smoke(url, service, typer.echo)
             raise typer.Exit(0 if ok else 1)
         typer.echo(f"nexus_ray serving at {url} (Ctrl-C to stop). Try:")
         typer.echo(
