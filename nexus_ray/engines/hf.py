@@ -59,7 +59,17 @@ def _load(
         .to(engine.device)
         .eval()
     )
-    engine.num_parameters = sum(p.numel() for p in engine.model.parameters())
+    engine.num_parameters = _flop_parameters(engine.model)
+
+
+def _flop_parameters(model: torch.nn.Module) -> int:
+    """Parameters a token's forward pass multiplies by (see ``ComputeLedger``): all but the
+    input embedding table, a lookup, unless it doubles as the output projection (tied)."""
+    total = sum(p.numel() for p in model.parameters())
+    embedding = model.get_input_embeddings().weight
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    tied = output is not None and output.weight is embedding
+    return total if tied else total - embedding.numel()
 
 
 class HFPolicyEngine:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
 import os
 import struct
 import threading
@@ -277,16 +278,19 @@ class VLLMRewardEngine(_VLLMBase):
 
 
 def _count_parameters(model_path: Path) -> int:
-    """Parameters from the safetensors headers (vLLM's weights live in another process)."""
+    """Parameters a token's forward pass multiplies by, from the safetensors headers (vLLM's
+    weights live in another process): all but the input embedding table, unless a causal LM
+    ties it to its output projection. The same count as the transformers engine's."""
+    config = json.loads((model_path / "config.json").read_text())
+    causal = any(a.endswith("ForCausalLM") for a in config.get("architectures") or [])
+    tied = causal and config.get("tie_word_embeddings", False)
     total = 0
     for f in sorted(model_path.glob("*.safetensors")):
         with open(f, "rb") as fh:
             (n,) = struct.unpack("<Q", fh.read(8))
             header = json.loads(fh.read(n))
         for name, meta in header.items():
-            if name != "__metadata__":
-                count = 1
-                for d in meta["shape"]:
-                    count *= d
-                total += count
+            if name == "__metadata__" or (name.endswith("embed_tokens.weight") and not tied):
+                continue
+            total += math.prod(meta["shape"])
     return total
