@@ -210,7 +210,12 @@ class PlannerConfig(_Strict):
     max_budget: int = Field(64, ge=1, description="the highest budget a request may ask for")
     tokens_per_second: float | None = Field(None, gt=0, description="None: no limit")
     burst_seconds: float = Field(10.0, gt=0, description="bucket size, in seconds of the rate")
-    tokens_per_generation: float = Field(64.0, gt=0, description="admission's estimate per generation")
+    tokens_per_generation: float | None = Field(
+        None,
+        gt=0,
+        description="admission's estimate per generation; unset: the mean measured on settled requests "
+        "(a generation's worst case, max_tokens, until the first settles)",
+    )
     max_queue_seconds: float = Field(0.0, ge=0, description="wait this long for the bucket before 429")
     table: str | None = Field(
         None,

@@ -91,7 +91,7 @@ class Ingress:
             raise Failure(422, str(err.args[0]), "invalid_request") from None
         except AdmissionDenied as err:
             raise Failure(429, str(err), "rate_limited", retry_after=err.retry_after) from None
-        spent = 0.0
+        spent, measured = 0.0, 0
         try:
             if plan.wait_s > 0:
                 await asyncio.sleep(plan.wait_s)
@@ -103,13 +103,14 @@ class Ingress:
             run = run_plan(plan, ctx, expression, self.table)
             result, plan = await asyncio.wait_for(run, cfg.request_timeout_s)
             spent = result.ledger.policy_token_equivalents
+            measured = plan.budget if plan.allocation is None else 0  # a named plan's spend per generation
         except TimeoutError:
             spent = plan.reserved
             raise Failure(504, f"solve took longer than {cfg.request_timeout_s:g} s", "timeout") from None
         except WorkerUnavailable as err:
             raise Failure(503, str(err), "unavailable", retry_after=5) from None
         finally:
-            self.admission.settle.remote(key, plan.reserved, spent)
+            self.admission.settle.remote(key, plan.reserved, spent, measured)
         out = result.to_dict(with_candidates=options.return_candidates)
         self.metrics.solved(plan.strategy, plan.difficulty, out["ledger"])
         out["strategy"] = plan.strategy  # the name asked for ("weighted"), not its family ("best_of_n")
