@@ -28,6 +28,7 @@ from nexus_ray.engines.base import (
 from nexus_ray.engines.batching import MicroBatcher
 from nexus_ray.engines.prm_format import STEP_POOLER_ARCHITECTURES, StepEncoder, check_format
 from nexus_ray.engines.qwen2_prm import Qwen2ForProcessRewardModel
+from nexus_ray.engines.tokens import prompt_ids
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -92,7 +93,7 @@ class HFPolicyEngine:
         )
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text).input_ids)
+        return len(prompt_ids(self.tokenizer, text))
 
     def shutdown(self) -> None:
         """Nothing to stop: the model lives in this process and goes with it."""
@@ -110,7 +111,7 @@ class HFPolicyEngine:
         self, prompts: list[str], seeds: list[int | None], params: GenerationParams
     ) -> list[GenerationResult]:
         """Blocking generation in chunks of ``max_batch_size`` samples; prompt i uses seeds[i]."""
-        encoded = [self.tokenizer(p).input_ids for p in prompts]
+        encoded = [prompt_ids(self.tokenizer, p) for p in prompts]
         per_chunk = max(1, self.max_batch_size // params.n)
         results: list[GenerationResult] = []
         with self._lock, torch.inference_mode():
@@ -122,11 +123,11 @@ class HFPolicyEngine:
         return results
 
     def _decode(
-        self, prompt_ids: list[list[int]], seeds: list[int | None], params: GenerationParams
+        self, encoded: list[list[int]], seeds: list[int | None], params: GenerationParams
     ) -> list[list[Completion]]:
         tok = self.tokenizer
         n = params.n
-        width = max(map(len, prompt_ids))
+        width = max(map(len, encoded))
         if self.max_positions and width + params.max_tokens > self.max_positions:
             limit = self.max_positions - width
             if limit < 1:
@@ -135,9 +136,9 @@ class HFPolicyEngine:
                 )
             params = GenerationParams(**{**params.__dict__, "max_tokens": limit})
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        ids = torch.full((len(prompt_ids), width), pad, dtype=torch.long)
+        ids = torch.full((len(encoded), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
-        for r, p in enumerate(prompt_ids):  # left padding keeps every last token aligned
+        for r, p in enumerate(encoded):  # left padding keeps every last token aligned
             ids[r, width - len(p) :] = torch.tensor(p)
             mask[r, width - len(p) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
@@ -195,7 +196,7 @@ class HFPolicyEngine:
             cache = out.past_key_values
             logits = out.logits[:, -1].float()
 
-        results: list[list[Completion]] = [[] for _ in prompt_ids]
+        results: list[list[Completion]] = [[] for _ in encoded]
         for r in range(rows):
             reason, stop_str = finish[r] or ("length", None)
             ids_r = tokens[r]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from nexus_ray.config import QWEN_MATH_SYSTEM_PROMPT, PrmFormat, RewardConfig
 from nexus_ray.engines.base import ScoreRequest
+from nexus_ray.engines.tokens import prompt_ids
 
 STEP_POOLER_ARCHITECTURES = ("Qwen2ForProcessRewardModel",)
 
@@ -42,7 +43,7 @@ class StepEncoder:
     def encode(self, request: ScoreRequest) -> tuple[list[int], list[int]]:
         if self.format == "qwen-prm":
             return self._encode_chat(request)
-        ids = list(self.tokenizer(request.prompt).input_ids)
+        ids = prompt_ids(self.tokenizer, request.prompt)
         ends = []
         for step in request.steps:
             ids += self.tokenizer(step + self.separator, add_special_tokens=False).input_ids

@@ -40,6 +40,7 @@ from nexus_ray.engines.base import (
     prompt_seed,
 )
 from nexus_ray.engines.prm_format import encoder_for
+from nexus_ray.engines.tokens import prompt_ids
 
 T = TypeVar("T")
 
@@ -174,7 +175,7 @@ class VLLMPolicyEngine(_VLLMBase):
         super().__init__(config, model_path)
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text).input_ids)
+        return len(prompt_ids(self.tokenizer, text))
 
     def generate_sync(self, prompts: list[str], params: GenerationParams) -> list[GenerationResult]:
         return self._loop.run(self._generate(prompts, params))
@@ -183,7 +184,7 @@ class VLLMPolicyEngine(_VLLMBase):
         return await self._loop.run_async(self._generate(prompts, params))
 
     async def _generate(self, prompts: list[str], params: GenerationParams) -> list[GenerationResult]:
-        encoded = [self.tokenizer(p).input_ids for p in prompts]
+        encoded = [prompt_ids(self.tokenizer, p) for p in prompts]
         outputs = await asyncio.gather(
             *(self._one(ids, self._sampling(params, i)) for i, ids in enumerate(encoded))
         )
