@@ -44,8 +44,11 @@ def load_jsonl(path: str | Path) -> list[Example]:
             row = json.loads(line)
         except json.JSONDecodeError as err:
             raise DatasetError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-        if not isinstance(row, dict) or "problem" not in row or "answer" not in row:
-            raise DatasetError(f"{path}:{lineno}: each line needs 'problem' and 'answer' keys")
+        if not isinstance(row, dict):
+            raise DatasetError(f"{path}:{lineno}: each line is a JSON object with 'problem' and 'answer'")
+        missing = [key for key in ("problem", "answer") if key not in row]
+        if missing:
+            raise DatasetError(f"{path}:{lineno}: no {' or '.join(repr(k) for k in missing)} field")
         level = row.get("level")
         examples.append(
             Example(str(row["problem"]), str(row["answer"]), int(level) if level is not None else None)

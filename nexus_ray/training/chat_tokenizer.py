@@ -60,7 +60,7 @@ def train_bpe(texts: list[str], vocab_size: int) -> Tokenizer:
     return tok
 
 
-def save_chat_tokenizer(tok: Tokenizer, directory: Path) -> None:
+def save_chat_tokenizer(tok: Tokenizer, directory: Path, template: str = CHAT_TEMPLATE) -> None:
     """``tokenizer.json``, ``tokenizer_config.json`` and ``chat_template.jinja``, as current
     transformers writes a Qwen2 model directory."""
     from transformers import PreTrainedTokenizerFast
@@ -72,5 +72,5 @@ def save_chat_tokenizer(tok: Tokenizer, directory: Path) -> None:
         unk_token=None,
         additional_special_tokens=[IM_START, IM_END, STEP_TAG],
     )
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = template
     fast.save_pretrained(directory)
