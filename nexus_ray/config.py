@@ -185,15 +185,38 @@ class ModelsConfig(_Strict):
     task: TaskConfig = Field(default_factory=TaskConfig)
 
 
+class AutoscalingConfig(_Strict):
+    """Ray Serve's autoscaling for a worker (its ``autoscaling_config``): replicas between
+    ``min_replicas`` and ``max_replicas``, added while the ongoing requests per replica exceed
+    ``target_ongoing_requests``. On KubeRay the GPU worker group grows with the replicas."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(ge=1)
+    target_ongoing_requests: float = Field(32.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas {self.min_replicas} exceeds max_replicas {self.max_replicas}")
+        return self
+
+
 class WorkerConfig(_Strict):
     """How many replicas hold one model, and what each reserves (GPUs come from the engine config)."""
 
-    replicas: int = Field(1, ge=1)
+    replicas: int = Field(1, ge=1, description="a fixed count; autoscaling replaces it")
+    autoscaling: AutoscalingConfig | None = None
     num_cpus: float = Field(0.5, ge=0, description="CPUs per replica; fractions share a small machine")
     max_ongoing_requests: int = Field(256, ge=1, description="in-flight calls per replica; batched together")
     batching: bool = Field(
         True, description="merge concurrent calls into one engine batch (off: one at a time)"
     )
+
+    @model_validator(mode="after")
+    def _one_way_to_count(self) -> WorkerConfig:
+        if self.autoscaling is not None and "replicas" in self.model_fields_set:
+            raise ValueError("set replicas or autoscaling, not both")
+        return self
 
 
 class PlannerConfig(_Strict):
