@@ -177,3 +177,22 @@ def test_the_local_chat_config_is_gpu_single_with_only_paths_and_resources_chang
     local = yaml.safe_load((ROOT / "deployments" / name).read_text())
     assert _differences(gpu, local) - RESOURCE_KEYS - also == set()
     assert _app(local)["args"]["task"] == {"format": "chat-math"}
+
+
+def test_a_worker_autoscales_by_rays_own_autoscaling_config():
+    from nexus_ray.config import EngineConfig, WorkerConfig
+    from nexus_ray.serving.workers import worker_options
+
+    scaled = WorkerConfig(autoscaling={"min_replicas": 1, "max_replicas": 8, "target_ongoing_requests": 16})
+    options = worker_options(EngineConfig(model="x", num_gpus=1), scaled)
+    assert options["autoscaling_config"] == {
+        "min_replicas": 1,
+        "max_replicas": 8,
+        "target_ongoing_requests": 16,
+    }
+    assert "num_replicas" not in options
+    assert worker_options(EngineConfig(model="x"), WorkerConfig(replicas=3))["num_replicas"] == 3
+    with pytest.raises(ValueError, match="not both"):
+        WorkerConfig(replicas=2, autoscaling={"max_replicas": 4})
+    with pytest.raises(ValueError, match="exceeds"):
+        WorkerConfig(autoscaling={"min_replicas": 5, "max_replicas": 4})
