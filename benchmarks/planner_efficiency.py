@@ -3,7 +3,8 @@ planner (tables calibrated on another set only) and for uniform strategies, in o
 
     python benchmarks/planner_efficiency.py --tables benchmarks/results/calibration/arith-calib
     python benchmarks/planner_efficiency.py --dataset chat-test --policy chat-policy --prm chat-prm \
-        --prm-format qwen-prm --tables benchmarks/results/calibration/chat-calib --out benchmarks/results/planner-chat
+        --prm-format qwen-prm --tables benchmarks/results/calibration/chat-calib \
+        --out benchmarks/results/planner-chat
 
 1. Records a pool per test problem (greedy decode + ``--samples`` temperature-1
    samples, PRM-scored), resumable.
