@@ -1,9 +1,12 @@
-"""Is the compute-optimal planner worth it? Accuracy vs. mean compute on arith-test for the
-planner (tables calibrated on arith-calib only) and for uniform strategies, in one run.
+"""Is the compute-optimal planner worth it? Accuracy vs. mean compute on a test set for the
+planner (tables calibrated on another set only) and for uniform strategies, in one run.
 
     python benchmarks/planner_efficiency.py --tables benchmarks/results/calibration/arith-calib
+    python benchmarks/planner_efficiency.py --dataset chat-test --policy chat-policy --prm chat-prm \
+        --prm-format qwen-prm --tables benchmarks/results/calibration/chat-calib \
+        --out benchmarks/results/planner-chat
 
-1. Records a pool per arith-test problem (greedy decode + ``--samples`` temperature-1
+1. Records a pool per test problem (greedy decode + ``--samples`` temperature-1
    samples, PRM-scored), resumable.
 2. Uniform baselines on those pools: weighted best-of-N and majority vote at n = 1..32, and
    greedy; beam search runs for real (``--beam-budgets``) through the eval harness.
@@ -32,8 +35,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nexus_ray.config import local_models
 from nexus_ray.engines import build_policy_engine, build_reward_engine
+from nexus_ray.jobs import models
 from nexus_ray.jobs.eval import Job, interleave_levels, load_records, run_local, select_examples, solve_one
 from nexus_ray.planner import replay
 from nexus_ray.planner.difficulty import spearman
@@ -41,7 +44,6 @@ from nexus_ray.planner.execute import solve
 from nexus_ray.planner.sampling import EngineSampler
 from nexus_ray.planner.table import PlanTable
 from nexus_ray.search.base import SearchContext
-from nexus_ray.tasks.format import ARITH
 from nexus_ray.tasks.grading import is_equivalent
 
 SIZES = (1, 2, 4, 8, 16, 32)
@@ -121,21 +123,20 @@ def bootstrap(
 
 
 def record_pools(args, path: Path) -> list[replay.Recorded]:
-    examples = select_examples("arith-test", args.per_level)
+    examples = select_examples(args.dataset, args.per_level)
     done = {r["problem"] for r in load_records(path)}
     work = [e for e in interleave_levels(examples) if e.problem not in done]
     if work:
-        print(f"recording {len(work)} arith-test pools ({len(done)} done) -> {path}")
-        models = local_models("hf", args.policy, args.prm)
-        solver = partial(replay.record_one, fmt=ARITH, samples=args.samples, seed=args.seed + 1)
-        run_local(models.policy, models.prm, solver, work, path, args.concurrency)
+        print(f"recording {len(work)} {args.dataset} pools ({len(done)} done) -> {path}")
+        solver = partial(replay.record_one, fmt=args.fmt, samples=args.samples, seed=args.seed + 1)
+        run_local(args.models.policy, args.models.prm, solver, work, path, args.concurrency)
     wanted = {e.problem for e in examples}
     return [r for r in replay.load_pools(path) if r.pool.problem in wanted]
 
 
 def beam_points(args, path: Path, recs: list[replay.Recorded]) -> list[dict]:
     """Beam search for real (it cannot be replayed from complete samples), through the eval harness."""
-    examples = {e.problem: e for e in select_examples("arith-test", args.per_level)}
+    examples = {e.problem: e for e in select_examples(args.dataset, args.per_level)}
     jobs = [Job("beam", b) for b in args.beam_budgets]
     done = {(r["problem"], r["budget"]) for r in load_records(path)}
     work = [
@@ -143,9 +144,8 @@ def beam_points(args, path: Path, recs: list[replay.Recorded]) -> list[dict]:
     ]
     if work:
         print(f"running beam search on {len(work)} (problem, budget) pairs -> {path}")
-        models = local_models("hf", args.policy, args.prm)
-        solver = partial(solve_one, fmt=ARITH, seed=args.seed, overrides={}, token_cap_per_generation=None)
-        run_local(models.policy, models.prm, solver, work, path, args.concurrency)
+        solver = partial(solve_one, fmt=args.fmt, seed=args.seed, overrides={}, token_cap_per_generation=None)
+        run_local(args.models.policy, args.models.prm, solver, work, path, args.concurrency)
     records = [r for r in load_records(path) if r["problem"] in examples]
     out = []
     for b in args.beam_budgets:
@@ -163,8 +163,7 @@ def beam_points(args, path: Path, recs: list[replay.Recorded]) -> list[dict]:
 
 def online(args, table: PlanTable, budgets: list[float], recs: list[replay.Recorded]) -> list[dict]:
     """The planner through the engines, as the service runs it (other samples than the pools)."""
-    models = local_models("hf", args.policy, args.prm)
-    policy, prm = build_policy_engine(models.policy), build_reward_engine(models.prm)
+    policy, prm = build_policy_engine(args.models.policy), build_reward_engine(args.models.prm)
     gold = {r.pool.problem: r.gold for r in recs}
 
     async def run_all(budget: float) -> list[replay.Result]:
@@ -173,11 +172,11 @@ def online(args, table: PlanTable, budgets: list[float], recs: list[replay.Recor
 
         async def one(problem: str) -> replay.Result:
             async with sem:
-                ctx = SearchContext(policy, prm, ARITH.prompt(problem), ARITH, None, args.seed + 2)
+                ctx = SearchContext.for_problem(policy, prm, args.fmt, problem, None, args.seed + 2)
                 ledger = ctx.new_ledger()
                 planned = await solve(EngineSampler(ctx), problem, table, alloc, ledger)
             return replay.Result(
-                is_equivalent(planned.outcome.answer, gold[problem], "arith"),
+                is_equivalent(planned.outcome.answer, gold[problem], args.fmt.answer_kind),
                 ledger.policy_token_equivalents,
                 planned,
             )
@@ -217,23 +216,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=32, help="temperature-1 samples per test pool")
     p.add_argument("--per-level", type=int, default=None)
     p.add_argument("--concurrency", type=int, default=48)
-    p.add_argument("--policy", default="arith-policy")
-    p.add_argument("--prm", default="arith-prm")
+    p.add_argument("--dataset", default="arith-test", help="the test set (never the calibration set)")
+    models.add_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/planner"))
     args = p.parse_args(argv)
+    args.models, args.fmt = models.resolve_models(args, select_examples(args.dataset, args.per_level))
     args.out.mkdir(parents=True, exist_ok=True)
     tables = {}
     for name in [*args.estimators.split(","), "oracle"]:
         tables[name] = PlanTable.load(args.tables / f"table-{name}.json")
-        tables[name].check_models(args.policy, args.prm)
-        if tables[name].dataset == "arith-test":
-            raise SystemExit("error: the tables must be calibrated on another set than arith-test")
+        tables[name].check_models(args.models.policy.model, args.models.prm.model)
+        if tables[name].dataset == args.dataset:
+            raise SystemExit(f"error: the tables must be calibrated on another set than {args.dataset}")
     budgets = [float(b) for b in args.budgets.split(",")]
 
-    recs = record_pools(args, args.out / "pools-arith-test.jsonl")
+    recs = record_pools(args, args.out / f"pools-{Path(args.dataset).stem}.jsonl")
     beam = beam_points(args, args.out / "beam-records.jsonl", recs)
-    print(f"{len(recs)} arith-test problems; baselines and planner replays")
+    print(f"{len(recs)} {args.dataset} problems; baselines and planner replays")
     sizes = [n for n in SIZES if n <= min(len(r.pool.samples) for r in recs)]
     weighted_results = {n: replay.uniform_results(recs, "weighted", n) for n in sizes}
     weighted = [{"n": n, **point(rs)} for n, rs in weighted_results.items()]
@@ -268,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report = {
         "date": time.strftime("%Y-%m-%d"),
+        "dataset": args.dataset,
         "problems": len(recs),
         "samples_per_pool": args.samples,
         "budgets": budgets,
@@ -298,7 +299,7 @@ def _ratio(row: dict) -> str:
 
 def print_report(report: dict) -> None:
     print(
-        f"\n{report['problems']} arith-test problems; greedy {report['greedy']['accuracy']:.3f} "
+        f"\n{report['problems']} {report['dataset']} problems; greedy {report['greedy']['accuracy']:.3f} "
         f"at {report['greedy']['compute']:.0f}"
     )
     print(
@@ -378,7 +379,9 @@ def plot(report: dict, path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("mean compute per problem (policy-token equivalents, probes included)")
     ax.set_ylabel("accuracy")
-    ax.set_title(f"arith-test ({report['problems']} problems): planner vs. uniform test-time compute")
+    ax.set_title(
+        f"{report['dataset']} ({report['problems']} problems): planner vs. uniform test-time compute"
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()

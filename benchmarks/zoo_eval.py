@@ -1,13 +1,15 @@
 """Zoo quality tables: policy pass@1 / pass@16 per level, PRM step AUROC, best-of-16 selection.
 
     python benchmarks/zoo_eval.py [--samples 16] [--dataset arith-test]
+    python benchmarks/zoo_eval.py --pair chat            # chat-policy + chat-prm on chat-test
 
-Samples ``--samples`` solutions per problem at temperature 1.0 from arith-policy, checks every
-step exactly, scores every step with arith-prm, and reports per level:
+Samples ``--samples`` solutions per problem at temperature 1.0 from the pair's policy (prompted
+in its task format), labels every step exactly, scores every step with its PRM (in the PRM's
+format), and reports per level:
 pass@1 (mean over samples), pass@k (any of k correct), majority vote, and PRM selection
 (weighted = Snell's best-of-N weighted, argmax) with the PRM's ``last`` and ``min`` step
 aggregation, over the same k samples, side by side.
-Writes benchmarks/results/zoo_eval.json and prints Markdown tables.
+Writes benchmarks/results/zoo_eval[-chat].json and prints Markdown tables.
 """
 
 from __future__ import annotations
@@ -24,25 +26,49 @@ from nexus_ray.config import local_models
 from nexus_ray.engines import build_policy_engine, build_reward_engine
 from nexus_ray.engines.base import GenerationParams, ScoreRequest
 from nexus_ray.search.aggregate import aggregate_steps, select
-from nexus_ray.tasks import arith, datasets
-from nexus_ray.tasks.format import ARITH
+from nexus_ray.tasks import arith, datasets, mathchat
+from nexus_ray.tasks.format import ARITH, TaskFormat, chat_math
 from nexus_ray.tasks.grading import is_equivalent
 from nexus_ray.training.prm import auroc
+from nexus_ray.zoo.registry import resolve
 
-RESULTS = Path(__file__).parent / "results" / "zoo_eval.json"
+RESULTS = Path(__file__).parent / "results"
+
+
+def arith_labels(problem: str, solution: str) -> list[int]:
+    """Exact per-step labels (the answer line is a step too)."""
+    verdict = arith.check(problem, solution)
+    return list(verdict.step_correct) + [int(verdict.correct)] * (verdict.answer is not None)
+
+
+def chat_labeller(dataset: str):
+    """Exact per-step labels against the gold solutions of a built-in chat set."""
+    gold = {p.problem: p for p in datasets.builtin_chat_problems(dataset)}
+    return lambda problem, solution: [int(ok) for ok in mathchat.step_labels(gold[problem], solution)]
+
+
+def pair(name: str, dataset: str) -> tuple[object, object, TaskFormat, object]:
+    """Policy and PRM engines, the task format, and the step labeller of a zoo pair."""
+    if name == "arith":
+        models = local_models("hf")
+        return build_policy_engine(models.policy), build_reward_engine(models.prm), ARITH, arith_labels
+    models = local_models("hf", "chat-policy", "chat-prm")
+    models.prm.format = "qwen-prm"
+    fmt = chat_math(resolve("chat-policy"))
+    return build_policy_engine(models.policy), build_reward_engine(models.prm), fmt, chat_labeller(dataset)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--pair", choices=["arith", "chat"], default="arith", help="which zoo pair")
     parser.add_argument("--samples", type=int, default=16)
-    parser.add_argument("--dataset", default="arith-test")
+    parser.add_argument("--dataset", default=None, help="default: arith-test or chat-test")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     start = time.time()
-    models = local_models("hf")
-    policy = build_policy_engine(models.policy)
-    prm = build_reward_engine(models.prm)
-    examples = datasets.load(args.dataset)
+    dataset = args.dataset or f"{args.pair}-test"
+    policy, prm, fmt, labeller = pair(args.pair, dataset)
+    examples = datasets.load(dataset)
     k = args.samples
     params = GenerationParams(n=k, temperature=1.0, max_tokens=200, seed=args.seed)
 
@@ -52,23 +78,25 @@ def main() -> None:
     chunk = max(1, 256 // k)
     for s in tqdm(range(0, len(examples), chunk), desc="policy + PRM", unit="batch"):
         batch = examples[s : s + chunk]
-        prompts = [ARITH.prompt(e.problem) for e in batch]
+        prompts = [fmt.prompt(e.problem) for e in batch]
         results = policy.generate_sync(prompts, params)
+        conversations = [fmt.messages(e.problem) if fmt.chat is not None else () for e in batch]
         requests = [
-            ScoreRequest(p, ARITH.steps(c.text)) for p, r in zip(prompts, results) for c in r.completions
+            ScoreRequest(p, fmt.steps(c.text), m)
+            for p, m, r in zip(prompts, conversations, results)
+            for c in r.completions
         ]
         scored = iter(prm.score_sync(requests))
         for e, r in zip(batch, results):
             texts = [c.text for c in r.completions]
-            answers = [ARITH.answer(t) for t in texts]
-            correct = [is_equivalent(a, e.answer) for a in answers]
+            answers = [fmt.answer(t) for t in texts]
+            correct = [is_equivalent(a, e.answer, fmt.answer_kind) for a in answers]
             scores: dict[str, list[float]] = {"last": [], "min": []}
             for t in texts:
                 step_s = next(scored).scores
                 for mode, values in scores.items():
                     values.append(aggregate_steps(step_s, mode))
-                verdict = arith.check(e.problem, t)
-                labels = list(verdict.step_correct) + [int(verdict.correct)] * (verdict.answer is not None)
+                labels = labeller(e.problem, t)
                 # Lines after the answer line (rare) are not steps the checker labels.
                 step_scores += step_s[: len(labels)]
                 step_labels += labels[: len(step_s)]
@@ -92,7 +120,8 @@ def main() -> None:
         for level, metrics in sorted(per_level.items())
     }
     out = {
-        "dataset": args.dataset,
+        "pair": args.pair,
+        "dataset": dataset,
         "samples": k,
         "temperature": 1.0,
         "per_level": table,
@@ -102,8 +131,9 @@ def main() -> None:
         "prm_within_problem_pairs": pairs,
         "seconds": round(time.time() - start, 1),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=1) + "\n")
+    path = RESULTS / ("zoo_eval.json" if args.pair == "arith" else f"zoo_eval-{args.pair}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1) + "\n")
     cols = ["pass@1", f"pass@{k}", "majority", "weighted_last", "argmax_last", "weighted_min", "argmax_min"]
     print(f"\n| level | problems | {' | '.join(cols)} |")
     print("|---|---|" + "---|" * len(cols))
@@ -114,7 +144,7 @@ def main() -> None:
         f"PRM within-problem AUROC (a right solution's last-step score above a wrong one's, "
         f"{pairs} pairs): {out['prm_within_problem_auroc']:.4f}"
     )
-    print(f"({out['seconds']} s; wrote {RESULTS})")
+    print(f"({out['seconds']} s; wrote {path})")
 
 
 if __name__ == "__main__":

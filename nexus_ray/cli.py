@@ -30,7 +30,10 @@ def _fail(message: str) -> None:
 
 @app.command()
 def solve(
-    problem: str = typer.Argument(..., help='An arithmetic problem, e.g. "Q: 12+7*3-5" or "12+7*3-5".'),
+    problem: str = typer.Argument(
+        ...,
+        help='A problem: "12+7*3-5" for the arith zoo, free text ("What is 3/4 of 12?") for a chat model.',
+    ),
     strategy: str = typer.Option("greedy", help=f"{', '.join(registry.names())}."),
     budget: int = typer.Option(
         8, min=1, max=1024, help=f"Budget in generations (ignored by {', '.join(registry.without_budget())})."
@@ -39,39 +42,62 @@ def solve(
     prm: str = typer.Option("arith-prm", help="Zoo PRM name or HF model directory (best_of_n)."),
     seed: int = typer.Option(0, help="Sampling seed."),
     engine: str = typer.Option("hf", help="hf (transformers) or vllm (needs the vllm package)."),
+    task: str = typer.Option(
+        "auto", help="arith or chat-math (auto: chat-math when the policy's tokenizer has a chat template)."
+    ),
+    prm_format: str = typer.Option(
+        "token", help="token (the arith zoo PRM) or qwen-prm (Qwen2.5-Math-PRM's)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Solve one problem and print the solution, the answer and the compute it took."""
-    from nexus_ray.config import local_models
+    from nexus_ray.config import TaskConfig, local_models
     from nexus_ray.engines import build_policy_engine, build_reward_engine
+    from nexus_ray.jobs.models import has_chat_template
     from nexus_ray.search.base import ScoredSearchParams, SearchContext
     from nexus_ray.tasks import arith
-    from nexus_ray.tasks.format import ARITH
+    from nexus_ray.tasks.format import task_format
+    from nexus_ray.zoo.registry import resolve
 
-    try:
-        expression = ARITH.parse(problem)
-    except ValueError as err:
-        _fail(str(err))
-    gold = arith.evaluate(expression)
     if engine not in ("hf", "vllm"):
         _fail(f"--engine must be hf or vllm, got {engine!r}")
+    if task not in ("auto", "arith", "chat-math") or prm_format not in ("token", "qwen-prm"):
+        _fail(f"--task: auto, arith or chat-math; --prm-format: token or qwen-prm (got {task}, {prm_format})")
     try:
+        if task == "auto":
+            task = "chat-math" if has_chat_template(policy) else "arith"
+        fmt = task_format(TaskConfig(format=task), resolve(policy))  # type: ignore[arg-type]
+        question = fmt.parse(problem)
         _, params = registry.build_params(strategy, budget)  # bad names fail here, before any model loads
         models = local_models(engine, policy, prm)  # type: ignore[arg-type]
+        models.prm.format = prm_format  # type: ignore[assignment]
         policy_engine = build_policy_engine(models.policy)
         # Only strategies with scoring knobs read a PRM.
         prm_engine = build_reward_engine(models.prm) if isinstance(params, ScoredSearchParams) else None
     except (FileNotFoundError, ValueError, RuntimeError) as err:  # RuntimeError: vLLM missing
         _fail(str(err))
-    prompt = ARITH.prompt(expression)
-    ctx = SearchContext(policy_engine, prm_engine, prompt, ARITH, seed=seed)
+    ctx = SearchContext.for_problem(policy_engine, prm_engine, fmt, question, seed=seed)
     try:
         result = asyncio.run(registry.run(strategy, ctx, budget))
     finally:
         for engine_ in (policy_engine, prm_engine):
             if engine_ is not None:
                 engine_.shutdown()
-    verdict = arith.check(expression, result.solution)
+    led = result.ledger
+    cost = (
+        f"tokens: {led.policy_prefill_tokens} prompt + {led.policy_generated_tokens} generated"
+        + (f" + {led.prm_tokens} PRM" if led.prm_tokens else "")
+        + f"  ({led.policy_token_equivalents:.0f} policy-token equivalents)"
+    )
+    if task != "arith":  # free-form: no gold answer to check against
+        if as_json:
+            typer.echo(json.dumps(result.to_dict(), indent=1))
+            return
+        typer.echo(f"{question}\n\n{result.solution.strip()}\n\nanswer: {result.answer}\n{cost}")
+        return
+    prompt = ctx.prompt
+    gold = arith.evaluate(question)
+    verdict = arith.check(question, result.solution)
     if as_json:
         typer.echo(json.dumps({**result.to_dict(), "correct": verdict.correct, "gold": str(gold)}, indent=1))
         return
@@ -81,12 +107,7 @@ def solve(
     if not verdict.correct and verdict.first_wrong_step is not None:
         mark += f", first wrong step {verdict.first_wrong_step + 1}"
     typer.echo(f"answer: {result.answer}  [{mark}{')' if not verdict.correct else ''}]")
-    led = result.ledger
-    typer.echo(
-        f"tokens: {led.policy_prefill_tokens} prompt + {led.policy_generated_tokens} generated"
-        + (f" + {led.prm_tokens} PRM" if led.prm_tokens else "")
-        + f"  ({led.policy_token_equivalents:.0f} policy-token equivalents)"
-    )
+    typer.echo(cost)
 
 
 @app.command()
@@ -160,18 +181,19 @@ def serve(
     import time
     from pathlib import Path
 
-    from nexus_ray.config import ConfigError
+    from nexus_ray.config import ConfigError, load_service_config
     from nexus_ray.serving import local
 
     path = Path(config) if config else local.DEFAULT_CONFIG
     try:
+        service, _ = load_service_config(path)
         url = local.start(path, port or None)
     except (ConfigError, ValueError, TimeoutError) as err:
         _fail(str(err))
     try:
         if smoke:
             typer.echo(f"service up at {url}; a few real requests:")
-            ok = local.smoke(url, typer.echo)
+            ok = local.smoke(url, service, typer.echo)
             raise typer.Exit(0 if ok else 1)
         typer.echo(f"nexus_ray serving at {url} (Ctrl-C to stop). Try:")
         typer.echo(

@@ -129,41 +129,94 @@ class EngineConfig(_Strict):
     num_gpus: float = Field(0, ge=0, description="GPUs the worker that holds this engine reserves")
 
 
-class RewardConfig(EngineConfig):
-    """A PRM: scores are read at the last token of each ``step + step_separator`` segment.
+PrmFormat = Literal["token", "qwen-prm"]
+QWEN_MATH_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 
-    ``pooler: token`` reads the positive-class probability at those tokens from per-token
-    classification (the zoo PRM, any ``*ForTokenClassification``); ``pooler: step`` uses the
-    model's native step pooler (vLLM only; Qwen2.5-Math-PRM with ``step_separator: <extra_0>``).
+
+class RewardConfig(EngineConfig):
+    """A PRM, and the input format it was trained on (the same on both engines).
+
+    ``format: token``: the policy's prompt, then each step + ``step_separator``; the score is
+    the positive-class probability at the separator (the zoo PRM, any ``*ForTokenClassification``).
+    ``format: qwen-prm``: Qwen2.5-Math-PRM's chat-templated input with ``system_prompt``, the
+    user's turns and the steps each ended by ``step_tag``; the score is read at each tag.
     """
 
-    step_separator: str = "\n"
-    pooler: Literal["token", "step"] = "token"
+    format: PrmFormat = "token"
+    step_separator: str = Field("\n", description="format token: appended to every step")
+    step_tag: str = Field("<extra_0>", description="format qwen-prm: the token after every step")
+    system_prompt: str = Field(QWEN_MATH_SYSTEM_PROMPT, description="format qwen-prm: the PRM's system turn")
     positive_label: int = Field(1, ge=0)
+    pooler: Literal["token", "step"] | None = Field(
+        None, description="deprecated: pooler step is format qwen-prm, pooler token is format token"
+    )
 
     @model_validator(mode="after")
-    def _step_pooler_needs_vllm(self) -> RewardConfig:
-        if self.pooler == "step" and self.engine != "vllm":
-            raise ValueError("pooler 'step' is vLLM's native step pooler: set engine: vllm")
+    def _pooler_is_a_format(self) -> RewardConfig:
+        if self.pooler is not None:
+            implied = "qwen-prm" if self.pooler == "step" else "token"
+            if "format" in self.model_fields_set and self.format != implied:
+                raise ValueError(f"pooler {self.pooler!r} contradicts format {self.format!r}: drop pooler")
+            self.format = implied
+            self.pooler = None
         return self
 
 
+class TaskConfig(_Strict):
+    """How prompts, steps and answers look (``nexus_ray.tasks.format``).
+
+    ``arith``: the zoo's ``Q: <expression>`` lines. ``chat-math``: the policy tokenizer's chat
+    template over ``system_prompt`` and the user's turns, steps split at a blank line, the
+    answer in the last ``\\boxed{}`` graded with math-verify.
+    """
+
+    format: Literal["arith", "chat-math"] = "arith"
+    system_prompt: str | None = Field(
+        QWEN_MATH_SYSTEM_PROMPT,
+        description="chat-math: the system turn when a request brings none; null: the template's own default",
+    )
+
+
 class ModelsConfig(_Strict):
-    """The policy and the PRM a deployment runs (``deployments/*.yaml``)."""
+    """The policy and the PRM a deployment runs (``deployments/*.yaml``), and their task format."""
 
     policy: EngineConfig
     prm: RewardConfig
+    task: TaskConfig = Field(default_factory=TaskConfig)
+
+
+class AutoscalingConfig(_Strict):
+    """Ray Serve's autoscaling for a worker (its ``autoscaling_config``): replicas between
+    ``min_replicas`` and ``max_replicas``, added while the ongoing requests per replica exceed
+    ``target_ongoing_requests``. On KubeRay the GPU worker group grows with the replicas."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(ge=1)
+    target_ongoing_requests: float = Field(32.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas {self.min_replicas} exceeds max_replicas {self.max_replicas}")
+        return self
 
 
 class WorkerConfig(_Strict):
     """How many replicas hold one model, and what each reserves (GPUs come from the engine config)."""
 
-    replicas: int = Field(1, ge=1)
+    replicas: int = Field(1, ge=1, description="a fixed count; autoscaling replaces it")
+    autoscaling: AutoscalingConfig | None = None
     num_cpus: float = Field(0.5, ge=0, description="CPUs per replica; fractions share a small machine")
     max_ongoing_requests: int = Field(256, ge=1, description="in-flight calls per replica; batched together")
     batching: bool = Field(
         True, description="merge concurrent calls into one engine batch (off: one at a time)"
     )
+
+    @model_validator(mode="after")
+    def _one_way_to_count(self) -> WorkerConfig:
+        if self.autoscaling is not None and "replicas" in self.model_fields_set:
+            raise ValueError("set replicas or autoscaling, not both")
+        return self
 
 
 class PlannerConfig(_Strict):
@@ -180,7 +233,12 @@ class PlannerConfig(_Strict):
     max_budget: int = Field(64, ge=1, description="the highest budget a request may ask for")
     tokens_per_second: float | None = Field(None, gt=0, description="None: no limit")
     burst_seconds: float = Field(10.0, gt=0, description="bucket size, in seconds of the rate")
-    tokens_per_generation: float = Field(64.0, gt=0, description="admission's estimate per generation")
+    tokens_per_generation: float | None = Field(
+        None,
+        gt=0,
+        description="admission's estimate per generation; unset: the mean measured on settled requests "
+        "(a generation's worst case, max_tokens, until the first settles)",
+    )
     max_queue_seconds: float = Field(0.0, ge=0, description="wait this long for the bucket before 429")
     table: str | None = Field(
         None,
@@ -271,6 +329,15 @@ def load_yaml(path: str | Path, model: type[BaseModel]) -> BaseModel:
         return model.model_validate(data)
     except ValidationError as err:
         raise ConfigError(explain(str(path), model, err)) from None
+
+
+def load_models_config(path: str | Path) -> ModelsConfig:
+    """The models (and task) of a models YAML, or of the ``nexus`` application of a Serve config."""
+    path = Path(path)
+    if "applications" in read_yaml(path):
+        config, _ = load_service_config(path)
+        return ModelsConfig(policy=config.policy, prm=config.prm, task=config.task)
+    return load_yaml(path, ModelsConfig)
 
 
 def load_service_config(path: str | Path, app: str = "nexus") -> tuple[ServiceConfig, dict]:

@@ -132,6 +132,67 @@ def test_missing_and_malformed_files(tmp_path):
         load_yaml(f, ModelsConfig)
 
 
-def test_step_pooler_requires_vllm():
-    with pytest.raises(ValueError, match="set engine: vllm"):
-        RewardConfig(model="x", pooler="step")
+def test_pooler_step_is_the_qwen_prm_format_on_either_engine():
+    assert RewardConfig(model="x", engine="hf", pooler="step").format == "qwen-prm"
+    assert RewardConfig(model="x", engine="vllm", pooler="token").format == "token"
+    with pytest.raises(ValueError, match="contradicts"):
+        RewardConfig(model="x", pooler="step", format="token")
+
+
+# What a CPU copy of a GPU config may change: where the models are and what they run on.
+RESOURCE_KEYS = {
+    "model",
+    "model_id",
+    "dtype",
+    "max_model_len",
+    "gpu_memory_utilization",
+    "enforce_eager",
+    "num_gpus",
+    "num_cpus",
+    "replicas",
+    "host",
+}
+
+
+def _differences(a, b, path: str = "") -> set[str]:
+    """The keys (last path element) at which two YAML trees differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: set[str] = set()
+        for key in a.keys() | b.keys():
+            if key not in a or key not in b:
+                out.add(str(key))
+            else:
+                out |= _differences(a[key], b[key], f"{path}.{key}")
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return set().union(*(_differences(x, y, path) for x, y in zip(a, b)))
+    return set() if a == b else {path.rsplit(".", 1)[-1]}
+
+
+@pytest.mark.parametrize(
+    "name, also", [("local-cpu-chat.yaml", set()), ("local-cpu-chat-hf.yaml", {"engine"})]
+)
+def test_the_local_chat_config_is_gpu_single_with_only_paths_and_resources_changed(name, also):
+    gpu = yaml.safe_load((ROOT / "deployments" / "gpu-single.yaml").read_text())
+    local = yaml.safe_load((ROOT / "deployments" / name).read_text())
+    assert _differences(gpu, local) - RESOURCE_KEYS - also == set()
+    assert _app(local)["args"]["task"] == {"format": "chat-math"}
+
+
+def test_a_worker_autoscales_by_rays_own_autoscaling_config():
+    from nexus_ray.config import EngineConfig, WorkerConfig
+    from nexus_ray.serving.workers import worker_options
+
+    scaled = WorkerConfig(autoscaling={"min_replicas": 1, "max_replicas": 8, "target_ongoing_requests": 16})
+    options = worker_options(EngineConfig(model="x", num_gpus=1), scaled)
+    assert options["autoscaling_config"] == {
+        "min_replicas": 1,
+        "max_replicas": 8,
+        "target_ongoing_requests": 16,
+    }
+    assert "num_replicas" not in options
+    assert worker_options(EngineConfig(model="x"), WorkerConfig(replicas=3))["num_replicas"] == 3
+    with pytest.raises(ValueError, match="not both"):
+        WorkerConfig(replicas=2, autoscaling={"max_replicas": 4})
+    with pytest.raises(ValueError, match="exceeds"):
+        WorkerConfig(autoscaling={"min_replicas": 5, "max_replicas": 4})

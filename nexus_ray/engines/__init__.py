@@ -45,6 +45,9 @@ def build_reward_engine(config: RewardConfig) -> RewardEngine:
         config.max_batch_size,
         config.positive_label,
         config.hf_overrides,
+        config.format,
+        config.step_tag,
+        config.system_prompt,
     )
 
 

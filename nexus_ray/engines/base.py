@@ -78,10 +78,15 @@ class GenerationResult:
 
 @dataclass(frozen=True)
 class ScoreRequest:
-    """A (partial) solution to score: the prompt and its steps, without delimiters."""
+    """A (partial) solution to score: the prompt and its steps, without delimiters.
+
+    ``messages`` are the conversation's (role, content) turns before the answer, for PRMs
+    that read the question through their own chat template (format ``qwen-prm``).
+    """
 
     prompt: str
     steps: tuple[str, ...]
+    messages: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

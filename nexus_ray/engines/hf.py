@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
+from nexus_ray.config import QWEN_MATH_SYSTEM_PROMPT, PrmFormat
 from nexus_ray.engines.base import (
     Completion,
     GenerationParams,
@@ -25,7 +26,9 @@ from nexus_ray.engines.base import (
     prompt_seed,
 )
 from nexus_ray.engines.batching import MicroBatcher
-from nexus_ray.engines.prm_format import encode_steps
+from nexus_ray.engines.prm_format import STEP_POOLER_ARCHITECTURES, StepEncoder, check_format
+from nexus_ray.engines.qwen2_prm import Qwen2ForProcessRewardModel
+from nexus_ray.engines.tokens import prompt_ids
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -50,12 +53,24 @@ def _load(
     config = AutoConfig.from_pretrained(engine.model_path)
     for key, value in (overrides or {}).items():
         setattr(config, key, value)
+    if any(a in STEP_POOLER_ARCHITECTURES for a in config.architectures or []):
+        auto_class = Qwen2ForProcessRewardModel  # transformers has no class for it (see qwen2_prm)
     engine.model = (
         auto_class.from_pretrained(engine.model_path, config=config, dtype=_DTYPES[dtype])
         .to(engine.device)
         .eval()
     )
-    engine.num_parameters = sum(p.numel() for p in engine.model.parameters())
+    engine.num_parameters = _flop_parameters(engine.model)
+
+
+def _flop_parameters(model: torch.nn.Module) -> int:
+    """Parameters a token's forward pass multiplies by (see ``ComputeLedger``): all but the
+    input embedding table, a lookup, unless it doubles as the output projection (tied)."""
+    total = sum(p.numel() for p in model.parameters())
+    embedding = model.get_input_embeddings().weight
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    tied = output is not None and output.weight is embedding
+    return total if tied else total - embedding.numel()
 
 
 class HFPolicyEngine:
@@ -78,7 +93,7 @@ class HFPolicyEngine:
         )
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text).input_ids)
+        return len(prompt_ids(self.tokenizer, text))
 
     def shutdown(self) -> None:
         """Nothing to stop: the model lives in this process and goes with it."""
@@ -96,7 +111,7 @@ class HFPolicyEngine:
         self, prompts: list[str], seeds: list[int | None], params: GenerationParams
     ) -> list[GenerationResult]:
         """Blocking generation in chunks of ``max_batch_size`` samples; prompt i uses seeds[i]."""
-        encoded = [self.tokenizer(p).input_ids for p in prompts]
+        encoded = [prompt_ids(self.tokenizer, p) for p in prompts]
         per_chunk = max(1, self.max_batch_size // params.n)
         results: list[GenerationResult] = []
         with self._lock, torch.inference_mode():
@@ -108,11 +123,11 @@ class HFPolicyEngine:
         return results
 
     def _decode(
-        self, prompt_ids: list[list[int]], seeds: list[int | None], params: GenerationParams
+        self, encoded: list[list[int]], seeds: list[int | None], params: GenerationParams
     ) -> list[list[Completion]]:
         tok = self.tokenizer
         n = params.n
-        width = max(map(len, prompt_ids))
+        width = max(map(len, encoded))
         if self.max_positions and width + params.max_tokens > self.max_positions:
             limit = self.max_positions - width
             if limit < 1:
@@ -121,9 +136,9 @@ class HFPolicyEngine:
                 )
             params = GenerationParams(**{**params.__dict__, "max_tokens": limit})
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        ids = torch.full((len(prompt_ids), width), pad, dtype=torch.long)
+        ids = torch.full((len(encoded), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
-        for r, p in enumerate(prompt_ids):  # left padding keeps every last token aligned
+        for r, p in enumerate(encoded):  # left padding keeps every last token aligned
             ids[r, width - len(p) :] = torch.tensor(p)
             mask[r, width - len(p) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
@@ -181,7 +196,7 @@ class HFPolicyEngine:
             cache = out.past_key_values
             logits = out.logits[:, -1].float()
 
-        results: list[list[Completion]] = [[] for _ in prompt_ids]
+        results: list[list[Completion]] = [[] for _ in encoded]
         for r in range(rows):
             reason, stop_str = finish[r] or ("length", None)
             ids_r = tokens[r]
@@ -223,11 +238,11 @@ def _eos_ids(model, tokenizer) -> list[int]:
 
 
 class HFRewardEngine:
-    """A token-classification PRM: P(positive) at the last token of every step.
+    """A PRM in either format of ``prm_format``: P(positive) where each step is scored.
 
-    The input is the prompt followed by each step and the step delimiter; the score of step i
-    is the positive-class probability at the delimiter that ends it, the format the zoo PRM is
-    trained on (and that vLLM's token-classify pooling returns).
+    ``token``: a ``*ForTokenClassification`` model read at the separator ending each step (the
+    zoo PRM; what vLLM's token-classify pooling returns). ``qwen-prm``: Qwen2.5-Math-PRM's
+    chat-templated input read at every ``<extra_0>`` (what vLLM's step pooler returns).
     """
 
     def __init__(
@@ -239,9 +254,13 @@ class HFRewardEngine:
         max_batch_size: int = 128,
         positive_label: int = 1,
         config_overrides: dict | None = None,
+        prm_format: PrmFormat = "token",
+        step_tag: str = "<extra_0>",
+        system_prompt: str = QWEN_MATH_SYSTEM_PROMPT,
     ) -> None:
         _load(self, AutoModelForTokenClassification, model_path, device, dtype, config_overrides)
-        self.step_delimiter = step_delimiter
+        self.encoder = StepEncoder(self.tokenizer, prm_format, step_delimiter, step_tag, system_prompt)
+        check_format(self.encoder, self.model.config, str(self.model_path), positive_label)
         self.positive_label = positive_label
         self.max_batch_size = max_batch_size
         self._lock = threading.Lock()
@@ -256,7 +275,7 @@ class HFRewardEngine:
 
     def score_sync(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
         """Requests are scored in chunks of similar length (little padding), results in order."""
-        encoded = [encode_steps(self.tokenizer, r, self.step_delimiter) for r in requests]
+        encoded = [self.encoder.encode(r) for r in requests]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
         results: list[ScoreResult | None] = [None] * len(encoded)
         pad = self.tokenizer.pad_token_id or 0

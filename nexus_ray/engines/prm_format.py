@@ -1,20 +1,123 @@
-"""How a (prompt, steps) pair becomes PRM input, shared by every reward engine.
+"""How a (question, steps) pair becomes PRM input, and where each step's score is read.
 
-The prompt is tokenized with special tokens, each step with its separator appended and none
-added; the score of a step is read at the last token of its segment. With separator ``\\n``
-that is the zoo PRM's format; with ``<extra_0>`` it is Qwen2.5-Math-PRM's step tag.
+Two formats, the same in every engine:
+
+- ``token``: the policy's prompt (special tokens added), then each step with its separator
+  appended; a step's score is read at the last token of its segment. The zoo PRM's format
+  (separator ``\\n``), for any ``*ForTokenClassification`` model.
+- ``qwen-prm``: Qwen2.5-Math-PRM's. The conversation goes through the PRM tokenizer's chat
+  template with the PRM's own system prompt and the user's turns; the assistant turn is the
+  steps joined and ended by the step tag (``<extra_0>``); a step's score is read at its tag.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
+from nexus_ray.config import QWEN_MATH_SYSTEM_PROMPT, PrmFormat, RewardConfig
 from nexus_ray.engines.base import ScoreRequest
+from nexus_ray.engines.tokens import prompt_ids
+
+STEP_POOLER_ARCHITECTURES = ("Qwen2ForProcessRewardModel",)
 
 
-def encode_steps(tokenizer, request: ScoreRequest, separator: str) -> tuple[list[int], list[int]]:
-    """Token ids of the whole input and the index of the token that ends each step."""
-    ids = list(tokenizer(request.prompt).input_ids)
-    ends = []
-    for step in request.steps:
-        ids += tokenizer(step + separator, add_special_tokens=False).input_ids
-        ends.append(len(ids) - 1)
-    return ids, ends
+class PrmFormatError(ValueError):
+    """The PRM's directory does not fit the format its config names; the message says why."""
+
+
+@dataclass(frozen=True)
+class StepEncoder:
+    """Token ids of a PRM input and the index of the token that scores each step."""
+
+    tokenizer: object
+    format: PrmFormat = "token"
+    separator: str = "\n"
+    step_tag: str = "<extra_0>"
+    system_prompt: str = QWEN_MATH_SYSTEM_PROMPT
+
+    @property
+    def step_tag_id(self) -> int:
+        return self.tokenizer.convert_tokens_to_ids(self.step_tag)
+
+    def encode(self, request: ScoreRequest) -> tuple[list[int], list[int]]:
+        if self.format == "qwen-prm":
+            return self._encode_chat(request)
+        ids = prompt_ids(self.tokenizer, request.prompt)
+        ends = []
+        for step in request.steps:
+            ids += self.tokenizer(step + self.separator, add_special_tokens=False).input_ids
+            ends.append(len(ids) - 1)
+        return ids, ends
+
+    def _encode_chat(self, request: ScoreRequest) -> tuple[list[int], list[int]]:
+        users = [{"role": r, "content": c} for r, c in request.messages if r == "user"]
+        if not users:
+            users = [{"role": "user", "content": request.prompt}]
+        steps = [
+            s.replace(self.step_tag, "") for s in request.steps
+        ]  # a tag in the text would move the scores
+        answer = "".join(s + self.step_tag for s in steps)
+        messages = [
+            {"role": "system", "content": self.system_prompt},
+            *users,
+            {"role": "assistant", "content": answer},
+        ]
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+        ids = list(self.tokenizer(text, add_special_tokens=False).input_ids)
+        tag = self.step_tag_id
+        ends = [i for i, t in enumerate(ids) if t == tag]
+        if len(ends) != len(steps):
+            raise PrmFormatError(
+                f"the chat template of the PRM kept {len(ends)} of {len(steps)} step tags {self.step_tag!r}"
+            )
+        return ids, ends
+
+
+def encoder_for(config: RewardConfig, model_dir: str | Path) -> StepEncoder:
+    """The PRM directory's tokenizer in the format its config names, checked against the model
+    (``check_format``): a mismatch fails here, before any engine starts."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    encoder = StepEncoder(
+        tokenizer, config.format, config.step_separator, config.step_tag, config.system_prompt
+    )
+    check_format(encoder, AutoConfig.from_pretrained(model_dir), str(model_dir), config.positive_label)
+    return encoder
+
+
+def check_format(encoder: StepEncoder, model_config, model_dir: str, positive_label: int) -> None:
+    """Fail at start-up, naming the directory and the field, when the model cannot be read this way."""
+    architectures = list(getattr(model_config, "architectures", None) or [])
+    labels = getattr(model_config, "num_labels", None)
+    if labels is None or labels < 2:
+        raise PrmFormatError(
+            f"{model_dir}/config.json: num_labels is {labels}; a PRM needs 2 (negative, positive)"
+        )
+    if not 0 <= positive_label < labels:
+        raise PrmFormatError(
+            f"prm.positive_label {positive_label} is not a label of {model_dir} ({labels} labels)"
+        )
+    step_pooled = any(a in STEP_POOLER_ARCHITECTURES for a in architectures)
+    if encoder.format == "token" and step_pooled:
+        raise PrmFormatError(
+            f"{model_dir}/config.json: architectures {architectures} score at step tags; "
+            "set prm.format: qwen-prm"
+        )
+    if encoder.format != "qwen-prm":
+        return
+    if labels != 2:
+        raise PrmFormatError(f"{model_dir}/config.json: num_labels is {labels}; format qwen-prm needs 2")
+    tok = encoder.tokenizer
+    ids = tok(encoder.step_tag, add_special_tokens=False).input_ids
+    if encoder.step_tag not in tok.get_vocab() or len(ids) != 1:
+        raise PrmFormatError(
+            f"{model_dir}: the tokenizer has no single token {encoder.step_tag!r} (prm.step_tag), "
+            "which format qwen-prm reads the step scores at"
+        )
+    if not getattr(tok, "chat_template", None):
+        raise PrmFormatError(
+            f"{model_dir}: the tokenizer has no chat template (chat_template.jinja or "
+            "tokenizer_config.json's chat_template), which format qwen-prm needs"
+        )

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
 import os
 import struct
 import threading
@@ -38,7 +39,8 @@ from nexus_ray.engines.base import (
     ScoreResult,
     prompt_seed,
 )
-from nexus_ray.engines.prm_format import encode_steps
+from nexus_ray.engines.prm_format import encoder_for
+from nexus_ray.engines.tokens import prompt_ids
 
 T = TypeVar("T")
 
@@ -54,6 +56,7 @@ class _API:
     AsyncLLM: Any
     SamplingParams: Any
     PoolingParams: Any
+    PoolerConfig: Any
     TokensPrompt: Any
     RequestOutputKind: Any
 
@@ -73,6 +76,7 @@ def _vllm_api() -> _API:
     version = getattr(vllm, "__version__", "unknown")
     try:
         from vllm import AsyncEngineArgs, PoolingParams, SamplingParams
+        from vllm.config import PoolerConfig
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -88,7 +92,14 @@ def _vllm_api() -> _API:
             "runner); nexus_ray needs vllm >= 0.10"
         )
     return _API(
-        version, AsyncEngineArgs, AsyncLLM, SamplingParams, PoolingParams, TokensPrompt, RequestOutputKind
+        version,
+        AsyncEngineArgs,
+        AsyncLLM,
+        SamplingParams,
+        PoolingParams,
+        PoolerConfig,
+        TokensPrompt,
+        RequestOutputKind,
     )
 
 
@@ -164,7 +175,7 @@ class VLLMPolicyEngine(_VLLMBase):
         super().__init__(config, model_path)
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text).input_ids)
+        return len(prompt_ids(self.tokenizer, text))
 
     def generate_sync(self, prompts: list[str], params: GenerationParams) -> list[GenerationResult]:
         return self._loop.run(self._generate(prompts, params))
@@ -173,7 +184,7 @@ class VLLMPolicyEngine(_VLLMBase):
         return await self._loop.run_async(self._generate(prompts, params))
 
     async def _generate(self, prompts: list[str], params: GenerationParams) -> list[GenerationResult]:
-        encoded = [self.tokenizer(p).input_ids for p in prompts]
+        encoded = [prompt_ids(self.tokenizer, p) for p in prompts]
         outputs = await asyncio.gather(
             *(self._one(ids, self._sampling(params, i)) for i, ids in enumerate(encoded))
         )
@@ -224,8 +235,12 @@ class VLLMRewardEngine(_VLLMBase):
     """A PRM on vLLM's pooling runner; scores step ends like ``HFRewardEngine``."""
 
     def __init__(self, config: RewardConfig, model_path: Path) -> None:
-        super().__init__(config, model_path, runner="pooling")
-        self.step_separator = config.step_separator
+        encoder = encoder_for(config, model_path)
+        extra: dict[str, Any] = {"runner": "pooling"}
+        if config.format == "qwen-prm":  # the step pooler keeps only the rows at this token
+            extra["pooler_config"] = _vllm_api().PoolerConfig(step_tag_id=encoder.step_tag_id)
+        super().__init__(config, model_path, **extra)
+        self.encoder = encoder
         self.positive_label = config.positive_label
 
     def score_sync(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
@@ -235,7 +250,7 @@ class VLLMRewardEngine(_VLLMBase):
         return await self._loop.run_async(self._score(requests))
 
     async def _score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
-        encoded = [encode_steps(self.tokenizer, r, self.step_separator) for r in requests]
+        encoded = [self.encoder.encode(r) for r in requests]
         outputs = await asyncio.gather(*(self._one(ids) for ids, _ in encoded))
         results = []
         for (ids, ends), data in zip(encoded, outputs):
@@ -264,16 +279,19 @@ class VLLMRewardEngine(_VLLMBase):
 
 
 def _count_parameters(model_path: Path) -> int:
-    """Parameters from the safetensors headers (vLLM's weights live in another process)."""
+    """Parameters a token's forward pass multiplies by, from the safetensors headers (vLLM's
+    weights live in another process): all but the input embedding table, unless a causal LM
+    ties it to its output projection. The same count as the transformers engine's."""
+    config = json.loads((model_path / "config.json").read_text())
+    causal = any(a.endswith("ForCausalLM") for a in config.get("architectures") or [])
+    tied = causal and config.get("tie_word_embeddings", False)
     total = 0
     for f in sorted(model_path.glob("*.safetensors")):
         with open(f, "rb") as fh:
             (n,) = struct.unpack("<Q", fh.read(8))
             header = json.loads(fh.read(n))
         for name, meta in header.items():
-            if name != "__metadata__":
-                count = 1
-                for d in meta["shape"]:
-                    count *= d
-                total += count
+            if name == "__metadata__" or (name.endswith("embed_tokens.weight") and not tied):
+                continue
+            total += math.prod(meta["shape"])
     return total

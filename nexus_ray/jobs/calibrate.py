@@ -20,15 +20,9 @@ from functools import partial
 from pathlib import Path
 
 from nexus_ray.cluster import ray_session
-from nexus_ray.config import local_models
-from nexus_ray.jobs.eval import (
-    interleave_levels,
-    load_records,
-    run_local,
-    run_on_ray,
-    select_examples,
-    task_format,
-)
+from nexus_ray.config import ModelsConfig
+from nexus_ray.jobs import models
+from nexus_ray.jobs.eval import interleave_levels, load_records, run_local, run_on_ray, select_examples
 from nexus_ray.planner import replay
 from nexus_ray.planner.calibrate import build_table
 from nexus_ray.planner.table import ModelStamp, PlanTable, model_fingerprint
@@ -66,9 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="N Ray tasks in flight over shared model workers (0: this process)",
     )
     p.add_argument("--concurrency", type=int, default=32, help="problems in flight per process")
-    p.add_argument("--engine", choices=["hf", "vllm"], default="hf")
-    p.add_argument("--policy", default="arith-policy")
-    p.add_argument("--prm", default="arith-prm")
+    models.add_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--out", type=Path, default=None, help="output folder (default: results/calibration/<dataset>)"
@@ -79,19 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def record(args, examples: list[datasets.Example], fmt: TaskFormat, path: Path) -> None:
+def record(args, config: ModelsConfig, examples: list[datasets.Example], fmt: TaskFormat, path: Path) -> None:
     done = {r["problem"] for r in load_records(path)}
     work = [e for e in interleave_levels(examples) if e.problem not in done]
     print(f"{len(examples)} problems, {len(done)} pools recorded before, {len(work)} to go -> {path}")
     if not work:
         return
-    models = local_models(args.engine, args.policy, args.prm)
     solver = partial(replay.record_one, fmt=fmt, samples=args.samples, seed=args.seed)
     if args.workers > 0:
         with ray_session():
-            run_on_ray(args.workers, models.policy, models.prm, solver, work, path, args.concurrency)
+            run_on_ray(args.workers, config.policy, config.prm, solver, work, path, args.concurrency)
     else:
-        run_local(models.policy, models.prm, solver, work, path, args.concurrency)
+        run_local(config.policy, config.prm, solver, work, path, args.concurrency)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,14 +98,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.bins < 1:
             raise ValueError("--bins must be >= 1")
         examples = select_examples(args.dataset, args.per_level)
+        config, fmt = models.resolve_models(args, examples)
         stamps = (
-            ModelStamp(name=args.policy, fingerprint=model_fingerprint(args.policy)),
-            ModelStamp(name=args.prm, fingerprint=model_fingerprint(args.prm)),
+            ModelStamp(name=config.policy.model, fingerprint=model_fingerprint(config.policy.model)),
+            ModelStamp(name=config.prm.model, fingerprint=model_fingerprint(config.prm.model)),
         )
     except (ValueError, FileNotFoundError, datasets.DatasetError) as err:
         print(f"error: {err}")
         return 2
-    fmt = task_format(examples)
     out = args.out or Path("results") / "calibration" / Path(args.dataset).stem
     out.mkdir(parents=True, exist_ok=True)
     pools_path = out / "pools.jsonl"
@@ -124,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     start = time.perf_counter()
-    record(args, examples, fmt, pools_path)
+    record(args, config, examples, fmt, pools_path)
     wanted = {e.problem for e in examples}
     recs = [r for r in replay.load_pools(pools_path) if r.pool.problem in wanted]
     print(f"recorded {len(recs)} pools in {time.perf_counter() - start:.0f} s; building tables")

@@ -27,13 +27,14 @@ from typing import Any
 from tqdm import tqdm
 
 from nexus_ray.cluster import ray_session
-from nexus_ray.config import EngineConfig, RewardConfig, local_models
+from nexus_ray.config import EngineConfig, RewardConfig
+from nexus_ray.jobs import models
 from nexus_ray.search import registry
 from nexus_ray.search.base import SearchContext
 from nexus_ray.search.ledger import Budget
 from nexus_ray.tasks import datasets
-from nexus_ray.tasks.format import ARITH, TaskFormat
-from nexus_ray.tasks.grading import answer_kind, is_equivalent
+from nexus_ray.tasks.format import TaskFormat
+from nexus_ray.tasks.grading import is_equivalent
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,6 @@ def plan_jobs(strategies: list[str], budgets: list[int]) -> list[Job]:
         strategy, _ = registry.get(s)  # fail early on unknown names
         jobs += [Job(s, b) for b in budgets] if strategy.takes_budget else [Job(s, None)]
     return jobs
-
-
-def task_format(examples: list[datasets.Example]) -> TaskFormat:
-    """The format a dataset's answers call for: arithmetic when they all are, else free math."""
-    return ARITH if answer_kind([e.answer for e in examples]) == "arith" else TaskFormat(answer_kind="math")
 
 
 def select_examples(dataset: str, limit_per_level: int | None) -> list[datasets.Example]:
@@ -91,7 +87,7 @@ async def solve_one(
     budget = None
     if token_cap_per_generation and job.budget:
         budget = Budget(token_cap_per_generation * job.budget)
-    ctx = SearchContext(policy, prm, fmt.prompt(example.problem), fmt, budget, seed)
+    ctx = SearchContext.for_problem(policy, prm, fmt, example.problem, budget, seed)
     start = time.perf_counter()
     result = await registry.run(job.strategy, ctx, job.budget, overrides.get(job.strategy))
     return {
@@ -376,9 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=16,
         help="solves in flight per process; their engine calls are batched together",
     )
-    p.add_argument("--engine", choices=["hf", "vllm"], default="hf")
-    p.add_argument("--policy", default="arith-policy")
-    p.add_argument("--prm", default="arith-prm")
+    models.add_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("results"), help="parent folder of the run folder")
     p.add_argument("--run", default=None, help="run name (default: dataset-timestamp)")
@@ -402,12 +396,11 @@ def main(argv: list[str] | None = None) -> int:
         for job in jobs:  # validate every parameter set before any work
             registry.build_params(job.strategy, job.budget, overrides.get(job.strategy))
         examples = select_examples(args.dataset, args.per_level)
-    except (ValueError, datasets.DatasetError) as err:
+        config, fmt = models.resolve_models(args, examples)
+    except (ValueError, datasets.DatasetError) as err:  # ConfigError is a ValueError
         print(f"error: {err}")
         return 2
-    fmt = task_format(examples)
-    models = local_models(args.engine, args.policy, args.prm)
-    policy_cfg, prm_cfg = models.policy, models.prm
+    policy_cfg, prm_cfg = config.policy, config.prm
     run_dir = args.out / (args.run or f"{Path(args.dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir.mkdir(parents=True, exist_ok=True)
     records_path = run_dir / "records.jsonl"

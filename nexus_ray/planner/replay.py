@@ -48,7 +48,7 @@ async def record_one(
     policy, prm, example: datasets.Example, *, fmt: TaskFormat, samples: int, seed: int
 ) -> dict:
     """A work item for the eval harness's runners: one problem's pool, as a JSON-able record."""
-    ctx = SearchContext(policy, prm, fmt.prompt(example.problem), fmt, None, seed)
+    ctx = SearchContext.for_problem(policy, prm, fmt, example.problem, None, seed)
     pool = await record_pool(ctx, example.problem, samples)
     return {
         **pool.to_dict(),

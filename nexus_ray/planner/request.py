@@ -14,6 +14,7 @@ from nexus_ray.config import PlannerConfig
 from nexus_ray.planner.allocate import Allocation
 from nexus_ray.planner.table import PlanTable
 from nexus_ray.search import registry
+from nexus_ray.search.base import StrategyParams
 
 PLANNED = "planner"  # the strategy name a table plan reports
 
@@ -46,8 +47,10 @@ class Planner:
         self.table = table
         self.allocation = table.allocate(config.mean_budget) if table is not None else None
 
-    def plan(self, budget: int | None, strategy: str | None) -> Plan:
-        """The plan for a request's budget and strategy (either may be None); ``PlanError`` if none fits."""
+    def plan(self, budget: int | None, strategy: str | None, per_generation: float | None = None) -> Plan:
+        """The plan for a request's budget and strategy (either may be None); ``PlanError`` if none
+        fits. A named strategy reserves ``per_generation`` policy-token equivalents per generation
+        (None: the configured estimate, else a generation's worst case, its ``max_tokens``)."""
         cfg = self.config
         if strategy is None and budget is None and self.table is not None:
             return self._table_plan()
@@ -64,7 +67,9 @@ class Planner:
         if not spec.takes_budget:
             generations = 1  # it runs at its defaults, priced as one generation
         source = "request" if strategy or budget else "defaults"
-        return Plan(name, generations, {}, source, reserved=generations * cfg.tokens_per_generation)
+        if per_generation is None:
+            per_generation = cfg.tokens_per_generation or float(StrategyParams().max_tokens)
+        return Plan(name, generations, {}, source, reserved=generations * per_generation)
 
     def _table_plan(self) -> Plan:
         """The allocation as a plan (its mixes, per bin [low, high, p_high] indices into the table's

@@ -44,6 +44,22 @@ class SearchContext:
     budget: Budget | None = None
     seed: int | None = 0
     prefix_caching: bool = False
+    messages: tuple[tuple[str, str], ...] = ()  # chat formats: the conversation, for the PRM's own template
+
+    @classmethod
+    def for_problem(
+        cls,
+        policy: PolicyEngine,
+        prm: RewardEngine | None,
+        fmt: TaskFormat,
+        problem: str | tuple[tuple[str, str], ...],
+        budget: Budget | None = None,
+        seed: int | None = 0,
+        prefix_caching: bool = False,
+    ) -> SearchContext:
+        """The context for a problem (text, or a conversation under a chat format) in ``fmt``."""
+        messages = fmt.messages(problem) if fmt.chat is not None else ()
+        return cls(policy, prm, fmt.prompt(problem), fmt, budget, seed, prefix_caching, messages)
 
     def new_ledger(self) -> ComputeLedger:
         return ComputeLedger(

@@ -61,7 +61,7 @@ async def _rollout_scores(
         )
         for i, k in zip(live, kids):
             rolled[i] = k[0]
-    scored = await score(prm, ledger, ctx.prompt, ctx.fmt, rolled, params.aggregation)
+    scored = await score(prm, ledger, ctx.prompt, ctx.fmt, rolled, params.aggregation, ctx.messages)
     return [Path(p.text, p.done, s.score, s.step_scores, p.surprisal) for p, s in zip(paths, scored)]
 
 
@@ -97,7 +97,9 @@ async def run_beam(ctx: SearchContext, params: BeamParams, name: str) -> SearchR
         if params.lookahead:
             children = await _rollout_scores(ctx, ledger, children, params, seed)
         else:
-            children = await score(prm, ledger, ctx.prompt, ctx.fmt, children, params.aggregation)
+            children = await score(
+                prm, ledger, ctx.prompt, ctx.fmt, children, params.aggregation, ctx.messages
+            )
         finished += [c for c in children if c.done]
         live = sorted((c for c in children if not c.done), key=lambda c: -(c.score or 0.0))
         active = live[: max(1, params.n // params.m)] if live else []

@@ -45,7 +45,9 @@ async def dvts(ctx: SearchContext, params: DVTSParams) -> SearchResult:
             params.max_step_tokens,
             round_seed(ctx.seed, r),
         )
-        flat = await score(prm, ledger, ctx.prompt, ctx.fmt, [c for k in kids for c in k], params.aggregation)
+        flat = await score(
+            prm, ledger, ctx.prompt, ctx.fmt, [c for k in kids for c in k], params.aggregation, ctx.messages
+        )
         for j, i in enumerate(live):
             group = flat[j * params.m : (j + 1) * params.m]
             subtrees[i] = max(group, key=lambda c: c.score or 0.0)

@@ -1,8 +1,11 @@
 """ComputeLedger and Budget: what a strategy spent, and what it may still spend.
 
 FLOPs are 2 x parameters x tokens for each model (policy tokens generated and prefilled,
-PRM tokens scored). Budgets are in policy-token equivalents: FLOPs divided by the policy's
-FLOPs per token, so a PRM token costs prm_parameters / policy_parameters policy tokens.
+PRM tokens scored, the PRM's chat template included). Parameters are those a token's forward
+pass multiplies by: every weight but the input embedding table (a lookup), which counts only
+where it doubles as the output projection (tied embeddings); the engines count them so.
+Budgets are in policy-token equivalents: FLOPs divided by the policy's FLOPs per token, so a
+PRM token costs prm_parameters / policy_parameters policy tokens.
 
 Prefill: a generate call charges each distinct prompt once (its n samples share the prefill).
 With ``prefix_caching`` the ledger also remembers the prompts it has charged and charges a

@@ -130,7 +130,7 @@ async def mcts(ctx: SearchContext, params: MCTSParams) -> SearchResult:
             logprobs=True,
         )
         scored = await score(
-            prm, ledger, ctx.prompt, ctx.fmt, [c for k in kids for c in k], params.aggregation
+            prm, ledger, ctx.prompt, ctx.fmt, [c for k in kids for c in k], params.aggregation, ctx.messages
         )
         for j, leaf in enumerate(leaves):
             group = scored[j * params.branching : (j + 1) * params.branching]
@@ -148,7 +148,9 @@ async def mcts(ctx: SearchContext, params: MCTSParams) -> SearchResult:
         prompt_tokens = [ctx.policy.count_tokens(ctx.prompt + best.path.text)]
         if ctx.fits(ledger, worst_case_round(ledger, prompt_tokens, 1, params.max_tokens, True)):
             done = await complete(ctx.policy, ledger, ctx.prompt, ctx.fmt, best.path, params.max_tokens)
-            terminals = await score(prm, ledger, ctx.prompt, ctx.fmt, [done], params.aggregation)
+            terminals = await score(
+                prm, ledger, ctx.prompt, ctx.fmt, [done], params.aggregation, ctx.messages
+            )
     pool = terminals or [n.path for n in _frontier(root)]
     return paths_result("mcts", ctx.fmt, pool, params.selection, ledger, truncated or not terminals)
 

@@ -65,7 +65,9 @@ async def particles(ctx: SearchContext, params: ParticlesParams) -> SearchResult
             params.max_step_tokens,
             round_seed(ctx.seed, r),
         )
-        scored = await score(prm, ledger, ctx.prompt, ctx.fmt, [k[0] for k in kids], params.aggregation)
+        scored = await score(
+            prm, ledger, ctx.prompt, ctx.fmt, [k[0] for k in kids], params.aggregation, ctx.messages
+        )
         for i, p in zip(live, scored):
             pool[i] = p
         weights = resampling_weights([p.score or 0.0 for p in pool], params.softmax_temperature)

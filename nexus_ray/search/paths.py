@@ -84,11 +84,12 @@ async def score(
     fmt: TaskFormat,
     paths: list[Path],
     aggregation: StepAggregation,
+    messages: tuple[tuple[str, str], ...] = (),
 ) -> list[Path]:
     """Every path with its PRM step scores and aggregated score, in one PRM call."""
     if not paths:
         return []
-    results = await prm.score([ScoreRequest(prompt, fmt.steps(p.text)) for p in paths])
+    results = await prm.score([ScoreRequest(prompt, fmt.steps(p.text), messages) for p in paths])
     ledger.charge_scoring(results)
     return [
         replace(p, score=aggregate_steps(r.scores, aggregation), step_scores=r.scores)

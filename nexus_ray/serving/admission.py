@@ -92,7 +92,7 @@ class Admission:
         ``AdmissionDenied``)."""
         self.counters["requests"] += 1
         try:
-            plan = self.planner.plan(budget, strategy)
+            plan = self.planner.plan(budget, strategy, self.tokens_per_generation())
         except PlanError:
             self.counters["rejected_invalid"] += 1
             raise
@@ -118,10 +118,24 @@ class Admission:
         self._save()
         return replace(plan, wait_s=wait)
 
-    def settle(self, api_key: str | None, reserved: float, spent: float) -> None:
-        """Give back what a request reserved and did not spend (or take what it overspent)."""
+    def tokens_per_generation(self) -> float | None:
+        """The configured estimate, else the mean spent per generation by settled named-strategy
+        requests; None before any has settled (the planner then assumes the worst case)."""
+        if self.config.tokens_per_generation is not None:
+            return self.config.tokens_per_generation
+        generations = self.counters["settled_generations"]
+        if generations == 0:
+            return None
+        return max(1.0, self.counters["settled_generation_tokens"] / generations)
+
+    def settle(self, api_key: str | None, reserved: float, spent: float, generations: int = 0) -> None:
+        """Give back what a request reserved and did not spend (or take what it overspent);
+        ``generations``: what a named-strategy request asked for, which the estimate learns from."""
         self.counters["settled"] += 1
         self.counters["spent_policy_tokens"] += round(spent)
+        if generations > 0:
+            self.counters["settled_generations"] += generations
+            self.counters["settled_generation_tokens"] += round(spent)
         if self.config.tokens_per_second is not None:
             bucket = self._bucket(api_key)
             bucket.refill(time.time())

@@ -4,7 +4,8 @@
     curl -s localhost:8000/v1/solve -d '{"problem": "12+7*3-5", "strategy": "weighted", "budget": 8}'
 
 ``build_app`` checks everything it can before anything starts (the config, the API-key
-variable, the plan table against the models), loads the plan table once and hands it to the
+variable, the plan table against the models, the task and PRM formats against the model
+directories), loads the plan table once and hands it to the
 ingress, which hands it to the admission actor. The routes are in ``ingress.py``.
 """
 

@@ -36,7 +36,9 @@ from nexus_ray.serving.http import (
 from nexus_ray.serving.metrics import Metrics
 from nexus_ray.serving.schemas import ChatRequest, NexusOptions, SolveRequest
 from nexus_ray.serving.workers import WorkerUnavailable, connect
-from nexus_ray.tasks.format import ARITH
+from nexus_ray.tasks.chat import Message
+from nexus_ray.tasks.format import task_format
+from nexus_ray.zoo.registry import resolve
 
 api = FastAPI(title="nexus_ray", description="Test-time compute allocation for LLM reasoning.")
 api.add_middleware(Guard)
@@ -58,6 +60,7 @@ class Ingress:
         self.engines = None
         self._connecting = asyncio.Lock()
         self.prefix_caching = self.config.policy.engine == "vllm" and self.config.policy.enable_prefix_caching
+        self.fmt = task_format(self.config.task, resolve(self.config.policy.model))
         self.metrics = Metrics()
 
     async def _engines(self):
@@ -66,12 +69,20 @@ class Ingress:
                 self.engines = await connect(self.policy_handle, self.prm_handle)
         return self.engines
 
-    async def _solve(self, problem: str, options: SolveRequest | NexusOptions, key: str | None) -> dict:
+    async def _solve(
+        self,
+        problem: str,
+        options: SolveRequest | NexusOptions,
+        key: str | None,
+        turns: tuple[Message, ...] = (),
+    ) -> dict:
+        """Solve ``problem`` (the user's last turn); under a chat format the prompt is built from
+        ``turns`` (the conversation's system and user turns) when given."""
         cfg = self.config
-        if len(problem) > cfg.max_problem_chars:
+        if sum(len(c) for _, c in turns) > cfg.max_problem_chars or len(problem) > cfg.max_problem_chars:
             raise Failure(422, f"problem longer than {cfg.max_problem_chars} characters", "invalid_request")
         try:
-            expression = ARITH.parse(problem)
+            expression = self.fmt.parse(problem)
         except ValueError as err:
             raise Failure(422, str(err), "invalid_request") from None
         try:
@@ -80,29 +91,26 @@ class Ingress:
             raise Failure(422, str(err.args[0]), "invalid_request") from None
         except AdmissionDenied as err:
             raise Failure(429, str(err), "rate_limited", retry_after=err.retry_after) from None
-        spent = 0.0
+        spent, measured = 0.0, 0
         try:
             if plan.wait_s > 0:
                 await asyncio.sleep(plan.wait_s)
             policy, prm = await self._engines()
-            ctx = SearchContext(
-                policy,
-                prm,
-                ARITH.prompt(expression),
-                ARITH,
-                seed=options.seed,
-                prefix_caching=self.prefix_caching,
+            asked = turns if turns and self.fmt.chat is not None else expression
+            ctx = SearchContext.for_problem(
+                policy, prm, self.fmt, asked, seed=options.seed, prefix_caching=self.prefix_caching
             )
             run = run_plan(plan, ctx, expression, self.table)
             result, plan = await asyncio.wait_for(run, cfg.request_timeout_s)
             spent = result.ledger.policy_token_equivalents
+            measured = plan.budget if plan.allocation is None else 0  # a named plan's spend per generation
         except TimeoutError:
             spent = plan.reserved
             raise Failure(504, f"solve took longer than {cfg.request_timeout_s:g} s", "timeout") from None
         except WorkerUnavailable as err:
             raise Failure(503, str(err), "unavailable", retry_after=5) from None
         finally:
-            self.admission.settle.remote(key, plan.reserved, spent)
+            self.admission.settle.remote(key, plan.reserved, spent, measured)
         out = result.to_dict(with_candidates=options.return_candidates)
         self.metrics.solved(plan.strategy, plan.difficulty, out["ledger"])
         out["strategy"] = plan.strategy  # the name asked for ("weighted"), not its family ("best_of_n")
@@ -132,7 +140,8 @@ class Ingress:
 
     @api.post("/v1/chat/completions")
     async def chat(self, body: ChatRequest, request: Request) -> JSONResponse:
-        """OpenAI-compatible: the last user message is the problem; ``nexus`` sets budget/strategy."""
+        """OpenAI-compatible: the last user message is the problem (a chat format also reads the
+        system turns and earlier user turns); ``nexus`` sets budget/strategy."""
 
         async def make() -> dict:
             if body.stream:
@@ -147,7 +156,14 @@ class Ingress:
             users = [m.content for m in body.messages if m.role == "user"]
             if not users:
                 raise Failure(422, "messages hold no user message with the problem", "invalid_request")
-            solved = await self._solve(users[-1], body.nexus or NexusOptions(), api_key(request.headers))
+            turns = tuple(
+                ("system" if m.role == "developer" else m.role, m.content)
+                for m in body.messages
+                if m.role in ("system", "developer", "user")
+            )
+            solved = await self._solve(
+                users[-1], body.nexus or NexusOptions(), api_key(request.headers), turns
+            )
             ledger = solved["ledger"]
             return {
                 "id": f"chatcmpl-{uuid.uuid4().hex}",

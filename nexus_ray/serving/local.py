@@ -5,6 +5,7 @@ wait until it answers, and optionally send it a few real requests: ``nexus-ray s
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -14,7 +15,7 @@ import ray
 from ray import serve
 
 from nexus_ray.cluster import start_ray
-from nexus_ray.config import load_service_config
+from nexus_ray.config import ServiceConfig, load_service_config
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "deployments" / "local-cpu.yaml"
 
@@ -72,10 +73,57 @@ def request(
             return err.code, {"raw": raw.decode(errors="replace")}
 
 
-def smoke(url: str, echo=print) -> bool:
-    """A few real requests a newcomer can read: solves planned by the table and chosen by the
-    caller, a chat completion, a bad request."""
-    calls = [
+def smoke(url: str, config: ServiceConfig, echo=print) -> bool:
+    """A few real requests a newcomer can read, in the config's task format: solves planned by
+    the table and chosen by the caller, a chat completion, a bad request."""
+    calls = _chat_calls(config.model_id) if config.task.format == "chat-math" else _arith_calls()
+    key = os.environ.get(config.api_keys_env or "", "").split(",")[0].strip()
+    headers = {"Authorization": f"Bearer {key}"} if key else None
+    ok = True
+    for path, body, expected in calls:
+        start = time.monotonic()
+        status, out = request(url + path, body, headers)
+        ms = (time.monotonic() - start) * 1000
+        echo(f"POST {path} {json.dumps(body)}")
+        if status == 200:
+            nexus = out.get("nexus", out)
+            ledger = nexus["ledger"]
+            how = f"{nexus['strategy']}, budget {nexus['budget']}"
+            if nexus["plan"]["source"] == "table":
+                chosen = nexus["plan"]["params"]
+                how = f"planner: difficulty bin {chosen['bin']}, plan {chosen['plan']}" + (
+                    ", early exit" if chosen["early_exit"] else ""
+                )
+            if "choices" in out:
+                echo("  " + out["choices"][0]["message"]["content"].strip().replace("\n\n", "\n  "))
+            echo(
+                f"  -> 200 in {ms:.0f} ms: answer {nexus['answer']} via {how} "
+                f"({ledger['policy_token_equivalents']:.0f} policy-token equivalents)"
+            )
+        else:
+            echo(f"  -> {status}: {out.get('error', {}).get('message', out)}")
+        ok = ok and status == expected
+    return ok
+
+
+def _chat_calls(model_id: str) -> list[tuple[str, dict, int]]:
+    return [
+        (
+            "/v1/chat/completions",
+            {
+                "model": model_id,
+                "messages": [{"role": "user", "content": "What is 3/4 of 12 minus 5?"}],
+                "nexus": {"strategy": "weighted", "budget": 4},
+            },
+            200,
+        ),
+        ("/v1/solve", {"problem": "Start with 7. Add 5, then take 1/3 of it. What is the result?"}, 200),
+        ("/v1/solve", {"problem": "   "}, 422),
+    ]
+
+
+def _arith_calls() -> list[tuple[str, dict, int]]:
+    return [
         ("/v1/solve", {"problem": "12+7*3-5"}, 200),
         ("/v1/solve", {"problem": "Q: 8+0-54*68"}, 200),
         ("/v1/solve", {"problem": "12+7*3-5", "strategy": "greedy"}, 200),
@@ -91,29 +139,6 @@ def smoke(url: str, echo=print) -> bool:
         ),
         ("/v1/solve", {"problem": "what is love?"}, 422),
     ]
-    ok = True
-    for path, body, expected in calls:
-        start = time.monotonic()
-        status, out = request(url + path, body)
-        ms = (time.monotonic() - start) * 1000
-        echo(f"POST {path} {json.dumps(body)}")
-        if status == 200:
-            nexus = out.get("nexus", out)
-            ledger = nexus["ledger"]
-            how = f"{nexus['strategy']}, budget {nexus['budget']}"
-            if nexus["plan"]["source"] == "table":
-                chosen = nexus["plan"]["params"]
-                how = f"planner: difficulty bin {chosen['bin']}, plan {chosen['plan']}" + (
-                    ", early exit" if chosen["early_exit"] else ""
-                )
-            echo(
-                f"  -> 200 in {ms:.0f} ms: answer {nexus['answer']} via {how} "
-                f"({ledger['policy_token_equivalents']:.0f} policy-token equivalents)"
-            )
-        else:
-            echo(f"  -> {status}: {out.get('error', {}).get('message', out)}")
-        ok = ok and status == expected
-    return ok
 
 
 def stop() -> None:

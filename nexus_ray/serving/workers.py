@@ -98,7 +98,11 @@ def worker_options(engine: EngineConfig, worker: WorkerConfig) -> dict:
     """Serve options for a worker: replicas, CPUs, GPUs (fractions allowed), and for tensor
     parallelism a placement group of one GPU per shard packed on one node (the replica's CPU
     goes into bundle 0; vLLM's workers take the GPUs)."""
-    options: dict = {"num_replicas": worker.replicas, "max_ongoing_requests": worker.max_ongoing_requests}
+    options: dict = {"max_ongoing_requests": worker.max_ongoing_requests}
+    if worker.autoscaling is not None:
+        options["autoscaling_config"] = worker.autoscaling.model_dump()
+    else:
+        options["num_replicas"] = worker.replicas
     if engine.tensor_parallel_size > 1:
         options["ray_actor_options"] = {"num_cpus": worker.num_cpus, "num_gpus": 0}
         options["placement_group_bundles"] = [{"CPU": worker.num_cpus, "GPU": 1}] + [

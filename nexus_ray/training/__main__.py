@@ -4,6 +4,8 @@
     python -m nexus_ray.training prm        # arith-prm: scores each step of the policy's own samples
     python -m nexus_ray.training rope-base  # rope-base: trained at a 128-token context only
     python -m nexus_ray.training experts    # merge experts: arith-policy fine-tuned per sub-task
+    python -m nexus_ray.training chat-policy  # Qwen2 policy with BPE + chat template (free-form math)
+    python -m nexus_ray.training chat-prm     # Qwen2.5-Math-PRM-format PRM for chat-policy's samples
     python -m nexus_ray.training all
 
 Everything is seeded and runs on CPU with transformers' own model classes, so the outputs are
@@ -15,6 +17,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from nexus_ray.training.chat_policy import train_chat_policy
+from nexus_ray.training.chat_prm import train_chat_prm
 from nexus_ray.training.experts import train_expert
 from nexus_ray.training.policy import train_policy
 from nexus_ray.training.prm import train_prm
@@ -28,7 +32,9 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__,
         formatter_class=argparse.RawTextHelpFormatter,
     )
-    parser.add_argument("which", choices=["policy", "prm", "rope-base", "experts", "all"])
+    parser.add_argument(
+        "which", choices=["policy", "prm", "rope-base", "experts", "chat-policy", "chat-prm", "all"]
+    )
     parser.add_argument("--out-dir", type=Path, default=registry.ZOO_DIR, help="where models are written")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--policy-steps", type=int, default=7000)
@@ -41,6 +47,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--expert-batch-size", type=int, default=32)
     parser.add_argument("--expert-lr", type=float, default=1e-3)
     parser.add_argument("--expert-subtasks", default="addsub,mul", help="which merge experts to train")
+    parser.add_argument("--chat-policy-steps", type=int, default=5000)
+    parser.add_argument("--chat-batch-size", type=int, default=32)
+    parser.add_argument("--chat-lr", type=float, default=2e-3)
+    parser.add_argument("--chat-prm-problems-per-level", type=int, default=400)
+    parser.add_argument("--chat-prm-samples", type=int, default=8, help="chat-policy samples per problem")
+    parser.add_argument("--chat-prm-steps", type=int, default=3000)
     args = parser.parse_args(argv)
     if args.which in ("policy", "all"):
         train_policy(args.out_dir / "arith-policy", args.policy_steps, args.batch_size, 1.5e-3, args.seed)
@@ -67,6 +79,21 @@ def main(argv: list[str] | None = None) -> None:
                 args.expert_lr,
                 args.seed,
             )
+    if args.which in ("chat-policy", "all"):
+        out = args.out_dir / "chat-policy"
+        meta = train_chat_policy(out, args.chat_policy_steps, args.chat_batch_size, args.chat_lr, args.seed)
+        print(f"chat-policy: {meta['parameters']} parameters, {meta['train_seconds']} s -> {out}")
+    if args.which in ("chat-prm", "all"):
+        meta = train_chat_prm(
+            args.out_dir / "chat-policy",
+            args.out_dir / "chat-prm",
+            args.chat_prm_problems_per_level,
+            args.chat_prm_samples,
+            args.chat_prm_steps,
+            args.seed,
+        )
+        step, within = meta["heldout_step_auroc"], meta["heldout_within_problem_auroc"]
+        print(f"chat-prm held-out step AUROC {step}, within-problem AUROC {within}")
 
 
 if __name__ == "__main__":

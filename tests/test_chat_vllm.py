@@ -1,0 +1,62 @@
+"""Unseen chat-format model directories on vLLM's CPU build agree with the transformers engine:
+identical greedy tokens and token counts for a chat-templated Qwen2 policy, Qwen-format PRM
+scores within 1e-3 (vLLM's native step pooler against the project's transformers class)."""
+
+from __future__ import annotations
+
+import pytest
+
+from nexus_ray.config import EngineConfig, RewardConfig
+from nexus_ray.engines import build_policy_engine, build_reward_engine
+from nexus_ray.engines.base import GenerationParams, ScoreRequest
+from nexus_ray.tasks.format import chat_math
+from tests.unseen_models import build_policy, build_prm
+
+pytestmark = pytest.mark.vllm
+
+VLLM = dict(
+    engine="vllm", dtype="float32", max_model_len=512, gpu_memory_utilization=0.05, enforce_eager=True
+)
+QUESTIONS = ["What is 3/4 of 12 minus 5?", "Start with 7. Add 5, then take 1/3 of it. What is the result?"]
+
+
+@pytest.fixture(scope="module")
+def unseen(tmp_path_factory):
+    root = tmp_path_factory.mktemp("unseen-vllm")
+    policy = build_policy(root / "policy", seed=11)
+    return policy, build_prm(root / "prm", policy, seed=12)
+
+
+def test_greedy_on_a_chat_templated_policy_matches_transformers(unseen):
+    policy_dir, _ = unseen
+    prompts = [chat_math(policy_dir).prompt(q) for q in QUESTIONS]
+    params = GenerationParams(temperature=0.0, max_tokens=32)
+    reference = build_policy_engine(EngineConfig(model=str(policy_dir))).generate_sync(prompts, params)
+    engine = build_policy_engine(EngineConfig(model=str(policy_dir), **VLLM))
+    try:
+        ours = engine.generate_sync(prompts, params)
+        assert engine.count_tokens(prompts[0]) == reference[0].prompt_tokens
+    finally:
+        engine.shutdown()
+    for v, h in zip(ours, reference):
+        assert v.prompt_tokens == h.prompt_tokens
+        assert v.completions[0].token_ids == h.completions[0].token_ids
+
+
+def test_qwen_prm_scores_match_transformers(unseen):
+    _, prm_dir = unseen
+    requests = [
+        ScoreRequest(
+            "", ("12 * 3/4 = 9", "9 - 5 = 4", "The answer is \\boxed{4}."), (("user", QUESTIONS[0]),)
+        ),
+        ScoreRequest("", ("7 + 5 = 12",), (("system", "x"), ("user", QUESTIONS[1]))),
+    ]
+    reference = build_reward_engine(RewardConfig(model=str(prm_dir), format="qwen-prm")).score_sync(requests)
+    engine = build_reward_engine(RewardConfig(model=str(prm_dir), format="qwen-prm", **VLLM))
+    try:
+        ours = engine.score_sync(requests)
+    finally:
+        engine.shutdown()
+    for v, h in zip(ours, reference):
+        assert v.tokens == h.tokens and len(v.scores) == len(h.scores)
+        assert max(abs(a - b) for a, b in zip(v.scores, h.scores)) < 1e-3
