@@ -6,22 +6,26 @@ import random
 
 import torch
 
-from nexus_ray.tasks import arith
-from nexus_ray.tasks.datasets import heldout_expressions
+from nexus_ray.tasks import arith, mathchat
+from nexus_ray.tasks.datasets import heldout_chat_problems, heldout_expressions
 
 
 class ProblemStream:
-    """An endless seeded stream of training problems, one level per batch, held-out sets excluded."""
+    """An endless seeded stream of training problems, one level per batch, held-out sets excluded.
 
-    def __init__(self, seed: int) -> None:
+    Arithmetic by default; ``chat=True``: the chat pair's ``mathchat`` problems, keyed by text.
+    """
+
+    def __init__(self, seed: int, chat: bool = False) -> None:
         self.rng = random.Random(seed)
-        self.heldout = heldout_expressions()
+        self.chat = chat
+        self.heldout = heldout_chat_problems() if chat else heldout_expressions()
 
-    def batch(self, level: int, size: int) -> list[arith.Problem]:
-        out: list[arith.Problem] = []
+    def batch(self, level: int, size: int) -> list:
+        out: list = []
         while len(out) < size:
-            p = arith.generate(level, self.rng)
-            if p.expression not in self.heldout:
+            p = mathchat.generate(level, self.rng) if self.chat else arith.generate(level, self.rng)
+            if (p.problem if self.chat else p.expression) not in self.heldout:
                 out.append(p)
         return out
 

@@ -16,8 +16,7 @@ import torch
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
 from nexus_ray.tasks import mathchat
-from nexus_ray.tasks.datasets import heldout_chat_problems
-from nexus_ray.training.batches import right_padded
+from nexus_ray.training.batches import ProblemStream, right_padded
 from nexus_ray.training.chat_tokenizer import CHAT_TEMPLATE, IM_END, save_chat_tokenizer, train_bpe
 from nexus_ray.training.loop import fit, run_meta, save, set_seed, warmup_cosine
 
@@ -35,22 +34,6 @@ CHAT_POLICY_ARCH = dict(
 VOCAB_SIZE = 512
 # A tenth of the training chats carry another system prompt, so a user's own does not derail it.
 OTHER_SYSTEM_PROMPT = "You are a helpful assistant."
-
-
-class ChatStream:
-    """An endless seeded stream of training problems, one level per batch, held-out sets excluded."""
-
-    def __init__(self, seed: int) -> None:
-        self.rng = random.Random(seed)
-        self.heldout = heldout_chat_problems()
-
-    def batch(self, level: int, size: int) -> list[mathchat.ChatProblem]:
-        out: list[mathchat.ChatProblem] = []
-        while len(out) < size:
-            p = mathchat.generate(level, self.rng)
-            if p.problem not in self.heldout:
-                out.append(p)
-        return out
 
 
 def messages(problem: str, system: str | None = mathchat.SYSTEM_PROMPT) -> list[dict[str, str]]:
@@ -106,7 +89,7 @@ def train_chat_policy(out: Path, steps: int, batch_size: int, lr: float, seed: i
     model.generation_config.eos_token_id = [tok.convert_tokens_to_ids(IM_END), tok.pad_token_id]
     model.generation_config.pad_token_id = tok.pad_token_id
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
-    stream, rng = ChatStream(seed), random.Random(seed + 2)
+    stream, rng = ProblemStream(seed, chat=True), random.Random(seed + 2)
     levels = list(mathchat.WORD_LEVELS)
     start = time.time()
     log = fit(

@@ -25,8 +25,7 @@ from nexus_ray.engines.prm_format import StepEncoder
 from nexus_ray.engines.qwen2_prm import Qwen2ForProcessRewardModel
 from nexus_ray.tasks import mathchat
 from nexus_ray.tasks.format import task_format
-from nexus_ray.training.batches import right_padded
-from nexus_ray.training.chat_policy import ChatStream
+from nexus_ray.training.batches import ProblemStream, right_padded
 from nexus_ray.training.loop import fit, save, set_seed, warmup_cosine
 from nexus_ray.training.prm import auroc
 
@@ -167,7 +166,7 @@ def train_chat_prm(
     lr: float = 1e-3,
 ) -> dict:
     set_seed(seed)
-    stream = ChatStream(seed + 1)
+    stream = ProblemStream(seed + 1, chat=True)
     problems = [p for level in mathchat.WORD_LEVELS for p in stream.batch(level, problems_per_level)]
     random.Random(seed).shuffle(problems)
     n_eval = len(problems) // 10
