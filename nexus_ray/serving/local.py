@@ -95,7 +95,8 @@ def smoke(url: str, config: ServiceConfig, echo=print) -> bool:
                     ", early exit" if chosen["early_exit"] else ""
                 )
             if "choices" in out:
-                echo("  " + out["choices"][0]["message"]["content"].strip().replace("\n\n", "\n  "))
+                content = out["choices"][0]["message"]["content"]
+                echo("\n".join("  | " + line for line in content.splitlines() if line.strip()))
             echo(
                 f"  -> 200 in {ms:.0f} ms: answer {nexus['answer']} via {how} "
                 f"({ledger['policy_token_equivalents']:.0f} policy-token equivalents)"
