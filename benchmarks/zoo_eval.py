@@ -25,6 +25,7 @@ from tqdm import tqdm
 from nexus_ray.config import local_models
 from nexus_ray.engines import build_policy_engine, build_reward_engine
 from nexus_ray.engines.base import GenerationParams, ScoreRequest
+from nexus_ray.jobs.eval import select_examples
 from nexus_ray.search.aggregate import aggregate_steps, select
 from nexus_ray.tasks import arith, datasets, mathchat
 from nexus_ray.tasks.format import ARITH, TaskFormat, chat_math
@@ -63,12 +64,13 @@ def main() -> None:
     parser.add_argument("--pair", choices=["arith", "chat"], default="arith", help="which zoo pair")
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--dataset", default=None, help="default: arith-test or chat-test")
+    parser.add_argument("--per-level", type=int, default=None, help="only the first N problems of each level")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     start = time.time()
     dataset = args.dataset or f"{args.pair}-test"
     policy, prm, fmt, labeller = pair(args.pair, dataset)
-    examples = datasets.load(dataset)
+    examples = select_examples(dataset, args.per_level)
     k = args.samples
     params = GenerationParams(n=k, temperature=1.0, max_tokens=200, seed=args.seed)
 

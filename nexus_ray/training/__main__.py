@@ -50,9 +50,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chat-policy-steps", type=int, default=5000)
     parser.add_argument("--chat-batch-size", type=int, default=32)
     parser.add_argument("--chat-lr", type=float, default=2e-3)
-    parser.add_argument("--chat-prm-problems-per-level", type=int, default=400)
+    parser.add_argument("--chat-prm-problems-per-level", type=int, default=300)
     parser.add_argument("--chat-prm-samples", type=int, default=8, help="chat-policy samples per problem")
-    parser.add_argument("--chat-prm-steps", type=int, default=3000)
+    parser.add_argument("--chat-prm-steps", type=int, default=2000)
     args = parser.parse_args(argv)
     if args.which in ("policy", "all"):
         train_policy(args.out_dir / "arith-policy", args.policy_steps, args.batch_size, 1.5e-3, args.seed)
