@@ -35,6 +35,7 @@ def test_zoo_list_reports_built_models():
         "arith-expert-addsub",
         "arith-expert-mul",
         "rope-base",
+        "chat-policy",
     }
     assert all(m.parameters and m.size_mb > 0 for m in models.values())
 
@@ -124,3 +125,29 @@ def test_policy_greedy_matches_transformers_generate(policy_engine):
         expected = tok.decode(ref[0, ids.shape[1] :], skip_special_tokens=True)
         [r] = policy_engine.generate_sync([prompt], GenerationParams(temperature=0.0, max_tokens=120))
         assert r.completions[0].text == expected
+
+
+def test_chat_policy_is_a_qwen2_chat_model_that_solves_easy_problems_and_not_all_hard_ones():
+    """The real-format zoo policy: Qwen2 architecture, Qwen2Tokenizer with digits split, a chat
+    template in chat_template.jinja; answers in \\boxed{}, accuracy falling with difficulty."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from nexus_ray.config import EngineConfig
+    from nexus_ray.engines import build_policy_engine
+    from nexus_ray.tasks.format import chat_math
+
+    path = resolve("chat-policy")
+    assert AutoConfig.from_pretrained(path).architectures == ["Qwen2ForCausalLM"]
+    tok = AutoTokenizer.from_pretrained(path)
+    assert type(tok).__name__ == "Qwen2Tokenizer" and (path / "chat_template.jinja").exists()
+    assert len(tok("2026", add_special_tokens=False).input_ids) == 4 and "<extra_0>" in tok.get_vocab()
+    engine, fmt = build_policy_engine(EngineConfig(model="chat-policy")), chat_math(path)
+    greedy = GenerationParams(temperature=0.0, max_tokens=200)
+    accuracy = {}
+    for level in (1, 5):
+        examples = [e for e in datasets.load("chat-test") if e.level == level][:20]
+        results = engine.generate_sync([fmt.prompt(e.problem) for e in examples], greedy)
+        answers = [fmt.answer(r.completions[0].text) for r in results]
+        assert all(a is not None for a in answers[:5]), [r.completions[0].text for r in results[:5]]
+        accuracy[level] = sum(is_equivalent(a, e.answer, "math") for a, e in zip(answers, examples)) / 20
+    assert accuracy[1] >= 0.8 and accuracy[5] < 0.7

@@ -14,6 +14,7 @@ DESCRIPTIONS = {
     "arith-expert-addsub": "merge expert: arith-policy fine-tuned on long +/- chains",
     "arith-expert-mul": "merge expert: arith-policy fine-tuned on multiplication-heavy problems",
     "rope-base": "tiny Llama trained at a 128-token context (arith + passkey), for RoPE extension",
+    "chat-policy": "tiny Qwen2 policy, byte-level BPE and ChatML template: free-form math, \\boxed{} answers",
 }
 
 
