@@ -60,3 +60,22 @@ def test_qwen_prm_scores_match_transformers(unseen):
     for v, h in zip(ours, reference):
         assert v.tokens == h.tokens and len(v.scores) == len(h.scores)
         assert max(abs(a - b) for a, b in zip(v.scores, h.scores)) < 1e-3
+
+
+def test_the_zoo_chat_policy_decodes_identically_on_both_engines():
+    from nexus_ray.tasks import datasets
+    from nexus_ray.zoo.registry import resolve
+
+    fmt = chat_math(resolve("chat-policy"))
+    prompts = [fmt.prompt(e.problem) for e in datasets.load("chat-test")[::50]]
+    params = GenerationParams(temperature=0.0, max_tokens=200)
+    reference = build_policy_engine(EngineConfig(model="chat-policy")).generate_sync(prompts, params)
+    engine = build_policy_engine(EngineConfig(model="chat-policy", **VLLM))
+    try:
+        ours = engine.generate_sync(prompts, params)
+    finally:
+        engine.shutdown()
+    for v, h in zip(ours, reference):
+        assert v.prompt_tokens == h.prompt_tokens
+        assert v.completions[0].text == h.completions[0].text
+        assert v.completions[0].token_ids == h.completions[0].token_ids
