@@ -42,9 +42,10 @@ $(MERGEKIT):
 
 setup-mergekit: $(MERGEKIT)  ## mergekit 0.1.5 in .venv-mergekit (the merge tests' oracle)
 
-demo: setup  ## greedy vs. best-of-8 + PRM by difficulty, then the HTTP service answers a few requests
+demo: setup  ## greedy vs. best-of-8 + PRM by difficulty; the HTTP service answers arithmetic, then the chat pair free-form math
 	$(BIN)/nexus-ray demo
 	$(BIN)/nexus-ray serve --smoke
+	NEXUS_API_KEYS=demo-key $(BIN)/nexus-ray serve --config deployments/local-cpu-chat-hf.yaml --smoke
 
 test: setup-vllm setup-mergekit  ## run the whole test suite, vLLM engine and mergekit-oracle tests included
 	NEXUS_REQUIRE_MERGEKIT=1 $(BIN)/python -m pytest -q

@@ -79,3 +79,20 @@ def test_the_zoo_chat_policy_decodes_identically_on_both_engines():
         assert v.prompt_tokens == h.prompt_tokens
         assert v.completions[0].text == h.completions[0].text
         assert v.completions[0].token_ids == h.completions[0].token_ids
+
+
+def test_the_zoo_chat_prm_scores_alike_on_both_engines():
+    from nexus_ray.tasks import datasets
+
+    problems = datasets.builtin_chat_problems("chat-test")[::60]
+    requests = [ScoreRequest("", p.steps, (("user", p.problem),)) for p in problems]
+    zoo = dict(model="chat-prm", format="qwen-prm")
+    reference = build_reward_engine(RewardConfig(**zoo)).score_sync(requests)
+    engine = build_reward_engine(RewardConfig(**zoo, **VLLM))
+    try:
+        ours = engine.score_sync(requests)
+    finally:
+        engine.shutdown()
+    for v, h in zip(ours, reference):
+        assert v.tokens == h.tokens and len(v.scores) == len(h.scores)
+        assert max(abs(a - b) for a, b in zip(v.scores, h.scores)) < 1e-3

@@ -15,6 +15,7 @@ DESCRIPTIONS = {
     "arith-expert-mul": "merge expert: arith-policy fine-tuned on multiplication-heavy problems",
     "rope-base": "tiny Llama trained at a 128-token context (arith + passkey), for RoPE extension",
     "chat-policy": "tiny Qwen2 policy, byte-level BPE and ChatML template: free-form math, \\boxed{} answers",
+    "chat-prm": "Qwen2ForProcessRewardModel for chat-policy (Qwen2.5-Math-PRM's format: <extra_0> step tags)",
 }
 
 
