@@ -20,6 +20,20 @@ VLLM = dict(
 QUESTIONS = ["What is 3/4 of 12 minus 5?", "Start with 7. Add 5, then take 1/3 of it. What is the result?"]
 
 
+def assert_scores_alike(prm: dict, requests: list[ScoreRequest]) -> None:
+    """The PRM of ``prm`` (RewardConfig fields) on transformers and on vLLM: equal token
+    counts, step scores within 1e-3."""
+    reference = build_reward_engine(RewardConfig(**prm)).score_sync(requests)
+    engine = build_reward_engine(RewardConfig(**prm, **VLLM))
+    try:
+        ours = engine.score_sync(requests)
+    finally:
+        engine.shutdown()
+    for v, h in zip(ours, reference):
+        assert v.tokens == h.tokens and len(v.scores) == len(h.scores)
+        assert max(abs(a - b) for a, b in zip(v.scores, h.scores)) < 1e-3
+
+
 @pytest.fixture(scope="module")
 def unseen(tmp_path_factory):
     root = tmp_path_factory.mktemp("unseen-vllm")
@@ -51,15 +65,7 @@ def test_qwen_prm_scores_match_transformers(unseen):
         ),
         ScoreRequest("", ("7 + 5 = 12",), (("system", "x"), ("user", QUESTIONS[1]))),
     ]
-    reference = build_reward_engine(RewardConfig(model=str(prm_dir), format="qwen-prm")).score_sync(requests)
-    engine = build_reward_engine(RewardConfig(model=str(prm_dir), format="qwen-prm", **VLLM))
-    try:
-        ours = engine.score_sync(requests)
-    finally:
-        engine.shutdown()
-    for v, h in zip(ours, reference):
-        assert v.tokens == h.tokens and len(v.scores) == len(h.scores)
-        assert max(abs(a - b) for a, b in zip(v.scores, h.scores)) < 1e-3
+    assert_scores_alike(dict(model=str(prm_dir), format="qwen-prm"), requests)
 
 
 def test_the_zoo_chat_policy_decodes_identically_on_both_engines():
@@ -86,13 +92,4 @@ def test_the_zoo_chat_prm_scores_alike_on_both_engines():
 
     problems = datasets.builtin_chat_problems("chat-test")[::60]
     requests = [ScoreRequest("", p.steps, (("user", p.problem),)) for p in problems]
-    zoo = dict(model="chat-prm", format="qwen-prm")
-    reference = build_reward_engine(RewardConfig(**zoo)).score_sync(requests)
-    engine = build_reward_engine(RewardConfig(**zoo, **VLLM))
-    try:
-        ours = engine.score_sync(requests)
-    finally:
-        engine.shutdown()
-    for v, h in zip(ours, reference):
-        assert v.tokens == h.tokens and len(v.scores) == len(h.scores)
-        assert max(abs(a - b) for a, b in zip(v.scores, h.scores)) < 1e-3
+    assert_scores_alike(dict(model="chat-prm", format="qwen-prm"), requests)

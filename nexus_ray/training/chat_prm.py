@@ -135,9 +135,9 @@ def step_scores(model, encoder: StepEncoder, rows: list[Example]) -> tuple[list[
     return scores, labels
 
 
-def within_problem_auroc(model, encoder: StepEncoder, rows: list[Example]) -> float:
-    """How often a right solution's last-step score beats a wrong one's for the same problem."""
-    scores, _ = step_scores(model, encoder, rows)
+def within_problem_auroc(rows: list[Example], scores: list[float]) -> float:
+    """How often a right solution's last-step score beats a wrong one's for the same problem
+    (``scores``: every step's score over ``rows``, as ``step_scores`` returns them)."""
     last, k = [], 0
     for _, steps in rows:
         k += len(steps)
@@ -206,7 +206,7 @@ def train_chat_prm(
         "fresh_gold_per_batch": FRESH_PER_BATCH,
         "heldout_solutions": len(eval_rows),
         "heldout_step_auroc": round(auroc(scores, labels), 4),
-        "heldout_within_problem_auroc": round(within_problem_auroc(model, encoder, eval_rows), 4),
+        "heldout_within_problem_auroc": round(within_problem_auroc(eval_rows, scores), 4),
         "heldout_positive_rate": round(sum(labels) / max(1, len(labels)), 4),
         "steps": steps,
         "batch_size": BATCH_SIZE,
