@@ -182,7 +182,7 @@ def main() -> None:
     out = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "python": platform.python_version()}
     if not args.skip_cold_start:
         out["cold_start"] = cold_start()  # first: it needs port 8000 and its own cluster
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": 8000})
     out["prm_batching"] = prm_batching(problems, [16, 64])
     out["http_vs_in_process"] = http_vs_in_process(

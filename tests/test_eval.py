@@ -60,7 +60,7 @@ def test_bad_arguments_fail_before_any_work(tmp_path, capsys, args, message):
 def test_eval_on_ray_workers(tmp_path):
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         rc = eval_job.main(
             [

@@ -44,6 +44,7 @@ def service():
     global METRICS_PORT
     METRICS_PORT = free_port()
     ray.init(
+        address="local",
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,

@@ -24,7 +24,7 @@ KEY = "chat-test-key"
 def deploy(config_path: str, policy, prm, namespace: str):
     """Start a local cluster and serve ``config_path`` with only the two model paths replaced."""
     os.environ["NEXUS_API_KEYS"] = KEY  # the config names this variable, as gpu-single.yaml does
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=namespace)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=namespace)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     config, _ = load_service_config(config_path)

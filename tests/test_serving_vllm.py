@@ -24,7 +24,9 @@ pytestmark = pytest.mark.vllm
 @pytest.fixture(scope="module")
 def service():
     pytest.importorskip("vllm")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="nexus-vllm-test")
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="nexus-vllm-test"
+    )
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     config, _ = load_service_config("deployments/local-cpu-vllm.yaml")
