@@ -13,6 +13,7 @@ from nexus_ray.config import EngineConfig, RewardConfig, TaskConfig
 from nexus_ray.engines import build_policy_engine, build_reward_engine
 from nexus_ray.engines.base import ScoreRequest
 from nexus_ray.engines.prm_format import PrmFormatError
+from nexus_ray.engines.tokens import prompt_ids
 from nexus_ray.search import registry
 from nexus_ray.search.base import SearchContext
 from nexus_ray.tasks import datasets, mathchat
@@ -30,6 +31,7 @@ def unseen(tmp_path_factory):
     return {
         "policy": policy,
         "llama": build_policy(root / "llama-policy", arch="llama", template_in_config=True, seed=3),
+        "llama3": build_policy(root / "llama3-policy", arch="llama", bos=True, seed=5),
         "prm": build_prm(root / "prm", policy),
         "prm-no-tag": build_prm(root / "prm-no-tag", policy, step_tag=False),
         "prm-3-labels": build_prm(root / "prm-3", policy, num_labels=3),
@@ -137,7 +139,19 @@ def test_the_qwen_prm_reads_one_score_per_step_at_its_tags(unseen):
     )  # the template is charged
 
 
-@pytest.mark.parametrize("which", ["policy", "llama"])
+def test_a_template_that_writes_bos_gets_exactly_one(unseen):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(unseen["llama3"])
+    prompt = chat_math(unseen["llama3"]).prompt("What is 2+2?")
+    assert tok(prompt).input_ids[:2] == [tok.bos_token_id] * 2  # the hazard: a second BOS
+    ids = prompt_ids(tok, prompt)
+    assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
+    assert build_policy_engine(EngineConfig(model=str(unseen["llama3"]))).count_tokens(prompt) == len(ids)
+    assert prompt_ids(tok, "What is 2+2?")[0] == tok.bos_token_id  # untemplated text still gets one
+
+
+@pytest.mark.parametrize("which", ["policy", "llama", "llama3"])
 def test_a_strategy_runs_end_to_end_on_unseen_chat_models(unseen, which):
     policy = build_policy_engine(EngineConfig(model=str(unseen[which])))
     prm = build_reward_engine(RewardConfig(model=str(unseen["prm"]), format="qwen-prm"))

@@ -1,5 +1,6 @@
 """Unseen chat-format model directories on vLLM's CPU build agree with the transformers engine:
-identical greedy tokens and token counts for a chat-templated Qwen2 policy, Qwen-format PRM
+identical greedy tokens and token counts for a chat-templated Qwen2 policy and a Llama policy
+whose template writes BOS, Qwen-format PRM
 scores within 1e-3 (vLLM's native step pooler against the project's transformers class)."""
 
 from __future__ import annotations
@@ -38,11 +39,16 @@ def assert_scores_alike(prm: dict, requests: list[ScoreRequest]) -> None:
 def unseen(tmp_path_factory):
     root = tmp_path_factory.mktemp("unseen-vllm")
     policy = build_policy(root / "policy", seed=11)
-    return policy, build_prm(root / "prm", policy, seed=12)
+    return {
+        "qwen2": policy,
+        "llama3": build_policy(root / "llama3", arch="llama", bos=True, seed=13),
+        "prm": build_prm(root / "prm", policy, seed=12),
+    }
 
 
-def test_greedy_on_a_chat_templated_policy_matches_transformers(unseen):
-    policy_dir, _ = unseen
+@pytest.mark.parametrize("which", ["qwen2", "llama3"])
+def test_greedy_on_a_chat_templated_policy_matches_transformers(unseen, which):
+    policy_dir = unseen[which]
     prompts = [chat_math(policy_dir).prompt(q) for q in QUESTIONS]
     params = GenerationParams(temperature=0.0, max_tokens=32)
     reference = build_policy_engine(EngineConfig(model=str(policy_dir))).generate_sync(prompts, params)
@@ -58,7 +64,7 @@ def test_greedy_on_a_chat_templated_policy_matches_transformers(unseen):
 
 
 def test_qwen_prm_scores_match_transformers(unseen):
-    _, prm_dir = unseen
+    prm_dir = unseen["prm"]
     requests = [
         ScoreRequest(
             "", ("12 * 3/4 = 9", "9 - 5 = 4", "The answer is \\boxed{4}."), (("user", QUESTIONS[0]),)

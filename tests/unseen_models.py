@@ -14,6 +14,7 @@ import random
 from pathlib import Path
 
 import torch
+from tokenizers import AddedToken, processors
 from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from nexus_ray.engines.qwen2_prm import Qwen2ForProcessRewardModel
@@ -25,6 +26,7 @@ TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
+BOS = "<|begin_of_text|>"
 ARCH = dict(
     hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1
 )
@@ -63,17 +65,35 @@ def _sharpen(model: torch.nn.Module, seed: int) -> None:
                 p.normal_(0.0, 0.25)
 
 
-def build_policy(out: Path, arch: str = "qwen2", template_in_config: bool = False, seed: int = 0) -> Path:
+def _tokenizer_adding_bos(seed: int):
+    """Llama 3's arrangement: the tokenizer prepends BOS to every encoding *and* the chat
+    template writes it, so an engine that adds special tokens to a templated prompt doubles it."""
+    tok = train_bpe(_corpus(seed), 300)
+    tok.add_special_tokens([AddedToken(BOS, special=True, normalized=False)])
+    bos_id = tok.token_to_id(BOS)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
+    )
+    return tok
+
+
+def build_policy(
+    out: Path, arch: str = "qwen2", template_in_config: bool = False, seed: int = 0, bos: bool = False
+) -> Path:
     """A policy directory: ``arch`` qwen2 or llama; the chat template in ``chat_template.jinja``
-    (current transformers) or in ``tokenizer_config.json`` (older directories)."""
+    (current transformers) or in ``tokenizer_config.json`` (older directories); with ``bos``,
+    a tokenizer that adds BOS and a template that writes it too (Llama 3's)."""
     out.mkdir(parents=True, exist_ok=True)
-    save_chat_tokenizer(train_bpe(_corpus(seed), 300), out, TEMPLATE)
+    if bos:
+        save_chat_tokenizer(_tokenizer_adding_bos(seed), out, "{{- bos_token }}" + TEMPLATE, bos_token=BOS)
+    else:
+        save_chat_tokenizer(train_bpe(_corpus(seed), 300), out, TEMPLATE)
     tok_config = json.loads((out / "tokenizer_config.json").read_text())
     vocab = len(json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]) + 4
     ids = {t["content"]: t["id"] for t in json.loads((out / "tokenizer.json").read_text())["added_tokens"]}
     common = dict(
         vocab_size=vocab,
-        bos_token_id=ids["<|endoftext|>"],
+        bos_token_id=ids[BOS if bos else "<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
         max_position_embeddings=512,

@@ -60,13 +60,16 @@ def train_bpe(texts: list[str], vocab_size: int) -> Tokenizer:
     return tok
 
 
-def save_chat_tokenizer(tok: Tokenizer, directory: Path, template: str = CHAT_TEMPLATE) -> None:
+def save_chat_tokenizer(
+    tok: Tokenizer, directory: Path, template: str = CHAT_TEMPLATE, bos_token: str | None = None
+) -> None:
     """``tokenizer.json``, ``tokenizer_config.json`` and ``chat_template.jinja``, as current
-    transformers writes a Qwen2 model directory."""
+    transformers writes a Qwen2 model directory (Qwen's tokenizers have no BOS)."""
     from transformers import PreTrainedTokenizerFast
 
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
+        bos_token=bos_token,
         eos_token=IM_END,
         pad_token=ENDOFTEXT,
         unk_token=None,
