@@ -242,8 +242,9 @@ class PlannerConfig(_Strict):
     max_queue_seconds: float = Field(0.0, ge=0, description="wait this long for the bucket before 429")
     table: str | None = Field(
         None,
-        description="plan table for requests without strategy and budget: a built-in name (arith-zoo) "
-        "or the JSON path nexus-ray calibrate wrote; none: default_strategy at default_budget",
+        description="plan table for requests without strategy and budget: a built-in name "
+        "(arith-zoo, chat-zoo) or the JSON path nexus-ray calibrate wrote; "
+        "none: default_strategy at default_budget",
     )
     mean_budget: float = Field(
         300.0, gt=0, description="table plans: mean compute per request (policy-token equivalents)"

@@ -177,3 +177,28 @@ def test_chat_prm_is_a_qwen_format_prm_that_scores_gold_steps_above_corrupted_on
     assert sum(x > y for x, y in zip(g, b)) >= 55  # above chance (61 of 100 when trained; see RESULTS)
     assert sum(g) > sum(b)  # weakly (mean gap 0.017 when trained): a copied wrong digit is hard for it
     assert mathchat.SYSTEM_PROMPT in prm.encoder.tokenizer.decode(prm.encoder.encode(gold[0])[0])
+
+
+def test_the_builtin_chat_zoo_table_plans_the_chat_pair():
+    """``planner.table: chat-zoo`` (calibrated on chat-calib) belongs to the chat pair, refuses
+    the arith pair, and plans a free-form question through the engines: probe, bin, answer."""
+    from nexus_ray.config import EngineConfig, PlannerConfig, RewardConfig
+    from nexus_ray.engines import build_policy_engine, build_reward_engine
+    from nexus_ray.planner.execute import run_plan
+    from nexus_ray.planner.request import Planner
+    from nexus_ray.planner.table import TableError, load_table
+    from nexus_ray.search.base import SearchContext
+    from nexus_ray.tasks.format import chat_math
+
+    table = load_table("chat-zoo")
+    table.check_models("chat-policy", "chat-prm")
+    with pytest.raises(TableError, match="fingerprints differ"):
+        table.check_models("arith-policy", "arith-prm")
+    policy = build_policy_engine(EngineConfig(model="chat-policy"))
+    prm = build_reward_engine(RewardConfig(model="chat-prm", format="qwen-prm"))
+    question = "What is 3/4 of 12 minus 5?"
+    ctx = SearchContext.for_problem(policy, prm, chat_math(resolve("chat-policy")), question, seed=0)
+    plan = Planner(PlannerConfig(mean_budget=300), table).plan(None, None)
+    result, ran = asyncio.run(run_plan(plan, ctx, question, table))
+    assert ran.source == "table" and 0 <= ran.difficulty < len(table.bins)
+    assert result.answer == "4" and result.ledger.generations >= 1
