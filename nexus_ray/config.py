@@ -249,9 +249,18 @@ class PlannerConfig(_Strict):
     mean_budget: float = Field(
         300.0, gt=0, description="table plans: mean compute per request (policy-token equivalents)"
     )
+    reasoning_effort: dict[Literal["low", "medium", "high"], float] = Field(
+        default_factory=lambda: {"low": 0.5, "medium": 1.0, "high": 4.0},
+        description="OpenAI's reasoning_effort as a multiple of mean_budget (table plans) or of "
+        "default_budget (no table); minimal and none mean greedy",
+    )
 
     @model_validator(mode="after")
     def _defaults_within_limits(self) -> PlannerConfig:
+        if missing := {"low", "medium", "high"} - set(self.reasoning_effort):
+            raise ValueError(f"reasoning_effort needs a multiple for {', '.join(sorted(missing))}")
+        if any(v <= 0 for v in self.reasoning_effort.values()):
+            raise ValueError("reasoning_effort multiples must be positive")
         if self.default_budget > self.max_budget:
             raise ValueError(f"default_budget {self.default_budget} exceeds max_budget {self.max_budget}")
         return self

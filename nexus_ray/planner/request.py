@@ -3,12 +3,15 @@
 A request that names a strategy or a budget gets that (``PlannerConfig``'s defaults fill the
 other). A request that names neither is planned from the table when the service has one: the
 plan carries the table's allocation for ``mean_budget`` (which plan each difficulty bin runs),
-and ``execute.run_plan`` probes the prompt, bins it and runs its bin's plan.
+and ``execute.run_plan`` probes the prompt, bins it and runs its bin's plan. A reasoning
+effort (OpenAI's ``low``/``medium``/``high``) scales that mean budget, or without a table the
+default budget, by ``PlannerConfig.reasoning_effort``; ``minimal`` and ``none`` are greedy.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 from nexus_ray.config import PlannerConfig
 from nexus_ray.planner.allocate import Allocation
@@ -17,6 +20,7 @@ from nexus_ray.search import registry
 from nexus_ray.search.base import StrategyParams
 
 PLANNED = "planner"  # the strategy name a table plan reports
+Effort = Literal["none", "minimal", "low", "medium", "high"]
 
 
 class PlanError(ValueError):
@@ -46,14 +50,28 @@ class Planner:
         self.config = config
         self.table = table
         self.allocation = table.allocate(config.mean_budget) if table is not None else None
+        self._effort_allocations: dict[str, Allocation] = {}
 
-    def plan(self, budget: int | None, strategy: str | None, per_generation: float | None = None) -> Plan:
-        """The plan for a request's budget and strategy (either may be None); ``PlanError`` if none
-        fits. A named strategy reserves ``per_generation`` policy-token equivalents per generation
-        (None: the configured estimate, else a generation's worst case, its ``max_tokens``)."""
+    def plan(
+        self,
+        budget: int | None,
+        strategy: str | None,
+        per_generation: float | None = None,
+        effort: Effort | None = None,
+    ) -> Plan:
+        """The plan for a request's budget, strategy and reasoning effort (any may be None; a
+        budget or strategy overrides the effort); ``PlanError`` if none fits. A named strategy
+        reserves ``per_generation`` policy-token equivalents per generation (None: the configured
+        estimate, else a generation's worst case, its ``max_tokens``)."""
         cfg = self.config
+        if strategy is None and budget is None and effort in ("none", "minimal"):
+            strategy = "greedy"
+        elif strategy is None and budget is None and effort is not None:
+            if self.table is not None:
+                return self._table_plan(self._effort_allocation(effort))
+            budget = min(cfg.max_budget, max(1, round(cfg.default_budget * cfg.reasoning_effort[effort])))
         if strategy is None and budget is None and self.table is not None:
-            return self._table_plan()
+            return self._table_plan(self.allocation)
         name = strategy or cfg.default_strategy
         try:
             spec, _ = registry.get(name)
@@ -66,16 +84,24 @@ class Planner:
             )
         if not spec.takes_budget:
             generations = 1  # it runs at its defaults, priced as one generation
-        source = "request" if strategy or budget else "defaults"
+        source = "request" if strategy or budget or effort else "defaults"
         if per_generation is None:
             per_generation = cfg.tokens_per_generation or float(StrategyParams().max_tokens)
         return Plan(name, generations, {}, source, reserved=generations * per_generation)
 
-    def _table_plan(self) -> Plan:
-        """The allocation as a plan (its mixes, per bin [low, high, p_high] indices into the table's
+    def _effort_allocation(self, effort: str) -> Allocation:
+        """The table's allocation at the effort's multiple of the mean budget (computed once)."""
+        assert self.table is not None
+        if effort not in self._effort_allocations:
+            mean = self.config.mean_budget * self.config.reasoning_effort[effort]
+            self._effort_allocations[effort] = self.table.allocate(mean)
+        return self._effort_allocations[effort]
+
+    def _table_plan(self, allocation: Allocation | None) -> Plan:
+        """An allocation as a plan (its mixes, per bin [low, high, p_high] indices into the table's
         choices, as params). It reserves what the most expensive bin's plan costs on the calibration set."""
-        assert self.table is not None and self.allocation is not None
-        mixes = self.allocation.mixes
+        assert self.table is not None and allocation is not None
+        mixes = allocation.mixes
         chosen = [self.table.bins[b].choices[i] for b, m in enumerate(mixes) for i in (m.low, m.high)]
         params = {"mixes": [[m.low, m.high, m.p_high] for m in mixes]}
         return Plan(
@@ -84,5 +110,5 @@ class Planner:
             params,
             "table",
             reserved=max(c.compute for c in chosen),
-            allocation=self.allocation,
+            allocation=allocation,
         )

@@ -33,6 +33,12 @@ def aggregate_steps(scores: tuple[float, ...] | list[float], mode: StepAggregati
 def select(answers: list[str | None], scores: list[float] | None, mode: Selection) -> int:
     """Index of the chosen candidate. Candidates without an answer are never chosen while
     another has one; ties go to the earliest candidate."""
+    return ranked(answers, scores, mode)[0]
+
+
+def ranked(answers: list[str | None], scores: list[float] | None, mode: Selection) -> list[int]:
+    """One candidate per distinct answer, best answer first by the selection's own measure (votes,
+    summed scores, or the best single score): ``select``'s choice, then the runner-up, and so on."""
     if not answers:
         raise ValueError("no candidates to select from")
     valid = [i for i, a in enumerate(answers) if a is not None] or list(range(len(answers)))
@@ -44,10 +50,14 @@ def select(answers: list[str | None], scores: list[float] | None, mode: Selectio
         weights = {i: scores[i] for i in valid}
     else:
         raise ValueError(f"unknown selection {mode!r}: use majority, weighted or argmax")
-    if mode == "argmax":
-        return max(valid, key=lambda i: (weights[i], -i))
-    totals: dict[str | None, float] = defaultdict(float)
+    value: dict[str | None, float] = defaultdict(float)
+    first: dict[str | None, int] = {}
     for i in valid:
-        totals[answers[i]] += weights[i]
-    best = max(totals.values())
-    return next(i for i in valid if totals[answers[i]] == best)
+        a = answers[i]
+        if mode == "argmax":
+            if a not in first or weights[i] > value[a]:
+                value[a], first[a] = weights[i], i
+        else:
+            value[a] += weights[i]
+            first.setdefault(a, i)
+    return sorted(first.values(), key=lambda i: (-value[answers[i]], i))

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 from nexus_ray.engines.base import PolicyEngine, RewardEngine
 from nexus_ray.search.aggregate import Selection, StepAggregation
+from nexus_ray.search.capped import CappedPolicy
 from nexus_ray.search.ledger import Budget, ComputeLedger, worst_case_round
 from nexus_ray.search.paths import Path
 from nexus_ray.tasks.format import TaskFormat
@@ -56,10 +57,15 @@ class SearchContext:
         budget: Budget | None = None,
         seed: int | None = 0,
         prefix_caching: bool = False,
+        max_tokens: int | None = None,
     ) -> SearchContext:
-        """The context for a problem (text, or a conversation under a chat format) in ``fmt``."""
+        """The context for a problem (text, or a conversation under a chat format) in ``fmt``;
+        ``max_tokens``: a hard cap on the tokens of any solution (``CappedPolicy``)."""
         messages = fmt.messages(problem) if fmt.chat is not None else ()
-        return cls(policy, prm, fmt.prompt(problem), fmt, budget, seed, prefix_caching, messages)
+        prompt = fmt.prompt(problem)
+        if max_tokens is not None:
+            policy = CappedPolicy(policy, prompt, max_tokens)
+        return cls(policy, prm, prompt, fmt, budget, seed, prefix_caching, messages)
 
     def new_ledger(self) -> ComputeLedger:
         return ComputeLedger(

@@ -87,12 +87,13 @@ class Admission:
         budget: int | None,
         strategy: str | None,
         api_key: str | None = None,
+        effort: str | None = None,
     ) -> Plan:
         """A plan for one problem, admitted against the compute budget (raises ``PlanError`` or
-        ``AdmissionDenied``)."""
+        ``AdmissionDenied``); ``effort``: the request's reasoning effort, if it gave one."""
         self.counters["requests"] += 1
         try:
-            plan = self.planner.plan(budget, strategy, self.tokens_per_generation())
+            plan = self.planner.plan(budget, strategy, self.tokens_per_generation(), effort)
         except PlanError:
             self.counters["rejected_invalid"] += 1
             raise

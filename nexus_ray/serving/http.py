@@ -56,7 +56,8 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if self.api_keys and scope["path"] != "/healthz" and not self._authorized(headers):
+        path = scope["path"].removeprefix(scope.get("root_path", ""))  # under a route prefix too
+        if self.api_keys and path != "/healthz" and not self._authorized(headers):
             return await error_response(
                 401, "missing or invalid API key (Authorization: Bearer <key>)", "unauthorized"
             )(scope, receive, send)
@@ -117,8 +118,13 @@ def api_key(headers) -> str | None:
 
 async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
     """A body that does not parse or fails its schema: 422 with where and why."""
-    details = [{"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", "")} for e in err.errors()]
-    summary = "; ".join(f"{'.'.join(d['loc'])}: {d['msg']}" for d in details[:5])
+    details = [
+        {"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", "").removeprefix("Value error, ")}
+        for e in err.errors()
+    ]
+    summary = "; ".join(
+        f"{'.'.join(d['loc'])}: {d['msg']}" if d["loc"][1:] else d["msg"] for d in details[:5]
+    )
     return error_response(422, "invalid request: " + summary, "invalid_request", details=details[:20])
 
 

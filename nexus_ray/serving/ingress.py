@@ -10,11 +10,10 @@ status (401, 413, 422, 429, 503, 504), never a 500.
 
 import asyncio
 import time
-import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 
 from nexus_ray.config import ServiceConfig
@@ -23,7 +22,9 @@ from nexus_ray.planner.request import PlanError
 from nexus_ray.planner.table import PlanTable
 from nexus_ray.search import registry
 from nexus_ray.search.base import SearchContext
+from nexus_ray.search.result import SearchResult
 from nexus_ray.serving.admission import AdmissionDenied, get_admission
+from nexus_ray.serving.completions import Admitted, ChatCompletion
 from nexus_ray.serving.http import (
     Failure,
     Guard,
@@ -69,15 +70,16 @@ class Ingress:
                 self.engines = await connect(self.policy_handle, self.prm_handle)
         return self.engines
 
-    async def _solve(
+    async def _admit(
         self,
         problem: str,
         options: SolveRequest | NexusOptions,
         key: str | None,
         turns: tuple[Message, ...] = (),
-    ) -> dict:
-        """Solve ``problem`` (the user's last turn); under a chat format the prompt is built from
-        ``turns`` (the conversation's system and user turns) when given."""
+        effort: str | None = None,
+    ) -> Admitted:
+        """Parse and plan ``problem`` (the user's last turn) and have admission admit it; under a
+        chat format the prompt is built from ``turns`` (the system and user turns) when given."""
         cfg = self.config
         if sum(len(c) for _, c in turns) > cfg.max_problem_chars or len(problem) > cfg.max_problem_chars:
             raise Failure(422, f"problem longer than {cfg.max_problem_chars} characters", "invalid_request")
@@ -86,21 +88,35 @@ class Ingress:
         except ValueError as err:
             raise Failure(422, str(err), "invalid_request") from None
         try:
-            plan = await self.admission.plan.remote(expression, options.budget, options.strategy, key)
+            plan = await self.admission.plan.remote(expression, options.budget, options.strategy, key, effort)
         except PlanError as err:
             raise Failure(422, str(err.args[0]), "invalid_request") from None
         except AdmissionDenied as err:
             raise Failure(429, str(err), "rate_limited", retry_after=err.retry_after) from None
-        spent, measured = 0.0, 0
+        asked = turns if turns and self.fmt.chat is not None else expression
+        return Admitted(expression, asked, plan, key)
+
+    async def _run(
+        self, admitted: Admitted, options: SolveRequest | NexusOptions, cap: int | None = None
+    ) -> tuple[dict, SearchResult]:
+        """Run an admitted plan (``cap``: most tokens any one solution may hold); settle it with
+        admission whatever happens. Returns the response's fields and the search result."""
+        cfg = self.config
+        plan, spent, measured = admitted.plan, 0.0, 0
         try:
             if plan.wait_s > 0:
                 await asyncio.sleep(plan.wait_s)
             policy, prm = await self._engines()
-            asked = turns if turns and self.fmt.chat is not None else expression
             ctx = SearchContext.for_problem(
-                policy, prm, self.fmt, asked, seed=options.seed, prefix_caching=self.prefix_caching
+                policy,
+                prm,
+                self.fmt,
+                admitted.asked,
+                seed=options.seed or 0,
+                prefix_caching=self.prefix_caching,
+                max_tokens=cap,
             )
-            run = run_plan(plan, ctx, expression, self.table)
+            run = run_plan(plan, ctx, admitted.expression, self.table)
             result, plan = await asyncio.wait_for(run, cfg.request_timeout_s)
             spent = result.ledger.policy_token_equivalents
             measured = plan.budget if plan.allocation is None else 0  # a named plan's spend per generation
@@ -110,22 +126,24 @@ class Ingress:
         except WorkerUnavailable as err:
             raise Failure(503, str(err), "unavailable", retry_after=5) from None
         finally:
-            self.admission.settle.remote(key, plan.reserved, spent, measured)
+            self.admission.settle.remote(admitted.key, plan.reserved, spent, measured)
         out = result.to_dict(with_candidates=options.return_candidates)
         self.metrics.solved(plan.strategy, plan.difficulty, out["ledger"])
         out["strategy"] = plan.strategy  # the name asked for ("weighted"), not its family ("best_of_n")
-        return {
-            "problem": expression,
+        solved = {
+            "problem": admitted.expression,
             **out,
             "budget": plan.budget,
             "difficulty": plan.difficulty,
             "plan": plan.to_dict(),
         }
+        return solved, result
 
-    async def _respond(self, route: str, make) -> JSONResponse:
+    async def _respond(self, route: str, make) -> Response:
         start = time.monotonic()
         try:
-            response = JSONResponse(await make())
+            made = await make()
+            response = made if isinstance(made, Response) else JSONResponse(made)
         except Failure as failure:
             response = failure.response()
         self.metrics.requests.inc(1, {"route": route, "status": str(response.status_code)})
@@ -133,19 +151,23 @@ class Ingress:
         return response
 
     @api.post("/v1/solve")
-    async def solve(self, body: SolveRequest, request: Request) -> JSONResponse:
+    async def solve(self, body: SolveRequest, request: Request) -> Response:
         """Solve one problem; without strategy and budget the planner chooses."""
-        key = api_key(request.headers)
-        return await self._respond("/v1/solve", lambda: self._solve(body.problem, body, key))
-
-    @api.post("/v1/chat/completions")
-    async def chat(self, body: ChatRequest, request: Request) -> JSONResponse:
-        """OpenAI-compatible: the last user message is the problem (a chat format also reads the
-        system turns and earlier user turns); ``nexus`` sets budget/strategy."""
 
         async def make() -> dict:
-            if body.stream:
-                raise Failure(422, "stream: true is not supported; send stream: false", "invalid_request")
+            admitted = await self._admit(body.problem, body, api_key(request.headers))
+            solved, _ = await self._run(admitted, body)
+            return solved
+
+        return await self._respond("/v1/solve", make)
+
+    @api.post("/v1/chat/completions")
+    async def chat(self, body: ChatRequest, request: Request) -> Response:
+        """OpenAI-compatible: the last user message is the problem (a chat format also reads the
+        system turns and earlier user turns); ``reasoning_effort`` scales the plan, ``nexus``
+        sets budget/strategy; ``stream: true`` answers in server-sent events."""
+
+        async def make() -> dict | Response:
             if body.model != self.config.model_id:
                 listed = self.config.model_id
                 raise Failure(
@@ -153,39 +175,36 @@ class Ingress:
                     f"unknown model {body.model[:80]!r}; GET /v1/models lists {listed!r}",
                     "invalid_request",
                 )
-            users = [m.content for m in body.messages if m.role == "user"]
+            users = [m.text for m in body.messages if m.role == "user"]
             if not users:
                 raise Failure(422, "messages hold no user message with the problem", "invalid_request")
             turns = tuple(
-                ("system" if m.role == "developer" else m.role, m.content)
+                ("system" if m.role == "developer" else m.role, m.text)
                 for m in body.messages
                 if m.role in ("system", "developer", "user")
             )
-            solved = await self._solve(
-                users[-1], body.nexus or NexusOptions(), api_key(request.headers), turns
+            options = body.nexus or NexusOptions()
+            if options.seed is None:
+                options = options.model_copy(update={"seed": body.seed or 0})
+            admitted = await self._admit(
+                users[-1], options, api_key(request.headers), turns, body.reasoning_effort
             )
-            ledger = solved["ledger"]
-            return {
-                "id": f"chatcmpl-{uuid.uuid4().hex}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": self.config.model_id,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": solved["solution"]},
-                        "finish_reason": "length" if solved["truncated"] else "stop",
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": ledger["policy_prefill_tokens"],
-                    "completion_tokens": ledger["policy_generated_tokens"],
-                    "total_tokens": ledger["policy_prefill_tokens"] + ledger["policy_generated_tokens"],
-                },
-                "nexus": {k: v for k, v in solved.items() if k != "solution"},
-            }
+            completion = ChatCompletion(body, self.config.model_id, self._count_tokens)
+            if body.stream:  # the solve runs (and settles) even if the client goes away
+                solve = asyncio.create_task(self._run(admitted, options, body.token_cap))
+                return StreamingResponse(
+                    completion.events(admitted.plan, solve, self.fmt.step_delimiter),
+                    media_type="text/event-stream",
+                )
+            solved, result = await self._run(admitted, options, body.token_cap)
+            return completion.response(solved, result)
 
         return await self._respond("/v1/chat/completions", make)
+
+    def _count_tokens(self, text: str) -> int:
+        """Tokens of a returned solution (no special tokens), for ``usage`` and ``finish_reason``."""
+        policy, _ = self.engines
+        return len(policy.tokenizer(text, add_special_tokens=False).input_ids)
 
     @api.get("/v1/models")
     async def models(self) -> dict:
