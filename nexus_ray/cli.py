@@ -196,9 +196,7 @@ def serve(
             ok = local.smoke(url, service, typer.echo)
             raise typer.Exit(0 if ok else 1)
         typer.echo(f"nexus_ray serving at {url} (Ctrl-C to stop). Try:")
-        typer.echo(
-            f'  curl -s {url}/v1/solve -d \'{{"problem": "12+7*3-5", "strategy": "weighted", "budget": 8}}\''
-        )
+        typer.echo("  " + local.curl_example(url, service.api_keys_env))
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

@@ -282,6 +282,9 @@ class ServiceConfig(ModelsConfig):
     )
     max_problem_chars: int = Field(1000, ge=1)
     max_body_bytes: int = Field(65536, ge=256)
+    body_read_timeout_s: float = Field(
+        10.0, gt=0, description="a request body not fully received within this gets a 408"
+    )
     request_timeout_s: float = Field(60.0, gt=0, description="a solve past this gets a 504")
     num_cpus: float = Field(0.25, ge=0, description="CPUs of the ingress replica")
 

@@ -74,3 +74,12 @@ def test_calib_and_test_sets_are_disjoint():
     calib = {e.problem for e in datasets.load("arith-calib") if e.level >= 3}
     test = {e.problem for e in datasets.load("arith-test") if e.level >= 3}
     assert not calib & test
+
+
+@pytest.mark.parametrize("problem", ["١٢+٧", "１２+７", "१२+७", "12+٧", "1²+2"])
+def test_arithmetic_takes_ascii_digits_only(problem):
+    with pytest.raises(ValueError, match="non-ASCII digits"):
+        arith.parse_problem(problem)
+    with pytest.raises(ValueError, match="malformed"):
+        arith.tokenize(problem)
+    assert arith.parse_problem("Q: 12 + 7*3") == "12+7*3"

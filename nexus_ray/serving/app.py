@@ -1,7 +1,8 @@
 """The Serve application (``import_path: nexus_ray.serving.app:build_app`` in deployments/*.yaml).
 
     serve run deployments/local-cpu.yaml      # or: nexus-ray serve
-    curl -s localhost:8000/v1/solve -d '{"problem": "12+7*3-5", "strategy": "weighted", "budget": 8}'
+    curl -s localhost:8000/v1/solve -H 'Content-Type: application/json' \\
+        -d '{"problem": "12+7*3-5", "strategy": "weighted", "budget": 8}'
 
 ``build_app`` checks everything it can before anything starts (the config, the API-key
 variable, the plan table against the models, the task and PRM formats against the model

@@ -1,11 +1,11 @@
 """The HTTP routes: a FastAPI ingress on Ray Serve, over the model workers and the admission actor.
 
 Routes: ``POST /v1/solve``, ``POST /v1/chat/completions`` (OpenAI schema plus an optional
-``nexus`` object), ``GET /v1/models``, ``GET /healthz``, ``GET /v1/planner``. A solve is
-parsed here, planned and admitted by the admission actor, run by ``planner.execute.run_plan``
+``nexus`` object), ``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /healthz``, ``GET /v1/planner``.
+A solve is parsed here, planned and admitted by the admission actor, run by ``planner.execute.run_plan``
 in plain strategy code over remote engine proxies (the models live in the workers), and
 formatted here. Every answer carries its ledger. Bad input gets a JSON error with the right
-status (401, 413, 422, 429, 503, 504), never a 500.
+status (400, 401, 404, 405, 408, 413, 422, 429, 503, 504), never a 500.
 """
 
 import asyncio
@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
+from starlette.exceptions import HTTPException
 
 from nexus_ray.config import ServiceConfig
 from nexus_ray.planner.execute import run_plan
@@ -31,6 +32,7 @@ from nexus_ray.serving.http import (
     api_key,
     api_keys,
     error_response,
+    http_error,
     invalid_request,
     unexpected,
 )
@@ -41,9 +43,12 @@ from nexus_ray.tasks.chat import Message
 from nexus_ray.tasks.format import task_format
 from nexus_ray.zoo.registry import resolve
 
+STARTED = int(time.time())  # "created" of the model object: when this replica started
+
 api = FastAPI(title="nexus_ray", description="Test-time compute allocation for LLM reasoning.")
 api.add_middleware(Guard)
 api.add_exception_handler(RequestValidationError, invalid_request)
+api.add_exception_handler(HTTPException, http_error)
 api.add_exception_handler(Exception, unexpected)
 
 
@@ -54,6 +59,7 @@ class Ingress:
         """``table``: the plan table ``build_app`` loaded and checked (None: none configured)."""
         self.config = ServiceConfig.model_validate(config)
         Guard.max_body_bytes = self.config.max_body_bytes
+        Guard.body_read_timeout_s = self.config.body_read_timeout_s
         Guard.api_keys = api_keys(self.config.api_keys_env)
         self.policy_handle, self.prm_handle = policy_handle, prm_handle
         self.admission = get_admission(self.config.planner, self.config.planner_name, table)
@@ -206,22 +212,30 @@ class Ingress:
         policy, _ = self.engines
         return len(policy.tokenizer(text, add_special_tokens=False).input_ids)
 
-    @api.get("/v1/models")
-    async def models(self) -> dict:
+    def _model(self) -> dict:
         cfg = self.config
         return {
-            "object": "list",
-            "data": [
-                {
-                    "id": cfg.model_id,
-                    "object": "model",
-                    "owned_by": "nexus_ray",
-                    "policy": cfg.policy.model,
-                    "prm": cfg.prm.model,
-                    "strategies": registry.names(),
-                }
-            ],
+            "id": cfg.model_id,
+            "object": "model",
+            "created": STARTED,
+            "owned_by": "nexus_ray",
+            "policy": cfg.policy.model,
+            "prm": cfg.prm.model,
+            "strategies": registry.names(),
         }
+
+    @api.get("/v1/models")
+    async def models(self) -> dict:
+        return {"object": "list", "data": [self._model()]}
+
+    @api.get("/v1/models/{model_id:path}")
+    async def model(self, model_id: str) -> JSONResponse:
+        """The model object of ``GET /v1/models``; 404 for any other id (OpenAI's retrieve)."""
+        if model_id != self.config.model_id:
+            listed = self.config.model_id
+            message = f"the model {model_id[:80]!r} does not exist; GET /v1/models lists {listed!r}"
+            return error_response(404, message, "not_found", param="model", code="model_not_found")
+        return JSONResponse(self._model())
 
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:

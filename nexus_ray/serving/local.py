@@ -40,6 +40,15 @@ def start(config_path: Path, port: int | None = None, app: str = "nexus", timeou
     return url
 
 
+def curl_example(url: str, api_keys_env: str | None = None) -> str:
+    """A request to paste into a shell (``nexus-ray serve`` prints it). The Content-Type header
+    is the tidy way; the service reads a POST body as JSON without it too. With API keys, the
+    first key of the variable ``api_keys_env`` names."""
+    auth = f' -H "Authorization: Bearer ${{{api_keys_env}%%,*}}"' if api_keys_env else ""
+    body = '{"problem": "12+7*3-5", "strategy": "weighted", "budget": 8}'
+    return f"curl -s {url}/v1/solve -H 'Content-Type: application/json'{auth} -d '{body}'"
+
+
 def wait_healthy(url: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while True:

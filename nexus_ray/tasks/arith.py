@@ -25,7 +25,7 @@ ANSWER_PREFIX = "A: "
 QUESTION_PREFIX = "Q: "
 OPERATORS = "+-*"
 
-_TOKEN_RE = re.compile(r"\d+|[+\-*]")
+_TOKEN_RE = re.compile(r"[0-9]+|[+\-*]")  # ASCII digits only: \d matches every script's
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,10 @@ def parse_problem(text: str) -> str:
     expression = text.strip()
     expression = expression.removeprefix(QUESTION_PREFIX.strip())
     expression = expression.replace(" ", "")
+    if any(ch.isdigit() and not ch.isascii() for ch in expression):
+        raise ValueError(
+            f"{text[:80]!r} has non-ASCII digits: write numbers with the digits 0-9 (e.g. 12+7*3-5)"
+        )
     try:
         tokenize(expression)
     except ValueError:
@@ -112,7 +116,7 @@ def tokenize(expression: str) -> list[int | str]:
     parts = _TOKEN_RE.findall(body)
     if "".join(parts) != body or not parts:
         raise ValueError(f"malformed expression {expression!r}")
-    tokens: list[int | str] = [int(p) if p.isdigit() else p for p in parts]
+    tokens: list[int | str] = [p if p in OPERATORS else int(p) for p in parts]
     for i, tok in enumerate(tokens):
         if (i % 2 == 0) != isinstance(tok, int):
             raise ValueError(f"malformed expression {expression!r}")
