@@ -333,7 +333,7 @@ def test_planner_admission_without_ray():
         p.plan("1+2", 4, "weighted", "key-a")  # 36 left, 64 needed: ~2.8 s at 10/s
     assert 2.0 < denied.value.retry_after < 3.0
     assert p.plan("1+2", 4, "weighted", "key-b").reserved == 64.0  # keys have their own buckets
-    p.settle("key-a", 64.0, 10.0)  # it spent less than reserved: the rest comes back
+    p.settle("key-a", plan, 10.0)  # it spent less than its 64 reserved: the rest comes back
     assert p.plan("1+2", 4, "weighted", "key-a").budget == 4
     assert p.plan("1+2", None, None, "key-c").source == "defaults"
     with pytest.raises(PlanError, match="ceiling"):

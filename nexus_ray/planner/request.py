@@ -2,8 +2,11 @@
 
 A request that names a strategy or a budget gets that (``PlannerConfig``'s defaults fill the
 other). A request that names neither is planned from the table when the service has one: the
-plan carries the table's allocation for ``mean_budget`` (which plan each difficulty bin runs),
-and ``execute.run_plan`` probes the prompt, bins it and runs its bin's plan.
+plan carries the table's allocation (which plan each difficulty bin runs) for the mean budget
+the spend controller sets (``spend.SpendController``: ``mean_budget``, corrected by what the
+table plans before it really spent), and ``execute.run_plan`` probes the prompt, bins it and
+runs its bin's plan. Either way ``run_plan`` runs the plan under its ceiling (``spend.py``:
+the request's budget in policy-token equivalents), which the response reports.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 from nexus_ray.config import PlannerConfig
 from nexus_ray.planner.allocate import Allocation
+from nexus_ray.planner.spend import SpendController
 from nexus_ray.planner.table import PlanTable
 from nexus_ray.search import registry
 from nexus_ray.search.base import StrategyParams
@@ -33,6 +37,8 @@ class Plan:
     reserved: float = 0.0  # estimated policy-token equivalents, held by admission until settled
     wait_s: float = 0.0  # how long admission makes the caller queue before running it
     allocation: Allocation | None = None  # a table plan's: which plan each difficulty bin runs
+    mean_budget: float | None = None  # a table plan's: the (paced) mean budget it was allocated at
+    ceiling: float | None = None  # policy-token equivalents it may spend at most (set by run_plan)
 
     def to_dict(self) -> dict:
         """What a response reports of the plan."""
@@ -40,12 +46,21 @@ class Plan:
 
 
 class Planner:
-    """Plans requests by the service's ``PlannerConfig`` and its plan table (loaded by the caller)."""
+    """Plans requests by the service's ``PlannerConfig`` and its plan table (loaded by the caller).
 
-    def __init__(self, config: PlannerConfig, table: PlanTable | None) -> None:
+    With a table and ``spend_horizon`` set, table plans are paced by a ``SpendController``
+    (``pacer``: carry one over to keep its balance): the caller reports each admitted plan
+    (``admitted``) and what it spent (``settled``)."""
+
+    def __init__(
+        self, config: PlannerConfig, table: PlanTable | None, pacer: SpendController | None = None
+    ) -> None:
         self.config = config
         self.table = table
         self.allocation = table.allocate(config.mean_budget) if table is not None else None
+        if pacer is None and table is not None and config.spend_horizon is not None:
+            pacer = SpendController(config.mean_budget, config.spend_horizon)
+        self.pacer = pacer if table is not None else None
 
     def plan(self, budget: int | None, strategy: str | None, per_generation: float | None = None) -> Plan:
         """The plan for a request's budget and strategy (either may be None); ``PlanError`` if none
@@ -72,10 +87,15 @@ class Planner:
         return Plan(name, generations, {}, source, reserved=generations * per_generation)
 
     def _table_plan(self) -> Plan:
-        """The allocation as a plan (its mixes, per bin [low, high, p_high] indices into the table's
-        choices, as params). It reserves what the most expensive bin's plan costs on the calibration set."""
+        """The allocation at the paced mean budget as a plan (its mixes, per bin [low, high,
+        p_high] indices into the table's choices, as params). It reserves what the most
+        expensive bin's plan costs on the calibration set."""
         assert self.table is not None and self.allocation is not None
-        mixes = self.allocation.mixes
+        mean_budget = self.config.mean_budget if self.pacer is None else self.pacer.mean_budget()
+        allocation = self.allocation
+        if mean_budget != self.config.mean_budget:
+            allocation = self.table.allocate(mean_budget)
+        mixes = allocation.mixes
         chosen = [self.table.bins[b].choices[i] for b, m in enumerate(mixes) for i in (m.low, m.high)]
         params = {"mixes": [[m.low, m.high, m.p_high] for m in mixes]}
         return Plan(
@@ -84,5 +104,16 @@ class Planner:
             params,
             "table",
             reserved=max(c.compute for c in chosen),
-            allocation=self.allocation,
+            allocation=allocation,
+            mean_budget=round(mean_budget, 1),
         )
+
+    def admitted(self, plan: Plan) -> None:
+        """``plan`` was admitted: the pacer counts it in flight at its allocation's expected spend."""
+        if self.pacer is not None and plan.allocation is not None:
+            self.pacer.admitted(plan.allocation.mean_compute)
+
+    def settled(self, plan: Plan, spent: float) -> None:
+        """``plan`` (as admitted) finished having spent ``spent`` policy-token equivalents."""
+        if self.pacer is not None and plan.allocation is not None:
+            self.pacer.settle(plan.allocation.mean_compute, spent)
