@@ -39,7 +39,12 @@ def test_a_named_strategy_may_spend_its_generations_at_their_worst_case():
     plain = worst_case_round(ctx.new_ledger(), [prompt_tokens], 1, 256, False)
     assert generation_worst_case(ctx, 256, True) == scored > plain == prompt_tokens + 256
     assert strategy_ceiling(ctx, "weighted", 4) == 4 * scored
-    assert strategy_ceiling(ctx, "beam", 8) == 8 * scored
+    steps = sum(  # a tree search builds its solution 64 tokens at a time, re-reading the path
+        worst_case_round(ctx.new_ledger(), [prompt_tokens + 64 * r], 1, 64, True) for r in range(4)
+    )
+    assert generation_worst_case(ctx, 256, True, 64) == pytest.approx(steps) and steps > 2 * scored
+    assert strategy_ceiling(ctx, "beam", 8) == pytest.approx(8 * steps)
+    assert strategy_ceiling(ctx, "mcts", 8) == pytest.approx(8 * steps)
     assert strategy_ceiling(ctx, "majority", 4) == 4 * plain  # no PRM read, none priced
     assert strategy_ceiling(ctx, "greedy", 16) == plain  # takes no budget: one generation
     no_prm = SearchContext(SimPolicy(), None, ctx.prompt, ARITH)

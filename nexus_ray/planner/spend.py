@@ -1,22 +1,32 @@
 """What a request may spend: its hard ceiling, and the pacing that holds the planner's mean.
 
 **The ceiling.** A request's budget in policy-token equivalents (the ledger's unit) is what
-its plan may spend at most, ``generations x`` the worst case of one generation of its prompt:
-prefill the prompt, sample ``max_tokens``, and, when the plan reads the PRM, have it read the
-prompt and the whole sample (``search.ledger.worst_case_round`` with one sample). For a named
-strategy at ``budget: N`` that is ``N`` such generations (a strategy that takes no budget,
-greedy, is one). For a table plan it is the most expensive plan its allocation can pick: the
-largest ``n`` of a reachable bin plan (the probe's samples at least), PRM-read when the probe
-or any reachable plan is weighted. ``run_plan`` puts it in the ``SearchContext`` as a
-``Budget``, so every strategy checks its rounds against it and no request spends more.
+its plan may spend at most: its generations, each at the worst case of one generation of its
+prompt as the plan produces it. A generation is one solution of up to ``max_tokens``:
+
+- drawn in one call (best-of-N, majority, weighted, adaptive, greedy, the table's plans):
+  prefill the prompt, sample ``max_tokens``, and, when the plan reads the PRM, have it read
+  the prompt and the whole sample (``search.ledger.worst_case_round`` with one sample);
+- built step by step (the tree searches: beam, DVTS, lookahead, MCTS, particles, registered
+  ``stepwise``): ``max_tokens / max_step_tokens`` rounds, each prefilling the path so far,
+  sampling a step of ``max_step_tokens`` and having the PRM read the path (each round priced
+  by ``worst_case_round`` too). Re-reading the path makes this about 2.5x a one-call
+  generation on the zoo; priced as one-call generations, beam@4 could not finish and MCTS
+  and lookahead at 4 could not afford their first round.
+
+A named strategy at ``budget: N`` may spend ``N`` of its generations (a strategy that takes no
+budget, greedy, one). A table plan may spend what its dearest reachable plan may: the largest
+``n`` its allocation can pick (the probe's samples at least) in one-call generations, PRM-read
+when the probe or any reachable plan is weighted. ``run_plan`` puts the ceiling in the
+``SearchContext`` as a ``Budget``, so every strategy checks each round against it, and no
+request spends more; the response reports it (``plan.ceiling``).
 
 Why the worst case and not admission's learned per-generation estimate: strategies ask
 ``ctx.fits(ledger, worst_case)`` with worst cases at ``max_tokens``, so a ceiling of ``N x``
 the *typical* spend could not afford even one worst-case sample (weighted@4 would answer
-nothing). With this ceiling best-of-N affords all ``N`` samples whatever the prompt, and the
-tree searches (beam, DVTS, MCTS, particles) run until their own worst-case round no longer
-fits. Admission still *reserves* its estimate (``Plan.reserved``) in the token bucket and
-settles with what was spent; the ceiling bounds how far a request can overrun that estimate.
+nothing). With this ceiling best-of-N always affords all ``N`` samples, whatever the prompt.
+Admission still *reserves* its estimate (``Plan.reserved``) in the token bucket and settles
+with what was spent; the ceiling bounds how far a request can overrun that estimate.
 
 **Pacing.** A table plan allocates a *mean* budget over difficulty bins with the calibration
 set's curves; on another problem set the bins fill differently and the plans cost otherwise,
@@ -41,6 +51,7 @@ the target down to it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from nexus_ray.planner.allocate import Allocation
@@ -50,22 +61,35 @@ from nexus_ray.search.base import ScoredSearchParams, SearchContext
 from nexus_ray.search.ledger import worst_case_round
 
 
-def generation_worst_case(ctx: SearchContext, max_tokens: int, scored: bool) -> float:
-    """Policy-token equivalents one generation of the context's prompt can cost at most."""
+def generation_worst_case(
+    ctx: SearchContext, max_tokens: int, scored: bool, step_tokens: int | None = None
+) -> float:
+    """Policy-token equivalents one generation of the context's prompt can cost at most: drawn
+    in one call, or (``step_tokens``) built a step at a time, each step re-prefilling the path
+    so far and, when ``scored``, PRM-read with it."""
     ledger = ctx.new_ledger()
     prompt_tokens = ctx.policy.count_tokens(ctx.prompt)
-    return worst_case_round(ledger, [prompt_tokens], 1, max_tokens, scored and ctx.prm is not None)
+    scored = scored and ctx.prm is not None
+    if step_tokens is None:
+        return worst_case_round(ledger, [prompt_tokens], 1, max_tokens, scored)
+    rounds = math.ceil(max_tokens / step_tokens)
+    return sum(
+        worst_case_round(ledger, [prompt_tokens + r * step_tokens], 1, step_tokens, scored)
+        for r in range(rounds)
+    )
 
 
 def strategy_ceiling(
     ctx: SearchContext, strategy: str, generations: int, overrides: dict | None = None
 ) -> float:
-    """A named strategy's ceiling: ``generations`` worst-case generations (one for a strategy
-    that takes no budget), PRM-read when the strategy reads the PRM."""
+    """A named strategy's ceiling: ``generations`` of its worst-case generations (one for a
+    strategy that takes no budget), step by step for a stepwise strategy, PRM-read when the
+    strategy reads the PRM."""
     spec, params = registry.build_params(strategy, generations, overrides)
     scored = spec.needs_prm or (isinstance(params, ScoredSearchParams) and params.selection != "majority")
     count = generations if spec.takes_budget else 1
-    return max(1, count) * generation_worst_case(ctx, params.max_tokens, scored)
+    step_tokens = params.max_step_tokens if spec.stepwise else None
+    return max(1, count) * generation_worst_case(ctx, params.max_tokens, scored, step_tokens)
 
 
 def table_ceiling(ctx: SearchContext, table: PlanTable, allocation: Allocation, max_tokens: int) -> float:
