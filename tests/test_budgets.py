@@ -183,6 +183,8 @@ def test_admission_paces_table_plans_and_settles_what_they_spent():
     second = a.plan("1+2", None, None)
     assert second.mean_budget < 150.0 - 1500.0 / 10 * 0.8
     assert second.allocation.mean_compute < first.allocation.mean_compute
+    failed = a.plan("1+2", None, None)
+    a.settle(None, failed, 0.0)  # a worker was down: it never ran, and is not counted
     named = a.plan("1+2", 4, "weighted")
     a.settle(None, named, 100.0, 4)  # a named plan: not the controller's business
     spend = a.stats()["spend"]

@@ -114,6 +114,12 @@ class Planner:
             self.pacer.admitted(plan.allocation.mean_compute)
 
     def settled(self, plan: Plan, spent: float) -> None:
-        """``plan`` (as admitted) finished having spent ``spent`` policy-token equivalents."""
-        if self.pacer is not None and plan.allocation is not None:
+        """``plan`` finished having spent ``spent`` policy-token equivalents. A table plan always
+        runs its probe, so one that spent nothing failed before it ran (a worker was down): the
+        pacer forgets it rather than count a free request."""
+        if self.pacer is None or plan.allocation is None:
+            return
+        if spent > 0:
             self.pacer.settle(plan.allocation.mean_compute, spent)
+        else:
+            self.pacer.release(plan.allocation.mean_compute)

@@ -147,13 +147,17 @@ class SpendController:
         self.in_flight += 1
         self.in_flight_expected += expected
 
-    def settle(self, expected: float, spent: float) -> None:
-        """A plan whose allocation expected ``expected`` spent ``spent``."""
+    def release(self, expected: float) -> None:
+        """A plan in flight will not be settled (it failed before it ran): forget it."""
         if self.in_flight > 0:
             self.in_flight -= 1
             self.in_flight_expected -= expected
         if self.in_flight == 0:
             self.in_flight_expected = 0.0  # no rounding drift once nothing is in flight
+
+    def settle(self, expected: float, spent: float) -> None:
+        """A plan whose allocation expected ``expected`` spent ``spent``."""
+        self.release(expected)
         limit = BANK * self.horizon * self.target
         self.balance = min(limit, max(-limit, self.balance + self.target - spent))
         self.settled += 1
