@@ -226,6 +226,10 @@ class PlannerConfig(_Strict):
     when keys are configured, cluster-wide otherwise. A request reserves ``budget x
     tokens_per_generation`` when admitted and is settled with what it really spent. When the
     bucket would need more than ``max_queue_seconds`` to refill, the request gets a 429.
+    Independently of the bucket, every request runs under a hard ceiling, its budget in
+    policy-token equivalents (``planner/spend.py``): ``budget`` worst-case generations for a
+    named strategy, the allocation's most expensive plan for a table plan. Table plans are
+    paced so their running mean spend converges to ``mean_budget`` (``spend_horizon``).
     """
 
     default_strategy: str = "weighted"
@@ -253,6 +257,12 @@ class PlannerConfig(_Strict):
         default_factory=lambda: {"low": 0.5, "medium": 1.0, "high": 4.0},
         description="OpenAI's reasoning_effort as a multiple of mean_budget (table plans) or of "
         "default_budget (no table); minimal and none mean greedy",
+    )
+    spend_horizon: float | None = Field(
+        30.0,
+        gt=0,
+        description="table plans: pace the running mean spend to mean_budget, repaying a debt (or "
+        "spending a surplus) over about this many requests; null: always allocate at mean_budget",
     )
 
     @model_validator(mode="after")

@@ -12,6 +12,7 @@ import os
 import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import ray
@@ -210,6 +211,7 @@ def test_planner_restart_keeps_state(service):
         time.sleep(0.2)
     assert after["restarts"] == before["restarts"] + 1
     assert after["counters"]["admitted"] == before["counters"]["admitted"]
+    assert after["spend"] == before["spend"]  # the spend controller's balance too
     assert post(service + "/v1/solve", {"problem": "1+2", "strategy": "greedy"})[0] == 200
 
 
@@ -333,7 +335,7 @@ def test_planner_admission_without_ray():
         p.plan("1+2", 4, "weighted", "key-a")  # 36 left, 64 needed: ~2.8 s at 10/s
     assert 2.0 < denied.value.retry_after < 3.0
     assert p.plan("1+2", 4, "weighted", "key-b").reserved == 64.0  # keys have their own buckets
-    p.settle("key-a", 64.0, 10.0)  # it spent less than reserved: the rest comes back
+    p.settle("key-a", plan, 10.0)  # it spent less than its 64 reserved: the rest comes back
     assert p.plan("1+2", 4, "weighted", "key-a").budget == 4
     assert p.plan("1+2", None, None, "key-c").source == "defaults"
     with pytest.raises(PlanError, match="ceiling"):
@@ -391,3 +393,43 @@ def test_prometheus_metrics_are_exported(service):
         assert time.monotonic() < deadline, [n for n in names if n not in text]
         time.sleep(2)
     assert 'route="/v1/solve"' in text and 'strategy="greedy"' in text
+
+
+def test_no_request_spends_more_than_its_budget(service):
+    """48 solves through the service, named strategies at mixed budgets and table plans: every
+    response reports its budget in policy-token equivalents (``plan.ceiling``) and its ledger
+    stays within it; the admission actor's spend controller settled every table plan."""
+    planner = ray.get_actor("planner-main", namespace=admission.NAMESPACE)
+    settled_before = ray.get(planner.stats.remote())["spend"]["settled"]
+    named = ["greedy", "majority", "weighted", "adaptive", "beam", "dvts", "lookahead", "mcts", "particles"]
+    problems = iter(p.expression for p in arith.generate_set(48, seed=16))
+    mixed = [(s, b) for s in named for b in (1, 4, 8)]
+    calls = [("/v1/solve", {"problem": next(problems), "strategy": s, "budget": b}) for s, b in mixed]
+    calls += [("/v1/solve", {"problem": next(problems)}) for _ in range(16)]  # planned by the table
+    calls += [
+        (
+            "/v1/chat/completions",
+            {
+                "model": "nexus-arith",
+                "messages": [{"role": "user", "content": next(problems)}],
+                "nexus": {"strategy": "weighted", "budget": b},
+            },
+        )
+        for b in (1, 2, 3, 5, 6)
+    ]
+    assert len(calls) == 48
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda call: post(service + call[0], call[1]), calls))
+    for (route, body), (status, out) in zip(calls, answers):
+        assert status == 200, (body, out)
+        solved = out if route == "/v1/solve" else out["nexus"]
+        plan, spent = solved["plan"], solved["ledger"]["policy_token_equivalents"]
+        assert plan["ceiling"] is not None and spent <= plan["ceiling"], (body, plan, spent)
+        if "strategy" in body or "nexus" in body:
+            assert plan["mean_budget"] is None
+        else:
+            assert plan["source"] == "table" and plan["mean_budget"] > 0
+    deadline = time.monotonic() + 30  # settling is fire-and-forget: wait for the actor to catch up
+    while ray.get(planner.stats.remote())["spend"]["settled"] < settled_before + 16:
+        assert time.monotonic() < deadline, "the table plans were not all settled"
+        time.sleep(0.2)

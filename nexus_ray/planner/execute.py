@@ -8,12 +8,14 @@ benchmark (``ReplaySampler``), so the table's curves price exactly what the serv
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, replace
 
 from nexus_ray.planner.allocate import Allocation
 from nexus_ray.planner.difficulty import Estimator, Probe, run_probe
 from nexus_ray.planner.request import Plan
-from nexus_ray.planner.sampling import EngineSampler, Sample, Sampler
+from nexus_ray.planner.sampling import MAX_TOKENS, EngineSampler, Sample, Sampler
+from nexus_ray.planner.spend import strategy_ceiling, table_ceiling
 from nexus_ray.planner.table import PlanOption, PlanTable
 from nexus_ray.search import registry
 from nexus_ray.search.aggregate import select
@@ -58,7 +60,12 @@ async def execute(
         )
     weighted = option.strategy == "weighted"
     more = max(0, option.n - len(probe.samples))
-    fit = affordable(budget, ledger, sampler.prompt_tokens, more, sampler.max_tokens, weighted)
+    # A weighted vote also has the PRM read the probe's samples: keep room for that.
+    reserve = _scoring_worst_case(sampler, probe.samples, ledger) if weighted else 0.0
+    if weighted and budget is not None and not budget.fits(ledger, reserve):
+        i = probe_answer(probe)  # no room to score even the probe: answer from it
+        return Outcome(probe.samples[i].answer, probe.samples[i].text, list(probe.samples), False, True)
+    fit = affordable(budget, ledger, sampler.prompt_tokens, more, sampler.max_tokens, weighted, reserve)
     pool = list(probe.samples) + await sampler.sample(fit, ledger)
     if weighted:
         pool = await sampler.score(pool, ledger)
@@ -66,6 +73,13 @@ async def execute(
     else:
         i = select([s.answer for s in pool], None, "majority")
     return Outcome(pool[i].answer, pool[i].text, pool, False, fit < more)
+
+
+def _scoring_worst_case(sampler: Sampler, samples: list[Sample], ledger: ComputeLedger) -> float:
+    """Upper bound of the PRM reading the samples not scored yet (as ``worst_case_round`` bounds
+    a path: the prompt, the sample, a few tokens of separators)."""
+    unscored = [s for s in samples if s.prm is None]
+    return sum(sampler.prompt_tokens + s.tokens + 8 for s in unscored) * ledger.prm_token_cost
 
 
 @dataclass
@@ -132,12 +146,24 @@ async def run_plan(
     problem: str,
     table: PlanTable | None,
 ) -> tuple[SearchResult, Plan]:
-    """Run a plan on the context's engines within its Budget: the named strategy, or for a table
-    plan the bin's plan for ``problem``. Returns the result and the plan as it ran (a table plan
-    with its bin as difficulty and what it chose as params)."""
+    """Run a plan on the context's engines under its ceiling, the request's budget in
+    policy-token equivalents (``spend.py``; the lower of it and the context's own Budget, if
+    any), put in the context as its ``Budget``: the named strategy, or for a table plan the
+    bin's plan for ``problem``. Returns the result and the plan as it ran (with its ceiling;
+    a table plan also with its bin as difficulty and what it chose as params)."""
+    if plan.allocation is None:
+        ceiling = strategy_ceiling(ctx, plan.strategy, plan.budget, plan.params)
+    elif table is None:
+        raise ValueError("a table plan runs on the table it was planned from; none was given")
+    else:
+        ceiling = table_ceiling(ctx, table, plan.allocation, MAX_TOKENS)
+    if ctx.budget is not None:
+        ceiling = min(ceiling, ctx.budget.policy_tokens)
+    ceiling = math.floor(ceiling * 10) / 10  # as reported: a spend within it rounds within it
+    ctx = replace(ctx, budget=Budget(ceiling))
+    plan = replace(plan, ceiling=ceiling)
     if plan.allocation is None:
         return await registry.run(plan.strategy, ctx, plan.budget, plan.params), plan
-    if table is None:
-        raise ValueError("a table plan runs on the table it was planned from; none was given")
+    assert table is not None
     planned = await solve(EngineSampler(ctx), problem, table, plan.allocation, ctx.new_ledger(), ctx.budget)
     return planned.to_search_result(), replace(plan, difficulty=planned.bin, params=planned.to_dict())

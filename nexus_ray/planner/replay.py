@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 from nexus_ray.planner.allocate import Allocation
 from nexus_ray.planner.difficulty import Estimator, Probe, run_probe
 from nexus_ray.planner.execute import Planned, execute, solve
+from nexus_ray.planner.request import Planner
 from nexus_ray.planner.sampling import Pool, ReplaySampler, record_pool
 from nexus_ray.planner.table import PlanOption, PlanTable
 from nexus_ray.search.aggregate import select
@@ -149,6 +151,34 @@ def planned_results(
     estimator: Estimator | None = None,
 ) -> list[Result]:
     return asyncio.run(_gather(_planned(r, table, allocation, estimator) for r in recs))
+
+
+def paced_results(recs: list[Recorded], planner: Planner, in_flight: int = 1) -> list[Result]:
+    """The planner as the service runs it, over ``recs`` in order: each problem gets a table plan
+    from ``planner`` (at the mean budget its spend controller sets, if it has one), runs it on its
+    pool, and settles with what it spent ``in_flight`` - 1 problems later (as concurrent requests
+    settle after later ones were planned; 1: before the next is planned)."""
+    table = planner.table
+    if table is None:
+        raise ValueError("pacing replays table plans: the planner has no table")
+
+    async def run() -> list[Result]:
+        results: list[Result] = []
+        pending: deque = deque()
+        for rec in recs:
+            plan = planner.plan(None, None)
+            planner.admitted(plan)
+            assert plan.allocation is not None
+            result = await _planned(rec, table, plan.allocation, None)
+            results.append(result)
+            pending.append((plan, result.compute))
+            if len(pending) >= in_flight:
+                planner.settled(*pending.popleft())
+        while pending:
+            planner.settled(*pending.popleft())
+        return results
+
+    return asyncio.run(run())
 
 
 def uniform_results(recs: list[Recorded], selection: str, n: int) -> list[Result]:

@@ -54,6 +54,9 @@ class Sampler(Protocol):
         ...
 
 
+MAX_TOKENS = 256  # a planner sample's length limit, online and in replay
+
+
 def _surprisal(c: Completion) -> float:
     if not c.logprobs:
         return 0.0
@@ -63,7 +66,7 @@ def _surprisal(c: Completion) -> float:
 class EngineSampler:
     """Draws from the engines of a ``SearchContext`` (the online path)."""
 
-    def __init__(self, ctx: SearchContext, max_tokens: int = 256) -> None:
+    def __init__(self, ctx: SearchContext, max_tokens: int = MAX_TOKENS) -> None:
         self.ctx = ctx
         self.prompt = ctx.prompt
         self.prompt_tokens = ctx.policy.count_tokens(ctx.prompt)
@@ -134,7 +137,7 @@ class Pool:
         return sum(correct(s.answer) for s in self.samples) / max(1, len(self.samples))
 
 
-async def record_pool(ctx: SearchContext, problem: str, m: int, max_tokens: int = 256) -> Pool:
+async def record_pool(ctx: SearchContext, problem: str, m: int, max_tokens: int = MAX_TOKENS) -> Pool:
     """Draw and score what replay needs: the greedy decode and ``m`` samples."""
     sampler = EngineSampler(ctx, max_tokens)
     ledger = ctx.new_ledger()
@@ -150,7 +153,7 @@ class ReplaySampler:
     Samples go out unscored (``prm`` None) whatever the pool recorded, so a plan pays for the
     PRM exactly when it asks ``score`` for it."""
 
-    def __init__(self, pool: Pool, max_tokens: int = 256) -> None:
+    def __init__(self, pool: Pool, max_tokens: int = MAX_TOKENS) -> None:
         self.pool = pool
         self.prompt = pool.prompt
         self.prompt_tokens = pool.prompt_tokens

@@ -110,6 +110,6 @@ async def run_beam(ctx: SearchContext, params: BeamParams, name: str) -> SearchR
     return paths_result(name, ctx.fmt, pool, params.selection, ledger, truncated or not finished)
 
 
-@register("beam", BeamParams, needs_prm=True)
+@register("beam", BeamParams, needs_prm=True, stepwise=True)
 async def beam(ctx: SearchContext, params: BeamParams) -> SearchResult:
     return await run_beam(ctx, params, "beam")

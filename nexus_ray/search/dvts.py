@@ -19,7 +19,7 @@ class DVTSParams(BeamParams):
     pass
 
 
-@register("dvts", DVTSParams, needs_prm=True)
+@register("dvts", DVTSParams, needs_prm=True, stepwise=True)
 async def dvts(ctx: SearchContext, params: DVTSParams) -> SearchResult:
     prm = ctx.require_prm("dvts")
     ledger = ctx.new_ledger()

@@ -17,13 +17,17 @@ def affordable(
     wanted: int,
     max_tokens: int,
     scored: bool,
+    reserve: float = 0.0,
 ) -> int:
-    """How many of ``wanted`` full samples of a prompt fit the budget in the worst case."""
+    """How many of ``wanted`` full samples of a prompt fit the budget in the worst case, with
+    ``reserve`` policy-token equivalents kept for what the caller spends besides them."""
     k = wanted
     while (
         k > 0
         and budget is not None
-        and not budget.fits(ledger, worst_case_round(ledger, [prompt_tokens], k, max_tokens, scored))
+        and not budget.fits(
+            ledger, reserve + worst_case_round(ledger, [prompt_tokens], k, max_tokens, scored)
+        )
     ):
         k -= 1
     return k

@@ -19,7 +19,7 @@ class LookaheadParams(BeamParams):
         return super().for_budget(generations, **{"lookahead": 1, **overrides})  # type: ignore[return-value]
 
 
-@register("lookahead", LookaheadParams, needs_prm=True)
+@register("lookahead", LookaheadParams, needs_prm=True, stepwise=True)
 async def lookahead(ctx: SearchContext, params: LookaheadParams) -> SearchResult:
     if params.lookahead < 1:
         raise ValueError("lookahead needs k >= 1 (k = 0 is plain beam search)")

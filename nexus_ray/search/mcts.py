@@ -90,7 +90,7 @@ def _backup(node: Node, value: float) -> None:
         node = node.parent  # type: ignore[assignment]
 
 
-@register("mcts", MCTSParams, needs_prm=True)
+@register("mcts", MCTSParams, needs_prm=True, stepwise=True)
 async def mcts(ctx: SearchContext, params: MCTSParams) -> SearchResult:
     prm = ctx.require_prm("mcts")
     ledger = ctx.new_ledger()

@@ -40,7 +40,7 @@ def resampling_weights(scores: list[float], temperature: float) -> list[float]:
     return [e / total for e in exp]
 
 
-@register("particles", ParticlesParams, needs_prm=True)
+@register("particles", ParticlesParams, needs_prm=True, stepwise=True)
 async def particles(ctx: SearchContext, params: ParticlesParams) -> SearchResult:
     prm = ctx.require_prm("particles")
     ledger = ctx.new_ledger()

@@ -27,14 +27,18 @@ class Strategy(Generic[P]):
     run: Callable[[SearchContext, P], Awaitable[SearchResult]]
     needs_prm: bool
     takes_budget: bool = True
+    stepwise: bool = False  # builds solutions step by step (re-reading each path), not in one call
 
 
 STRATEGIES: dict[str, Strategy] = {}
 
 
-def register(name: str, params: type[P], needs_prm: bool, takes_budget: bool = True):
+def register(name: str, params: type[P], needs_prm: bool, takes_budget: bool = True, stepwise: bool = False):
+    """``stepwise``: the strategy extends paths a step at a time (tree searches), so one of its
+    generations costs more than a sample drawn in one call (``planner/spend.py`` prices both)."""
+
     def wrap(fn: Callable[[SearchContext, P], Awaitable[SearchResult]]):
-        STRATEGIES[name] = Strategy(name, params, fn, needs_prm, takes_budget)
+        STRATEGIES[name] = Strategy(name, params, fn, needs_prm, takes_budget, stepwise)
         return fn
 
     return wrap

@@ -5,8 +5,12 @@ cluster-wide copy of it, so every ingress replica plans from the same table and 
 Admission is a token bucket in policy-token equivalents per second, per API key when keys
 are configured: a request reserves its estimated cost, waits up to ``max_queue_seconds`` for
 the bucket, or is refused with a retry-after; when it finishes it is settled with what it
-really spent. The bucket levels and the counters are written to Ray's GCS key-value store on
-every change, so a restarted actor (``max_restarts=-1``) comes back with them.
+really spent. Because it sees every request admitted and settled, it also keeps the planner's
+spend controller (``planner.spend.SpendController``): table plans are allocated at a mean
+budget corrected by what earlier ones really spent, so the service's mean spend holds to the
+configured ``mean_budget``. The bucket levels, the counters and the controller's balance are
+written to Ray's GCS key-value store on every change, so a restarted actor
+(``max_restarts=-1``) comes back with them.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from ray.experimental import internal_kv
 
 from nexus_ray.config import PlannerConfig
 from nexus_ray.planner.request import Plan, PlanError, Planner
+from nexus_ray.planner.spend import SpendController
 from nexus_ray.planner.table import PlanTable
 
 NAMESPACE = "nexus_ray"
@@ -73,9 +78,10 @@ class Admission:
             self._load()
 
     def configure(self, config: dict, table: PlanTable | None) -> None:
-        """New limits, defaults and table; buckets keep their levels, counters their counts."""
+        """New limits, defaults and table; buckets keep their levels, counters their counts, the
+        spend controller its balance (unless its target or horizon changed)."""
         self.config = PlannerConfig.model_validate(config)
-        self.planner = Planner(self.config, table)
+        self.planner = Planner(self.config, table, self._same_pacer(self.planner.pacer))
         for bucket in self.buckets.values():
             bucket.rate = self.config.tokens_per_second or bucket.rate
             bucket.capacity = self._capacity()
@@ -116,6 +122,7 @@ class Admission:
         self.counters["admitted"] += 1
         self.counters[f"strategy:{plan.strategy}"] += 1
         self.counters["queued"] += wait > 0
+        self.planner.admitted(plan)
         self._save()
         return replace(plan, wait_s=wait)
 
@@ -129,9 +136,12 @@ class Admission:
             return None
         return max(1.0, self.counters["settled_generation_tokens"] / generations)
 
-    def settle(self, api_key: str | None, reserved: float, spent: float, generations: int = 0) -> None:
-        """Give back what a request reserved and did not spend (or take what it overspent);
+    def settle(self, api_key: str | None, plan: Plan, spent: float, generations: int = 0) -> None:
+        """Give back what a request's ``plan`` (as admitted, or as run) reserved and did not spend
+        (or take what it overspent), and tell the spend controller what a table plan spent;
         ``generations``: what a named-strategy request asked for, which the estimate learns from."""
+        reserved = plan.reserved
+        self.planner.settled(plan, spent)
         self.counters["settled"] += 1
         self.counters["spent_policy_tokens"] += round(spent)
         if generations > 0:
@@ -144,12 +154,24 @@ class Admission:
         self._save()
 
     def stats(self) -> dict:
+        pacer = self.planner.pacer
+        spend = None
+        if pacer is not None:
+            spend = pacer.to_dict() | {"mean_budget": pacer.mean_budget(), "mean_spent": pacer.mean_spent}
         return {
             "counters": dict(self.counters),
             "buckets": {k: round(b.level, 1) for k, b in self.buckets.items()},
+            "spend": spend,  # table plans: the spend controller's state, the mean budget it allocates now
             "restarts": self.restarts,
             "config": self.config.model_dump(),
         }
+
+    def _same_pacer(self, pacer: SpendController | None) -> SpendController | None:
+        """``pacer`` if it paces to the configured target and horizon, else None (start afresh)."""
+        cfg = self.config
+        if pacer is not None and (pacer.target, pacer.horizon) == (cfg.mean_budget, cfg.spend_horizon):
+            return pacer
+        return None
 
     def ping(self) -> bool:
         return True
@@ -168,10 +190,12 @@ class Admission:
     def _save(self) -> None:
         if self.state_key is None:
             return
+        pacer = self.planner.pacer
         state = {
             "buckets": {k: asdict(b) for k, b in self.buckets.items()},
             "counters": dict(self.counters),
             "restarts": self.restarts,
+            "pacer": pacer.to_dict() if pacer is not None else None,
         }
         internal_kv._internal_kv_put(
             self.state_key, json.dumps(state), overwrite=True, namespace=_KV_NAMESPACE
@@ -184,6 +208,9 @@ class Admission:
         state = json.loads(raw)
         self.buckets = {k: TokenBucket(**b) for k, b in state["buckets"].items()}
         self.counters = Counter(state["counters"])
+        if state.get("pacer") and self.planner.pacer is not None:
+            kept = self._same_pacer(SpendController.from_dict(state["pacer"]))
+            self.planner.pacer = kept or self.planner.pacer
         self.restarts = state.get("restarts", 0) + 1
         self._save()
 

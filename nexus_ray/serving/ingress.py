@@ -132,7 +132,7 @@ class Ingress:
         except WorkerUnavailable as err:
             raise Failure(503, str(err), "unavailable", retry_after=5) from None
         finally:
-            self.admission.settle.remote(admitted.key, plan.reserved, spent, measured)
+            self.admission.settle.remote(admitted.key, plan, spent, measured)
         out = result.to_dict(with_candidates=options.return_candidates)
         self.metrics.solved(plan.strategy, plan.difficulty, out["ledger"])
         out["strategy"] = plan.strategy  # the name asked for ("weighted"), not its family ("best_of_n")
