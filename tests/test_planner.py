@@ -312,3 +312,23 @@ def test_calibrate_end_to_end_on_the_zoo(tmp_path):
     assert job.main([*args, "--resume"]) == 0  # nothing left to record; tables rebuilt
     assert job.main([*args, "--resume", "--estimator", "telepathy"]) == 2
     assert job.main([*args, "--resume", "--sizes", "4,64"]) == 2
+
+
+def test_reasoning_effort_scales_the_mean_budget_and_leaves_the_pacer_alone():
+    table = make_table()
+    config = PlannerConfig(mean_budget=400, default_budget=8, max_budget=64)
+    planner = Planner(config, table)
+    assert planner.plan(None, None, effort="none").strategy == "greedy"
+    assert planner.plan(None, None, effort="minimal").budget == 1
+    low, high = planner.plan(None, None, effort="low"), planner.plan(None, None, effort="high")
+    assert (low.effort, low.mean_budget, high.mean_budget) == ("low", 200.0, 1600.0)
+    assert low.allocation == table.allocate(200) and high.allocation == table.allocate(1600)
+    assert low.allocation.mean_compute <= high.allocation.mean_compute
+    assert planner.plan(2, None, effort="high").budget == 2  # a budget overrides the effort
+    assert planner.plan(None, "majority", effort="low").strategy == "majority"
+    balance = planner.pacer.mean_budget()
+    planner.admitted(high)
+    planner.settled(high, 5000.0)  # an effort plan spends what its effort asked: not a debt
+    assert planner.pacer.mean_budget() == balance
+    untabled = Planner(config, None)
+    assert [untabled.plan(None, None, effort=e).budget for e in ("low", "medium", "high")] == [4, 8, 32]
