@@ -132,10 +132,12 @@ class Failover:
     more than ``deadline_s`` after the call began (the ingress's ``request_timeout_s``, which
     also bounds the whole solve). ``attempts=1``: no retry, the first failure is a 503.
 
-    Serve's router drops a replica from its rotation as soon as a call to it fails with
-    ``ActorDiedError`` (before the caller sees the error), so even an immediate retry goes to
-    a live replica; the short backoff only spreads the retries of a burst of calls that died
-    together, and gives an ``ActorUnavailableError`` (replica unreachable) time to clear.
+    Serve's router (Ray 2.60) drops a replica from its rotation when a call to it fails with
+    ``ActorDiedError``, in the call's completion callback, which in every chaos run so far ran
+    before the caller saw the error: an immediate retry already went to the live replica
+    (``tests/test_chaos.py`` allows one retry only and gets every answer). The short backoff
+    is a margin for that ordering, spreads the retries of a burst of calls that died together,
+    and gives an ``ActorUnavailableError`` (replica unreachable) time to clear.
     """
 
     attempts: int = 1
