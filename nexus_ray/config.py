@@ -211,12 +211,23 @@ class WorkerConfig(_Strict):
     batching: bool = Field(
         True, description="merge concurrent calls into one engine batch (off: one at a time)"
     )
+    failover_attempts: int = Field(
+        3,
+        ge=1,
+        description="tries per engine call when its replica dies, the retries on a live replica; "
+        "only with at least 2 replicas (one replica: the call fails at once, a 503)",
+    )
 
     @model_validator(mode="after")
     def _one_way_to_count(self) -> WorkerConfig:
         if self.autoscaling is not None and "replicas" in self.model_fields_set:
             raise ValueError("set replicas or autoscaling, not both")
         return self
+
+    @property
+    def min_replicas(self) -> int:
+        """The fewest replicas the worker runs with (autoscaling's floor, else the fixed count)."""
+        return self.autoscaling.min_replicas if self.autoscaling is not None else self.replicas
 
 
 class PlannerConfig(_Strict):

@@ -73,7 +73,7 @@ class Ingress:
     async def _engines(self):
         async with self._connecting:
             if self.engines is None:
-                self.engines = await connect(self.policy_handle, self.prm_handle)
+                self.engines = await connect(self.policy_handle, self.prm_handle, self.config)
         return self.engines
 
     async def _admit(

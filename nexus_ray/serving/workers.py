@@ -8,27 +8,38 @@ continuously. ``batching: false`` serialises calls instead, the baseline the thr
 benchmark compares against.
 
 ``RemotePolicyEngine`` / ``RemoteRewardEngine`` implement the engine protocols over a
-deployment handle, so the search code runs unchanged against remote workers. A worker that
-dies or sheds load surfaces as ``WorkerUnavailable`` (HTTP 503, retryable), never as a hang
-or a wrong answer.
+deployment handle, so the search code runs unchanged against remote workers. A call whose
+replica dies (or sheds load) is tried again on a live replica when the worker runs at least
+two (``Failover``): calls are seeded, so the retry sends the identical request and gets the
+same answer. Otherwise, or once the tries are spent, it surfaces as ``WorkerUnavailable``
+(HTTP 503, retryable), never as a hang or a wrong answer. Errors raised by the engine itself
+(``RayTaskError``) are never retried.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import ray
 from ray import serve
-from ray.exceptions import RayError, RayTaskError
+from ray.exceptions import RayError, RayTaskError, TaskCancelledError
 from ray.serve.exceptions import RayServeException
+from ray.util import metrics
 from transformers import AutoTokenizer
 
-from nexus_ray.config import EngineConfig, RewardConfig, WorkerConfig
+from nexus_ray.config import EngineConfig, RewardConfig, ServiceConfig, WorkerConfig
 from nexus_ray.engines import build_policy_engine, build_reward_engine
 from nexus_ray.engines.base import GenerationParams, GenerationResult, ScoreRequest, ScoreResult
 from nexus_ray.zoo.registry import resolve
+
+logger = logging.getLogger("ray.serve")
+T = TypeVar("T")
 
 
 class WorkerUnavailable(RuntimeError):
@@ -114,48 +125,147 @@ def worker_options(engine: EngineConfig, worker: WorkerConfig) -> dict:
     return options
 
 
-@contextlib.contextmanager
-def _unavailable_on_failure(what: str):
-    """Errors raised by our own code in the worker propagate; losing the worker is a 503."""
-    try:
-        yield
-    except RayTaskError:
-        raise
-    except (RayError, RayServeException) as err:
-        raise WorkerUnavailable(f"{what} is unavailable ({type(err).__name__}); retry shortly") from err
+@dataclass(frozen=True)
+class Failover:
+    """How a proxy retries a call whose replica died: ``attempts`` tries in all, ``backoff_s``
+    before the first retry, doubling up to ``max_backoff_s``, and no retry that would start
+    more than ``deadline_s`` after the call began (the ingress's ``request_timeout_s``, which
+    also bounds the whole solve). ``attempts=1``: no retry, the first failure is a 503.
+
+    Serve's router (Ray 2.60) drops a replica from its rotation when a call to it fails with
+    ``ActorDiedError``, in the call's completion callback, which in every chaos run so far ran
+    before the caller saw the error: an immediate retry already went to the live replica
+    (``tests/test_chaos.py`` allows one retry only and gets every answer). The short backoff
+    is a margin for that ordering, spreads the retries of a burst of calls that died together,
+    and gives an ``ActorUnavailableError`` (replica unreachable) time to clear.
+    """
+
+    attempts: int = 1
+    backoff_s: float = 0.05
+    max_backoff_s: float = 1.0
+    deadline_s: float = 60.0
+
+    @classmethod
+    def for_worker(cls, worker: WorkerConfig, deadline_s: float) -> Failover:
+        """Retries only when another replica can answer: at least two, always. With one, a retry
+        would wait for the replacement replica (~15 s on CPU): the client is better told 503."""
+        return cls(
+            attempts=worker.failover_attempts if worker.min_replicas >= 2 else 1, deadline_s=deadline_s
+        )
+
+    def delay(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (1, 2, ...)."""
+        return min(self.backoff_s * 2 ** (retry - 1), self.max_backoff_s)
+
+
+NO_FAILOVER = Failover()
+
+
+_FAILOVERS = None
+
+
+def _count(worker: str, outcome: str) -> None:
+    """``nexus_worker_failovers{worker, outcome}``: lost calls retried, or given up as a 503."""
+    global _FAILOVERS
+    if _FAILOVERS is None:  # created on first use: proxies also run where Ray's metrics are not up
+        _FAILOVERS = metrics.Counter(
+            "nexus_worker_failovers",
+            "engine calls that lost their replica: retried on a live one, or given up (503)",
+            tag_keys=("worker", "outcome"),
+        )
+    _FAILOVERS.inc(1, {"worker": worker, "outcome": outcome})
+
+
+async def _call(worker: str, failover: Failover, call: Callable[[], Awaitable[T]], counts: Counter) -> T:
+    """``call()`` (a fresh Serve call, identical arguments every time) with ``failover``'s retries;
+    ``worker`` ("policy" or "PRM") names it in errors, logs and ``counts``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + failover.deadline_s
+    for attempt in range(1, failover.attempts + 1):
+        try:
+            return await call()
+        except RayTaskError:
+            raise  # our own code failed in the worker: the same call would fail again
+        except (RayError, RayServeException) as err:  # the replica died, is unreachable or shed it
+            wait = failover.delay(attempt)
+            last = attempt == failover.attempts or loop.time() + wait >= deadline
+            cancelled = isinstance(err, TaskCancelledError)  # not lost: nobody waits for the answer
+            outcome = "unavailable" if last or cancelled else "retried"
+            counts[outcome] += 1
+            _count(worker, outcome)
+            if outcome == "unavailable":
+                raise WorkerUnavailable(
+                    f"the {worker} worker is unavailable ({type(err).__name__}); retry shortly"
+                ) from err
+            logger.warning(
+                "the %s worker lost a call (%s); retry %d of %d on a live replica in %.2f s",
+                worker,
+                type(err).__name__,
+                attempt,
+                failover.attempts - 1,
+                wait,
+            )
+            await asyncio.sleep(wait)
+    raise AssertionError("unreachable: failover.attempts >= 1")
 
 
 class _Remote:
-    def __init__(self, handle, info: WorkerInfo) -> None:
+    def __init__(self, handle, info: WorkerInfo, failover: Failover = NO_FAILOVER) -> None:
         self.handle = handle
         self.model_name = info.model_name
         self.num_parameters = info.num_parameters
+        self.failover = failover
+        self.counts: Counter[str] = Counter()  # lost calls "retried", and given up as "unavailable"
 
     def shutdown(self) -> None:
         """The worker owns the model; a proxy has nothing to release."""
 
 
 class RemotePolicyEngine(_Remote):
-    def __init__(self, handle, info: WorkerInfo) -> None:
-        super().__init__(handle, info)
+    def __init__(self, handle, info: WorkerInfo, failover: Failover = NO_FAILOVER) -> None:
+        super().__init__(handle, info, failover)
         self.tokenizer = AutoTokenizer.from_pretrained(info.model_path)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text).input_ids)
 
     async def generate(self, prompts: list[str], params: GenerationParams) -> list[GenerationResult]:
-        with _unavailable_on_failure("the policy worker"):
-            return await self.handle.generate.remote(prompts, params)
+        # params carries the seed, so a retry on another replica samples exactly the same tokens
+        return await _call(
+            "policy",
+            self.failover,
+            lambda: self.handle.generate.remote(prompts, params),
+            self.counts,
+        )
 
 
 class RemoteRewardEngine(_Remote):
     async def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
-        with _unavailable_on_failure("the PRM worker"):
-            return await self.handle.score.remote(requests)
+        return await _call("PRM", self.failover, lambda: self.handle.score.remote(requests), self.counts)
 
 
-async def connect(policy_handle, prm_handle) -> tuple[RemotePolicyEngine, RemoteRewardEngine]:
-    """Proxies for two worker deployments (waits until both answer)."""
-    with _unavailable_on_failure("a model worker"):
-        policy_info, prm_info = await asyncio.gather(policy_handle.info.remote(), prm_handle.info.remote())
-    return RemotePolicyEngine(policy_handle, policy_info), RemoteRewardEngine(prm_handle, prm_info)
+def failovers(config: ServiceConfig | None) -> tuple[Failover, Failover]:
+    """The policy's and the PRM's failover under a service config (None: no retries)."""
+    if config is None:
+        return NO_FAILOVER, NO_FAILOVER
+    return (
+        Failover.for_worker(config.policy_worker, config.request_timeout_s),
+        Failover.for_worker(config.prm_worker, config.request_timeout_s),
+    )
+
+
+async def connect(
+    policy_handle, prm_handle, config: ServiceConfig | None = None
+) -> tuple[RemotePolicyEngine, RemoteRewardEngine]:
+    """Proxies for two worker deployments (waits until both answer); ``config``: the service's,
+    which says how many replicas each worker runs and so whether a lost call is retried."""
+    policy_failover, prm_failover = failovers(config)
+    counts: Counter[str] = Counter()
+    policy_info, prm_info = await asyncio.gather(
+        _call("policy", policy_failover, lambda: policy_handle.info.remote(), counts),
+        _call("PRM", prm_failover, lambda: prm_handle.info.remote(), counts),
+    )
+    return (
+        RemotePolicyEngine(policy_handle, policy_info, policy_failover),
+        RemoteRewardEngine(prm_handle, prm_info, prm_failover),
+    )
