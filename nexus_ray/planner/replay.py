@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from nexus_ray.planner.allocate import Allocation
@@ -34,9 +34,13 @@ class Recorded:
     policy_parameters: int
     prm_parameters: int
     answer_kind: str
+    verdicts: dict[str | None, bool] = field(default_factory=dict, compare=False, repr=False)
 
     def correct(self, answer: str | None) -> bool:
-        return is_equivalent(answer, self.gold, self.answer_kind)
+        """Graded once per distinct answer: replays ask again and again, and math-verify is slow."""
+        if answer not in self.verdicts:
+            self.verdicts[answer] = is_equivalent(answer, self.gold, self.answer_kind)
+        return self.verdicts[answer]
 
     @property
     def pass_at_1(self) -> float:
