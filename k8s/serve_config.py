@@ -30,9 +30,11 @@ def serve_config_errors(config: object) -> list[str]:
         ServeDeploySchema.model_validate(config)
     except ValidationError as err:
         errors += pydantic_errors(err)
+    http = config.get("http_options")
+    proxy_timeout = http.get("request_timeout_s") if isinstance(http, dict) else None
     for i, app in enumerate(config.get("applications") or []):
         if isinstance(app, dict) and isinstance(app.get("import_path"), str):
-            errors += application_errors(app, ("applications", i))
+            errors += application_errors(app, ("applications", i), proxy_timeout)
     return list(dict.fromkeys(errors))  # a model that forbids extras reports its own, in the same words
 
 
@@ -62,13 +64,22 @@ def unknown_keys(data: object, annotation: object, loc: Loc) -> list[str]:
     return []
 
 
-def application_errors(app: dict, loc: Loc) -> list[str]:
-    """The application's ``import_path`` imports and its ``args`` are a valid ``ServiceConfig``."""
+def application_errors(app: dict, loc: Loc, proxy_timeout: object = None) -> list[str]:
+    """The application's ``import_path`` imports and its ``args`` are a valid ``ServiceConfig``
+    whose timeouts end before the proxy's (``proxy_timeout``: None, no proxy timeout)."""
     errors = _import_errors(app["import_path"], (*loc, "import_path"))
     try:
-        ServiceConfig.model_validate(app.get("args") or {})
+        config = ServiceConfig.model_validate(app.get("args") or {})
     except ValidationError as err:
-        errors += pydantic_errors(err, (*loc, "args"))
+        return errors + pydantic_errors(err, (*loc, "args"))
+    if isinstance(proxy_timeout, int | float):
+        for key in ("request_timeout_s", "body_read_timeout_s"):
+            if getattr(config, key) >= proxy_timeout:
+                errors.append(
+                    f"{dotted((*loc, 'args', key))}: {getattr(config, key):g} s is not below "
+                    f"http_options.request_timeout_s ({proxy_timeout:g} s): Serve's proxy would "
+                    "answer a plain-text 408 first"
+                )
     return errors
 
 

@@ -135,6 +135,17 @@ BROKEN = [
     ),
     pytest.param(
         "rayservice.yaml",
+        lambda d: d["spec"].update(
+            serveConfigV2=d["spec"]["serveConfigV2"].replace(
+                "request_timeout_s: 240", "request_timeout_s: 300"
+            )
+        ),
+        "spec.serveConfigV2: applications[0].args.request_timeout_s: 300 s is not below "
+        "http_options.request_timeout_s (300 s): Serve's proxy would answer a plain-text 408 first",
+        id="serve-timeout-past-the-proxy",
+    ),
+    pytest.param(
+        "rayservice.yaml",
         lambda d: d["spec"].update(serveConfigV2=d["spec"]["serveConfigV2"].replace("port: 8000", "port: x")),
         "spec.serveConfigV2: http_options.port: Input should be a valid integer, unable to parse string as "
         "an integer (got str 'x')",
