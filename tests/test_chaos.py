@@ -11,8 +11,7 @@ import asyncio
 import time
 
 import pytest
-import ray
-from ports import free_port
+from ports import start_serve, stop_serve
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError, TaskCancelledError
 from ray.serve.exceptions import BackPressureError
@@ -114,11 +113,7 @@ BOUND_S = 120  # a request not answered within this hung (the service's own time
 
 @pytest.fixture(scope="module")
 def two_replicas():
-    ray.init(
-        address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="nexus-chaos"
-    )
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    url = start_serve("nexus-chaos")
     config, _ = load_service_config("deployments/local-cpu.yaml")
     args = config.model_dump() | {"planner_name": "planner-chaos", "num_cpus": 0.25}
     # one retry only: if Serve sent a retry to the dead replica again, that call would be a 503
@@ -126,13 +121,11 @@ def two_replicas():
     args["prm_worker"] |= {"num_cpus": 0.25}
     admission.clear_state("planner-chaos")
     serve.run(build_app(args), name="nexus", route_prefix="/", blocking=False)
-    url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, 400)
         yield url
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        stop_serve()
 
 
 def test_killing_one_of_two_policy_replicas_loses_no_answer(two_replicas):

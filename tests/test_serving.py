@@ -18,7 +18,7 @@ import pytest
 import ray
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ports import free_port
+from ports import free_port, start_serve, stop_serve
 from ray import serve
 
 from nexus_ray.config import load_service_config
@@ -44,16 +44,7 @@ def service():
     os.environ["NEXUS_TEST_KEYS"] = f"{KEY},test-key-2"  # inherited by the cluster's workers
     global METRICS_PORT
     METRICS_PORT = free_port()
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        namespace="nexus-test",
-        _metrics_export_port=METRICS_PORT,
-    )
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    url = start_serve("nexus-test", _metrics_export_port=METRICS_PORT)
     config, _ = load_service_config("deployments/local-cpu.yaml")
     args = config.model_dump() | {"api_keys_env": "NEXUS_TEST_KEYS", "planner_name": "planner-main"}
     args["planner"] |= {"max_budget": 16}
@@ -72,12 +63,10 @@ def service():
         admission.clear_state(name)
     serve.run(build_app(args), name="nexus", route_prefix="/", blocking=False)
     serve.run(build_app(tight), name="tight", route_prefix="/tight", blocking=False)
-    url = f"http://127.0.0.1:{port}"
     wait_healthy(url, 240)
     wait_healthy(url + "/tight", 240)
     yield url
-    serve.shutdown()
-    ray.shutdown()
+    stop_serve()
 
 
 def post(url: str, body, headers=AUTH, raw: bytes | None = None) -> tuple[int, dict]:

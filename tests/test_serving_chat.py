@@ -8,8 +8,7 @@ import os
 
 import openai
 import pytest
-import ray
-from ports import free_port
+from ports import start_serve, stop_serve
 from ray import serve
 from transformers import AutoTokenizer
 
@@ -29,9 +28,7 @@ def deploy(config_path: str, policy, prm, namespace: str):
     the zoo chat pair with its built-in plan table beside it at /zoo (smaller CPU shares, same
     config otherwise), for the OpenAI API's finer points."""
     os.environ["NEXUS_API_KEYS"] = KEY  # the config names this variable, as gpu-single.yaml does
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=namespace)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    url = start_serve(namespace)
     config, _ = load_service_config(config_path)
     args = config.model_dump()
     args["policy"]["model"], args["prm"]["model"] = str(policy), str(prm)
@@ -44,7 +41,6 @@ def deploy(config_path: str, policy, prm, namespace: str):
         admission.clear_state(name)
     serve.run(build_app(args), name="nexus", route_prefix="/", blocking=False)
     serve.run(build_app(zoo), name="zoo", route_prefix="/zoo", blocking=False)
-    url = f"http://127.0.0.1:{port}"
     wait_healthy(url, 300)
     wait_healthy(url + "/zoo", 300)
     return url, config.model_id
@@ -57,8 +53,7 @@ def service(tmp_path_factory):
     prm = build_prm(root / "my-prm", policy)
     url, model_id = deploy("deployments/local-cpu-chat-hf.yaml", policy, prm, "chat")
     yield openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0), model_id, url
-    serve.shutdown()
-    ray.shutdown()
+    stop_serve()
 
 
 def test_a_free_form_question_is_answered_through_the_openai_client(service):

@@ -21,10 +21,9 @@ from pathlib import Path
 
 import openai
 import pytest
-import ray
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from ports import free_port
+from ports import start_serve, stop_serve
 from pydantic import BaseModel
 from ray import serve
 
@@ -43,9 +42,7 @@ JSON_TYPE = "-H 'Content-Type: application/json'"
 def service():
     """deployments/local-cpu.yaml (no API keys) with cheap defaults: a request that names no
     strategy is greedy at budget 1, and no budget goes past 8 (the README's examples use 8)."""
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="http")
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 120})
+    url = start_serve("http", http_options={"request_timeout_s": 120})
     config, _ = load_service_config(ROOT / "deployments/local-cpu.yaml")
     args = config.model_dump() | {
         "planner_name": "planner-http",
@@ -57,11 +54,9 @@ def service():
     args["prm_worker"] |= {"num_cpus": 0.1}
     admission.clear_state("planner-http")
     serve.run(build_app(args), name="nexus", route_prefix="/", blocking=False)
-    url = f"http://127.0.0.1:{port}"
     wait_healthy(url, 240)
     yield url
-    serve.shutdown()
-    ray.shutdown()
+    stop_serve()
 
 
 def address(url: str) -> tuple[str, int]:

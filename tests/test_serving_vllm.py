@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-import ray
-from ports import free_port
+from ports import start_serve, stop_serve
 from ray import serve
 
 from nexus_ray.config import load_service_config
@@ -24,19 +23,13 @@ pytestmark = pytest.mark.vllm
 @pytest.fixture(scope="module")
 def service():
     pytest.importorskip("vllm")
-    ray.init(
-        address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="nexus-vllm-test"
-    )
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    url = start_serve("nexus-vllm-test")
     config, _ = load_service_config("deployments/local-cpu-vllm.yaml")
     args = config.model_dump() | {"planner_name": "planner-vllm", "num_cpus": 0.1}
     serve.run(build_app(args), name="nexus", route_prefix="/", blocking=False)
-    url = f"http://127.0.0.1:{port}"
     wait_healthy(url, 300)
     yield url
-    serve.shutdown()
-    ray.shutdown()
+    stop_serve()
 
 
 def test_vllm_workers_answer_like_the_transformers_engine(service):
