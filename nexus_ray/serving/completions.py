@@ -42,6 +42,7 @@ class Admitted:
 class Choice:
     text: str
     finish_reason: str  # "stop", or "length" when the solution hit the token cap or the budget
+    tokens: int  # the text's tokens, counted once for the cap and for usage
 
 
 def _error_event(kind: str, message: str) -> str:
@@ -69,14 +70,15 @@ class ChatCompletion:
         cap = self.body.token_cap
         out = []
         for i, text in enumerate(texts[: self.body.n]):
-            hit_cap = cap is not None and self.count_tokens(text) >= cap
-            out.append(Choice(text, "length" if hit_cap or (i == 0 and result.truncated) else "stop"))
+            tokens = self.count_tokens(text)
+            hit_cap = cap is not None and tokens >= cap
+            out.append(Choice(text, "length" if hit_cap or (i == 0 and result.truncated) else "stop", tokens))
         return out
 
     def usage(self, ledger: dict, choices: list[Choice]) -> dict:
         generated = ledger["policy_generated_tokens"]
         # a choice that ended by itself also generated its end-of-turn token
-        returned = sum(self.count_tokens(c.text) + (c.finish_reason == "stop") for c in choices)
+        returned = sum(c.tokens + (c.finish_reason == "stop") for c in choices)
         return {
             "prompt_tokens": ledger["policy_prefill_tokens"],
             "completion_tokens": generated,
