@@ -9,6 +9,8 @@ import typer
 
 from nexus_ray.search import registry
 
+PRM_FORMATS = ("auto", "token", "local", "qwen-prm")
+
 app = typer.Typer(
     help="nexus_ray: test-time compute allocation for LLM reasoning, on Ray.",
     no_args_is_help=True,
@@ -46,7 +48,9 @@ def solve(
         "auto", help="arith or chat-math (auto: chat-math when the policy's tokenizer has a chat template)."
     ),
     prm_format: str = typer.Option(
-        "token", help="token (the arith zoo PRM) or qwen-prm (Qwen2.5-Math-PRM's)."
+        "auto",
+        help="auto (what the PRM's config.json declares), token, local (the arith zoo PRM's step "
+        "checker) or qwen-prm (Qwen2.5-Math-PRM's).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -61,8 +65,11 @@ def solve(
 
     if engine not in ("hf", "vllm"):
         _fail(f"--engine must be hf or vllm, got {engine!r}")
-    if task not in ("auto", "arith", "chat-math") or prm_format not in ("token", "qwen-prm"):
-        _fail(f"--task: auto, arith or chat-math; --prm-format: token or qwen-prm (got {task}, {prm_format})")
+    if task not in ("auto", "arith", "chat-math") or prm_format not in PRM_FORMATS:
+        _fail(
+            f"--task: auto, arith or chat-math; --prm-format: {', '.join(PRM_FORMATS)} "
+            f"(got {task}, {prm_format})"
+        )
     try:
         if task == "auto":
             task = "chat-math" if has_chat_template(policy) else "arith"

@@ -121,7 +121,12 @@ class EngineConfig(_Strict):
     max_model_len: int | None = Field(None, ge=16)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     tensor_parallel_size: int = Field(1, ge=1)
-    enable_prefix_caching: bool = True
+    enable_prefix_caching: bool = Field(
+        True, description="both engines: reuse the KV of prompt prefixes computed before (tree search)"
+    )
+    prefix_cache_tokens: int = Field(
+        32768, ge=0, description="hf only: prompt tokens whose KV the prefix cache keeps (LRU)"
+    )
     enforce_eager: bool = False
     hf_overrides: dict[str, Any] = Field(default_factory=dict)
     rope: RopeConfig | None = Field(None, description="RoPE context extension, applied by either engine")
@@ -129,7 +134,7 @@ class EngineConfig(_Strict):
     num_gpus: float = Field(0, ge=0, description="GPUs the worker that holds this engine reserves")
 
 
-PrmFormat = Literal["token", "qwen-prm"]
+PrmFormat = Literal["auto", "token", "local", "qwen-prm"]
 QWEN_MATH_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 
 
@@ -137,12 +142,17 @@ class RewardConfig(EngineConfig):
     """A PRM, and the input format it was trained on (the same on both engines).
 
     ``format: token``: the policy's prompt, then each step + ``step_separator``; the score is
-    the positive-class probability at the separator (the zoo PRM, any ``*ForTokenClassification``).
-    ``format: qwen-prm``: Qwen2.5-Math-PRM's chat-templated input with ``system_prompt``, the
-    user's turns and the steps each ended by ``step_tag``; the score is read at each tag.
+    the positive-class probability at the separator (any ``*ForTokenClassification``).
+    ``format: local``: each step on its own after the line before it, written as the model's
+    ``prm_local_prompt`` (config.json) says; the step scores multiply into P(still correct)
+    (the zoo's arith-prm, a step checker). ``format: qwen-prm``: Qwen2.5-Math-PRM's
+    chat-templated input with ``system_prompt``, the user's turns and the steps each ended by
+    ``step_tag``; the score is read at each tag. ``format: auto`` (the default): the format the
+    model's config.json declares (``prm_format``), else ``qwen-prm`` for step-pooled
+    architectures, else ``token``.
     """
 
-    format: PrmFormat = "token"
+    format: PrmFormat = "auto"
     step_separator: str = Field("\n", description="format token: appended to every step")
     step_tag: str = Field("<extra_0>", description="format qwen-prm: the token after every step")
     system_prompt: str = Field(QWEN_MATH_SYSTEM_PROMPT, description="format qwen-prm: the PRM's system turn")

@@ -120,7 +120,12 @@ def test_a_prm_that_does_not_fit_its_format_fails_at_start_up(unseen, which, fie
 
 def test_a_step_pooled_prm_named_in_token_format_is_refused(unseen):
     with pytest.raises(PrmFormatError, match="set prm.format: qwen-prm"):
-        build_reward_engine(RewardConfig(model=str(unseen["prm"])))
+        build_reward_engine(RewardConfig(model=str(unseen["prm"]), format="token"))
+
+
+def test_format_auto_reads_a_step_pooled_prm_as_qwen_prm(unseen):
+    assert RewardConfig(model=str(unseen["prm"])).format == "auto"
+    assert build_reward_engine(RewardConfig(model=str(unseen["prm"]))).encoder.format == "qwen-prm"
 
 
 def test_the_qwen_prm_reads_one_score_per_step_at_its_tags(unseen):

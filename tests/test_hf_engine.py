@@ -136,3 +136,90 @@ def test_an_engine_error_reaches_every_caller(prm_engine, monkeypatch):
 
     results = asyncio.run(two())
     assert all(isinstance(r, RuntimeError) for r in results)
+
+
+def _cached_engine(tokens: int = 65536):
+    from nexus_ray.engines.hf import HFPolicyEngine
+    from nexus_ray.zoo.registry import resolve
+
+    return HFPolicyEngine(resolve("arith-policy"), prefix_cache_tokens=tokens)
+
+
+def test_prefix_cache_gives_the_same_samples_for_fewer_prefill_tokens(policy_engine):
+    """Paths extended step by step, as tree search does, with duplicates in a call: the cached
+    engine samples exactly what the uncached one does and prefills only the new tokens."""
+    cached = _cached_engine()
+    prompts = list(PROMPTS)
+    plain_before = policy_engine.prefill_tokens
+    for round_ in range(4):
+        params = GenerationParams(n=3, temperature=1.0, max_tokens=40, stop=("\n",), seed=round_)
+        a = policy_engine.generate_sync(prompts, params)
+        b = cached.generate_sync(prompts, params)
+        assert [[c.token_ids for c in r.completions] for r in a] == [
+            [c.token_ids for c in r.completions] for r in b
+        ]
+        assert [r.prompt_tokens for r in a] == [r.prompt_tokens for r in b]
+        prompts = [p + r.completions[0].text for p, r in zip(prompts, a)] + [prompts[0], prompts[0]]
+    plain = policy_engine.prefill_tokens - plain_before
+    assert cached.prefill_tokens < plain / 2
+    greedy = GenerationParams(n=1, temperature=0, max_tokens=60, logprobs=True)
+    for x, y in zip(policy_engine.generate_sync(prompts, greedy), cached.generate_sync(prompts, greedy)):
+        assert x.completions[0].token_ids == y.completions[0].token_ids
+        assert max(abs(p - q) for p, q in zip(x.completions[0].logprobs, y.completions[0].logprobs)) < 1e-4
+
+
+def test_a_prompt_cached_whole_is_not_prefilled_again():
+    cached = _cached_engine()
+    params = GenerationParams(n=2, temperature=1.0, max_tokens=10, seed=3)
+    first = cached.generate_sync(PROMPTS[:2], params)
+    before = cached.prefill_tokens
+    again = cached.generate_sync(PROMPTS[:2], params)
+    assert cached.prefill_tokens == before
+    assert [[c.token_ids for c in r.completions] for r in first] == [
+        [c.token_ids for c in r.completions] for r in again
+    ]
+
+
+def test_prefix_cache_is_bounded_and_evicts_the_least_recently_used():
+    import torch
+
+    from nexus_ray.engines.prefix_cache import CachedPrompt, PrefixCache
+
+    def entry(n: int) -> CachedPrompt:
+        kv = (torch.zeros(1, n, 2),)
+        return CachedPrompt(kv, kv, torch.zeros(3))
+
+    cache = PrefixCache(max_tokens=10)
+    cache.put([1, 2, 3], entry(3))
+    cache.put([1, 2, 3, 4], entry(4))
+    assert cache.longest([1, 2, 3, 4, 5]) == (4, cache.longest([1, 2, 3, 4])[1])
+    cache.longest([1, 2, 3])  # now the most recently used
+    cache.put([7, 8, 9, 9], entry(4))  # 11 tokens: [1, 2, 3, 4] goes
+    assert cache.tokens == 7 and len(cache) == 2
+    assert cache.longest([1, 2, 3, 4, 5])[0] == 3
+    assert cache.longest([5, 6])[0] == 0
+    cache.put(list(range(11)), entry(11))  # larger than the whole cache: not kept
+    assert cache.longest(list(range(11)))[0] == 0
+
+
+@pytest.mark.parametrize("strategy", ["beam", "dvts", "lookahead", "mcts"])
+def test_tree_search_ledger_prefill_is_what_the_engine_computed(strategy, policy_engine, prm_engine):
+    """On a fresh caching engine the ledger's prefix-caching charge equals the prompt tokens the
+    engine ran, and the search finds what it finds without the cache."""
+    from nexus_ray.search import registry
+    from nexus_ray.search.base import SearchContext
+
+    cached = _cached_engine()
+    problem = "21-95*9-52+5*3"
+    a = asyncio.run(
+        registry.run(strategy, SearchContext.for_problem(policy_engine, prm_engine, ARITH, problem), 8)
+    )
+    ctx = SearchContext.for_problem(cached, prm_engine, ARITH, problem)
+    assert (
+        ctx.prefix_caching
+        and not SearchContext.for_problem(policy_engine, None, ARITH, problem).prefix_caching
+    )
+    b = asyncio.run(registry.run(strategy, ctx, 8))
+    assert b.ledger.policy_prefill_tokens == cached.prefill_tokens
+    assert b.ledger.policy_prefill_tokens < a.ledger.policy_prefill_tokens
+    assert (b.solution, b.ledger.policy_generated_tokens) == (a.solution, a.ledger.policy_generated_tokens)

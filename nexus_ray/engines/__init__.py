@@ -25,7 +25,14 @@ def build_policy_engine(config: EngineConfig) -> PolicyEngine:
         return VLLMPolicyEngine(config, path)
     from nexus_ray.engines.hf import HFPolicyEngine
 
-    return HFPolicyEngine(path, config.device, _hf_dtype(config), config.max_batch_size, config.hf_overrides)
+    return HFPolicyEngine(
+        path,
+        config.device,
+        _hf_dtype(config),
+        config.max_batch_size,
+        config.hf_overrides,
+        config.prefix_cache_tokens if config.enable_prefix_caching else 0,
+    )
 
 
 def build_reward_engine(config: RewardConfig) -> RewardEngine:

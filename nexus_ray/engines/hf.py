@@ -14,7 +14,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+    DynamicCache,
+)
 
 from nexus_ray.config import QWEN_MATH_SYSTEM_PROMPT, PrmFormat
 from nexus_ray.engines.base import (
@@ -26,7 +32,8 @@ from nexus_ray.engines.base import (
     prompt_seed,
 )
 from nexus_ray.engines.batching import MicroBatcher
-from nexus_ray.engines.prm_format import STEP_POOLER_ARCHITECTURES, StepEncoder, check_format
+from nexus_ray.engines.prefix_cache import CachedPrompt, PrefixCache
+from nexus_ray.engines.prm_format import STEP_POOLER_ARCHITECTURES, build_encoder, results_of
 from nexus_ray.engines.qwen2_prm import Qwen2ForProcessRewardModel
 from nexus_ray.engines.tokens import prompt_ids
 
@@ -83,9 +90,13 @@ class HFPolicyEngine:
         dtype: str = "float32",
         max_batch_size: int = 256,
         config_overrides: dict | None = None,
+        prefix_cache_tokens: int = 0,
     ) -> None:
         _load(self, AutoModelForCausalLM, model_path, device, dtype, config_overrides)
         self.max_batch_size = max_batch_size
+        self.prefix_cache = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens > 0 else None
+        self.prefix_caching = self.prefix_cache is not None  # the ledger charges what this computes
+        self.prefill_tokens = 0  # prompt tokens run through the model, all calls together
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
         self._lock = threading.Lock()
         self._batcher = MicroBatcher(
@@ -135,22 +146,16 @@ class HFPolicyEngine:
                     f"prompt of {width} tokens does not fit the model's context of {self.max_positions}"
                 )
             params = GenerationParams(**{**params.__dict__, "max_tokens": limit})
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, p in enumerate(encoded):  # left padding keeps every last token aligned
-            ids[r, width - len(p) :] = torch.tensor(p)
-            mask[r, width - len(p) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        cache = out.past_key_values
-        logits = out.logits[:, -1].float()
+        if self.prefix_cache is None:
+            cache, logits, mask = self._prefill(encoded)
+        else:
+            cache, logits, mask = self._prefill_cached(encoded)
+        next_pos = torch.tensor([[len(p) - 1] for p in encoded], device=self.device)
         if n > 1:  # one prefill per distinct prompt, shared by its n samples
             cache.batch_repeat_interleave(n)
             logits = logits.repeat_interleave(n, dim=0)
             mask = mask.repeat_interleave(n, dim=0)
-            positions = positions.repeat_interleave(n, dim=0)
+            next_pos = next_pos.repeat_interleave(n, dim=0)
         rows = logits.shape[0]
         generators = []
         for r in range(rows):
@@ -164,7 +169,6 @@ class HFPolicyEngine:
         logps: list[list[float]] = [[] for _ in range(rows)]
         finish: list[tuple[str, str | None] | None] = [None] * rows
         texts = [""] * rows
-        next_pos = positions[:, -1:]
         for _ in range(params.max_tokens):
             chosen = self._pick(logits, params, generators)
             logprob = torch.log_softmax(logits, dim=-1).gather(1, chosen[:, None])[:, 0]
@@ -214,6 +218,95 @@ class HFPolicyEngine:
             )
         return results
 
+    def _prefill(self, encoded: list[list[int]]) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
+        """Every prompt from its first token, left-padded so every last token is aligned."""
+        tok = self.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        width = max(map(len, encoded))
+        ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, p in enumerate(encoded):
+            ids[r, width - len(p) :] = torch.tensor(p)
+            mask[r, width - len(p) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        self.prefill_tokens += sum(map(len, encoded))
+        return out.past_key_values, out.logits[:, -1].float(), mask
+
+    def _prefill_cached(self, encoded: list[list[int]]) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
+        """Each distinct prompt only past its longest cached prefix (``PrefixCache``).
+
+        Row u's cached KV goes right-aligned into the first ``P`` positions, its uncached
+        suffix right-aligned into the last ``S``; the mask marks both, so padding may sit in
+        the middle of a row. A prompt cached whole computes nothing. New prompts are cached.
+        """
+        assert self.prefix_cache is not None
+        unique = list(dict.fromkeys(tuple(p) for p in encoded))
+        hits = [self.prefix_cache.longest(list(u)) for u in unique]
+        past = max(n for n, _ in hits)
+        suffix = max(len(u) - n for u, (n, _) in zip(unique, hits))
+        layers = self.model.config.num_hidden_layers
+        cache = DynamicCache()
+        past_mask = torch.zeros((len(unique), past), dtype=torch.long, device=self.device)
+        if past:
+            like = next(e for _, e in hits if e is not None)
+            heads, dim = like.keys[0].shape[0], like.keys[0].shape[2]
+            keys = [like.keys[0].new_zeros((len(unique), heads, past, dim)) for _ in range(layers)]
+            values = [like.keys[0].new_zeros((len(unique), heads, past, dim)) for _ in range(layers)]
+            for u, (n, entry) in enumerate(hits):
+                if entry is None:
+                    continue
+                past_mask[u, past - n :] = 1
+                for i in range(layers):
+                    keys[i][u, :, past - n :] = entry.keys[i]
+                    values[i][u, :, past - n :] = entry.values[i]
+            for i in range(layers):
+                cache.update(keys[i], values[i], i)
+        logits = torch.zeros((len(unique), self.model.config.vocab_size), device=self.device)
+        mask = past_mask
+        if suffix:
+            tok = self.tokenizer
+            pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+            ids = torch.full((len(unique), suffix), pad, dtype=torch.long)
+            new_mask = torch.zeros_like(ids)
+            positions = torch.zeros_like(ids)
+            for u, (prompt, (n, _)) in enumerate(zip(unique, hits)):
+                rest = len(prompt) - n
+                if rest:
+                    ids[u, suffix - rest :] = torch.tensor(prompt[n:])
+                    new_mask[u, suffix - rest :] = 1
+                    positions[u, suffix - rest :] = torch.arange(n, len(prompt))
+            mask = torch.cat([past_mask, new_mask.to(self.device)], dim=1)
+            out = self.model(
+                input_ids=ids.to(self.device),
+                attention_mask=mask,
+                position_ids=positions.to(self.device),
+                past_key_values=cache if past else None,
+                use_cache=True,
+            )
+            cache = out.past_key_values
+            logits = out.logits[:, -1].float()
+            self.prefill_tokens += sum(len(u) - n for u, (n, _) in zip(unique, hits))
+        valid = mask.bool()
+        for u, (prompt, (n, entry)) in enumerate(zip(unique, hits)):
+            if n == len(prompt):
+                assert entry is not None
+                logits[u] = entry.logits
+                continue
+            layer_kv = [cache.layers[i] for i in range(layers)]
+            self.prefix_cache.put(
+                list(prompt),
+                CachedPrompt(
+                    tuple(layer.keys[u][:, valid[u]].clone() for layer in layer_kv),
+                    tuple(layer.values[u][:, valid[u]].clone() for layer in layer_kv),
+                    logits[u].clone(),
+                ),
+            )
+        rows = torch.tensor([unique.index(tuple(p)) for p in encoded], device=self.device)
+        cache.batch_select_indices(rows)
+        return cache, logits[rows], mask[rows]
+
     @staticmethod
     def _pick(
         logits: torch.Tensor, params: GenerationParams, generators: list[torch.Generator]
@@ -259,8 +352,16 @@ class HFRewardEngine:
         system_prompt: str = QWEN_MATH_SYSTEM_PROMPT,
     ) -> None:
         _load(self, AutoModelForTokenClassification, model_path, device, dtype, config_overrides)
-        self.encoder = StepEncoder(self.tokenizer, prm_format, step_delimiter, step_tag, system_prompt)
-        check_format(self.encoder, self.model.config, str(self.model_path), positive_label)
+        self.encoder = build_encoder(
+            self.tokenizer,
+            self.model.config,
+            str(self.model_path),
+            prm_format,
+            step_delimiter,
+            step_tag,
+            system_prompt,
+            positive_label,
+        )
         self.positive_label = positive_label
         self.max_batch_size = max_batch_size
         self._lock = threading.Lock()
@@ -275,9 +376,10 @@ class HFRewardEngine:
 
     def score_sync(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
         """Requests are scored in chunks of similar length (little padding), results in order."""
-        encoded = [self.encoder.encode(r) for r in requests]
+        pieces = [self.encoder.pieces(r) for r in requests]
+        encoded = [piece for p in pieces for piece in p]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
-        results: list[ScoreResult | None] = [None] * len(encoded)
+        scored: list[list[float]] = [[] for _ in encoded]
         pad = self.tokenizer.pad_token_id or 0
         with self._lock, torch.inference_mode():
             for start in range(0, len(order), self.max_batch_size):
@@ -291,6 +393,6 @@ class HFRewardEngine:
                     mask[r, : len(row)] = 1
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
                 probs = torch.softmax(logits.float(), dim=-1)[..., self.positive_label].cpu()
-                for r, (i, (row, ends)) in enumerate(zip(positions, chunk)):
-                    results[i] = ScoreResult(tuple(float(probs[r, e]) for e in ends), len(row))
-        return results  # type: ignore[return-value]
+                for r, (i, (_, ends)) in enumerate(zip(positions, chunk)):
+                    scored[i] = [float(probs[r, e]) for e in ends]
+        return results_of(self.encoder, pieces, scored)

@@ -1,10 +1,14 @@
 """How a (question, steps) pair becomes PRM input, and where each step's score is read.
 
-Two formats, the same in every engine:
+Three formats, the same in every engine:
 
 - ``token``: the policy's prompt (special tokens added), then each step with its separator
-  appended; a step's score is read at the last token of its segment. The zoo PRM's format
-  (separator ``\\n``), for any ``*ForTokenClassification`` model.
+  appended; a step's score is read at the last token of its segment. For any
+  ``*ForTokenClassification`` model.
+- ``local``: one sequence per step: the line before it (the prompt for the first step)
+  written as the model's ``prm_local_prompt`` says, then the step and its separator, read at
+  the separator. A step checker scores a step given the line it rewrites; the engine
+  multiplies the scores into P(still correct after step i) (``chain``). The zoo's arith-prm.
 - ``qwen-prm``: Qwen2.5-Math-PRM's. The conversation goes through the PRM tokenizer's chat
   template with the PRM's own system prompt and the user's turns; the assistant turn is the
   steps joined and ended by the step tag (``<extra_0>``); a step's score is read at its tag.
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nexus_ray.config import QWEN_MATH_SYSTEM_PROMPT, PrmFormat, RewardConfig
-from nexus_ray.engines.base import ScoreRequest
+from nexus_ray.engines.base import ScoreRequest, ScoreResult
 from nexus_ray.engines.tokens import prompt_ids
 
 STEP_POOLER_ARCHITECTURES = ("Qwen2ForProcessRewardModel",)
@@ -24,6 +28,9 @@ STEP_POOLER_ARCHITECTURES = ("Qwen2ForProcessRewardModel",)
 
 class PrmFormatError(ValueError):
     """The PRM's directory does not fit the format its config names; the message says why."""
+
+
+Piece = tuple[list[int], list[int]]  # one sequence's token ids, and the positions scored in it
 
 
 @dataclass(frozen=True)
@@ -35,12 +42,30 @@ class StepEncoder:
     separator: str = "\n"
     step_tag: str = "<extra_0>"
     system_prompt: str = QWEN_MATH_SYSTEM_PROMPT
+    local_prompt: str = "{previous}\n"
 
     @property
     def step_tag_id(self) -> int:
         return self.tokenizer.convert_tokens_to_ids(self.step_tag)
 
-    def encode(self, request: ScoreRequest) -> tuple[list[int], list[int]]:
+    def pieces(self, request: ScoreRequest) -> list[Piece]:
+        """The sequences an engine runs for one request: one, or one per step (``local``)."""
+        if self.format != "local":
+            return [self.encode(request)]
+        previous = [request.prompt, *(self.local_prompt.format(previous=s) for s in request.steps)]
+        return [self.encode(ScoreRequest(p, (step,))) for p, step in zip(previous, request.steps)]
+
+    def chain(self, scores: list[float]) -> tuple[float, ...]:
+        """Per-step scores as P(still correct after the step): ``local`` scores multiply."""
+        if self.format != "local":
+            return tuple(scores)
+        out, product = [], 1.0
+        for score in scores:
+            product *= score
+            out.append(product)
+        return tuple(out)
+
+    def encode(self, request: ScoreRequest) -> Piece:
         if self.format == "qwen-prm":
             return self._encode_chat(request)
         ids = prompt_ids(self.tokenizer, request.prompt)
@@ -74,17 +99,78 @@ class StepEncoder:
         return ids, ends
 
 
+def results_of(
+    encoder: StepEncoder, pieces: list[list[Piece]], scored: list[list[float]]
+) -> list[ScoreResult]:
+    """Each request's step scores (its pieces' scores in order, ``chain``ed) and the tokens
+    the PRM read for it; ``scored`` holds the scores of every piece, flattened in order."""
+    results, k = [], 0
+    for request_pieces in pieces:
+        scores = [s for piece_scores in scored[k : k + len(request_pieces)] for s in piece_scores]
+        tokens = sum(len(ids) for ids, _ in request_pieces)
+        results.append(ScoreResult(encoder.chain(scores), tokens))
+        k += len(request_pieces)
+    return results
+
+
 def encoder_for(config: RewardConfig, model_dir: str | Path) -> StepEncoder:
-    """The PRM directory's tokenizer in the format its config names, checked against the model
-    (``check_format``): a mismatch fails here, before any engine starts."""
+    """The PRM directory's tokenizer in the format its config names (``auto``: the one the
+    model declares), checked against the model: a mismatch fails here, before any engine starts."""
     from transformers import AutoConfig, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    encoder = StepEncoder(
-        tokenizer, config.format, config.step_separator, config.step_tag, config.system_prompt
+    return build_encoder(
+        AutoTokenizer.from_pretrained(model_dir),
+        AutoConfig.from_pretrained(model_dir),
+        str(model_dir),
+        config.format,
+        config.step_separator,
+        config.step_tag,
+        config.system_prompt,
+        config.positive_label,
     )
-    check_format(encoder, AutoConfig.from_pretrained(model_dir), str(model_dir), config.positive_label)
+
+
+def build_encoder(
+    tokenizer,
+    model_config,
+    model_dir: str,
+    fmt: PrmFormat,
+    separator: str,
+    step_tag: str,
+    system_prompt: str,
+    positive_label: int,
+) -> StepEncoder:
+    """The encoder for a loaded PRM: ``auto`` resolved (``resolve_format``), then checked."""
+    fmt = resolve_format(fmt, model_config, model_dir)
+    local_prompt = getattr(model_config, "prm_local_prompt", None)
+    if fmt == "local" and not local_prompt:
+        raise PrmFormatError(
+            f"{model_dir}/config.json: format local needs prm_local_prompt, the text a step's "
+            "previous line is written as (e.g. 'Q: {previous}\\n')"
+        )
+    encoder = StepEncoder(tokenizer, fmt, separator, step_tag, system_prompt, local_prompt or "{previous}\n")
+    check_format(encoder, model_config, model_dir, positive_label)
     return encoder
+
+
+def resolve_format(fmt: PrmFormat, model_config, model_dir: str) -> PrmFormat:
+    """``auto``: what the model's config.json declares (``prm_format``), else ``qwen-prm`` for
+    step-pooled architectures, else ``token``. An explicit format must agree with a declared one."""
+    declared = getattr(model_config, "prm_format", None)
+    if declared is not None and declared not in ("token", "local", "qwen-prm"):
+        raise PrmFormatError(
+            f"{model_dir}/config.json: prm_format {declared!r} is not token, local or qwen-prm"
+        )
+    if fmt == "auto":
+        architectures = list(getattr(model_config, "architectures", None) or [])
+        pooled = any(a in STEP_POOLER_ARCHITECTURES for a in architectures)
+        return declared or ("qwen-prm" if pooled else "token")
+    if declared is not None and fmt != declared:
+        raise PrmFormatError(
+            f"{model_dir}/config.json declares prm_format {declared!r}; prm.format is {fmt!r}: "
+            f"set prm.format: {declared} (or auto)"
+        )
+    return fmt
 
 
 def check_format(encoder: StepEncoder, model_config, model_dir: str, positive_label: int) -> None:
@@ -100,7 +186,7 @@ def check_format(encoder: StepEncoder, model_config, model_dir: str, positive_la
             f"prm.positive_label {positive_label} is not a label of {model_dir} ({labels} labels)"
         )
     step_pooled = any(a in STEP_POOLER_ARCHITECTURES for a in architectures)
-    if encoder.format == "token" and step_pooled:
+    if encoder.format in ("token", "local") and step_pooled:
         raise PrmFormatError(
             f"{model_dir}/config.json: architectures {architectures} score at step tags; "
             "set prm.format: qwen-prm"

@@ -39,7 +39,7 @@ from nexus_ray.engines.base import (
     ScoreResult,
     prompt_seed,
 )
-from nexus_ray.engines.prm_format import encoder_for
+from nexus_ray.engines.prm_format import encoder_for, results_of
 from nexus_ray.engines.tokens import prompt_ids
 
 T = TypeVar("T")
@@ -173,6 +173,9 @@ class VLLMPolicyEngine(_VLLMBase):
 
     def __init__(self, config: EngineConfig, model_path: Path) -> None:
         super().__init__(config, model_path)
+        # vLLM caches whole blocks of 16 tokens: it may recompute up to 15 tokens the ledger
+        # does not charge (the ledger charges the tokens past the longest prompt seen)
+        self.prefix_caching = config.enable_prefix_caching
 
     def count_tokens(self, text: str) -> int:
         return len(prompt_ids(self.tokenizer, text))
@@ -237,7 +240,7 @@ class VLLMRewardEngine(_VLLMBase):
     def __init__(self, config: RewardConfig, model_path: Path) -> None:
         encoder = encoder_for(config, model_path)
         extra: dict[str, Any] = {"runner": "pooling"}
-        if config.format == "qwen-prm":  # the step pooler keeps only the rows at this token
+        if encoder.format == "qwen-prm":  # the step pooler keeps only the rows at this token
             extra["pooler_config"] = _vllm_api().PoolerConfig(step_tag_id=encoder.step_tag_id)
         super().__init__(config, model_path, **extra)
         self.encoder = encoder
@@ -250,9 +253,10 @@ class VLLMRewardEngine(_VLLMBase):
         return await self._loop.run_async(self._score(requests))
 
     async def _score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
-        encoded = [self.encoder.encode(r) for r in requests]
+        pieces = [self.encoder.pieces(r) for r in requests]
+        encoded = [piece for p in pieces for piece in p]
         outputs = await asyncio.gather(*(self._one(ids) for ids, _ in encoded))
-        results = []
+        scored = []
         for (ids, ends), data in zip(encoded, outputs):
             if data.shape[0] == len(ends):  # a native step pooler: one row per step
                 rows = data
@@ -263,8 +267,8 @@ class VLLMRewardEngine(_VLLMBase):
                     f"vLLM {self.api.version} returned {data.shape[0]} pooled rows for "
                     f"{len(ids)} tokens and {len(ends)} steps; cannot map them to steps"
                 )
-            results.append(ScoreResult(tuple(float(x) for x in rows[:, self.positive_label]), len(ids)))
-        return results
+            scored.append([float(x) for x in rows[:, self.positive_label]])
+        return results_of(self.encoder, pieces, scored)
 
     async def _one(self, ids: list[int]) -> Any:
         params = self.api.PoolingParams(task="token_classify")

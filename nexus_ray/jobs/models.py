@@ -36,7 +36,12 @@ def add_arguments(p: argparse.ArgumentParser, policy: str = "arith-policy", prm:
         default=None,
         help="prompt/step/answer format (default: chat-math when the policy has a chat template)",
     )
-    p.add_argument("--prm-format", choices=["token", "qwen-prm"], default=None, help="default: token")
+    p.add_argument(
+        "--prm-format",
+        choices=["auto", "token", "local", "qwen-prm"],
+        default=None,
+        help="default: auto (the format the PRM's config.json declares, else token or qwen-prm)",
+    )
 
 
 def resolve_models(

@@ -56,11 +56,14 @@ class SearchContext:
         problem: str | tuple[tuple[str, str], ...],
         budget: Budget | None = None,
         seed: int | None = 0,
-        prefix_caching: bool = False,
+        prefix_caching: bool | None = None,
         max_tokens: int | None = None,
     ) -> SearchContext:
         """The context for a problem (text, or a conversation under a chat format) in ``fmt``;
-        ``max_tokens``: a hard cap on the tokens of any solution (``CappedPolicy``)."""
+        ``max_tokens``: a hard cap on the tokens of any solution (``CappedPolicy``);
+        ``prefix_caching``: the ledger's mode, by default whether the policy engine caches."""
+        if prefix_caching is None:
+            prefix_caching = bool(getattr(policy, "prefix_caching", False))
         messages = fmt.messages(problem) if fmt.chat is not None else ()
         prompt = fmt.prompt(problem)
         if max_tokens is not None:

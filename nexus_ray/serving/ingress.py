@@ -66,7 +66,6 @@ class Ingress:
         self.table = table
         self.engines = None
         self._connecting = asyncio.Lock()
-        self.prefix_caching = self.config.policy.engine == "vllm" and self.config.policy.enable_prefix_caching
         self.fmt = task_format(self.config.task, resolve(self.config.policy.model))
         self.metrics = Metrics()
 
@@ -119,7 +118,6 @@ class Ingress:
                 self.fmt,
                 admitted.asked,
                 seed=options.seed or 0,
-                prefix_caching=self.prefix_caching,
                 max_tokens=cap,
             )
             run = run_plan(plan, ctx, admitted.expression, self.table)

@@ -56,6 +56,7 @@ class WorkerInfo:
     node_id: str
     gpu_ids: tuple[str, ...]
     placement_group: str | None
+    prefix_caching: bool = False  # whether the engine reuses prompt prefixes' KV (the ledger's mode)
 
 
 class _Worker:
@@ -70,6 +71,7 @@ class _Worker:
             context.get_node_id(),
             tuple(str(g) for g in ray.get_gpu_ids()),
             pg,
+            getattr(engine, "prefix_caching", False),
         )
         self._serial = None if batching else asyncio.Lock()
 
@@ -214,6 +216,7 @@ class _Remote:
         self.handle = handle
         self.model_name = info.model_name
         self.num_parameters = info.num_parameters
+        self.prefix_caching = info.prefix_caching  # the ledger charges what the engine computes
         self.failover = failover
         self.counts: Counter[str] = Counter()  # lost calls "retried", and given up as "unavailable"
 
