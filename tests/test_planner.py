@@ -159,9 +159,11 @@ def sim_ctx(seed: int = 0, budget: Budget | None = None) -> SearchContext:
     return SearchContext(SimPolicy(step_error=0.15), SimPRM(), ARITH.prompt("3+4*5-6"), ARITH, budget, seed)
 
 
-def make_table(policy: str = "arith-policy", prm: str = "arith-prm") -> PlanTable:
-    """A two-bin table: easy prompts stop at the probe, hard ones go to weighted@8."""
-    stop, w8 = PlanOption(strategy="stop"), PlanOption(strategy="weighted", n=8)
+def make_table(
+    policy: str = "arith-policy", prm: str = "arith-prm", hard: PlanOption | None = None
+) -> PlanTable:
+    """A two-bin table: easy prompts stop at the probe, hard ones go to weighted@8 (or ``hard``)."""
+    stop, w8 = PlanOption(strategy="stop"), hard or PlanOption(strategy="weighted", n=8)
 
     def entry(option: PlanOption) -> BinEntry:
         return BinEntry(
@@ -220,6 +222,43 @@ def test_replay_charges_exactly_what_the_online_path_charges():
         asyncio.run(stop(EngineSampler(sim_ctx()))).to_dict()
         == asyncio.run(stop(ReplaySampler(pool))).to_dict()
     )
+
+
+def test_a_tree_search_plan_runs_its_strategy_online_and_replays_its_recorded_run():
+    """A table may send a bin to beam search: online the planner runs beam after the probe and
+    charges both; a pool records the run, and replaying the plan charges exactly that."""
+    beam = PlanOption(strategy="beam", n=4)
+    table = make_table(hard=beam).model_copy(update={"edges": [-1e9]})  # every prompt is hard
+    alloc = table.allocate(10_000)
+    hard = "21-95*9-52+5*3"
+    ctx = replace(sim_ctx(), prompt=ARITH.prompt(hard))
+    online = ctx.new_ledger()
+    planned = asyncio.run(solve(EngineSampler(ctx), hard, table, alloc, online))
+    probe_ledger = ctx.new_ledger()
+    asyncio.run(run_probe(EngineSampler(ctx), table.estimator.probe, probe_ledger))
+    assert planned.option == beam
+    alone = asyncio.run(registry.run("beam", ctx, 4))
+    assert planned.outcome.answer == alone.answer
+    assert online.policy_generated_tokens == (
+        probe_ledger.policy_generated_tokens + alone.ledger.policy_generated_tokens
+    )
+    pool = asyncio.run(record_pool(ctx, hard, m=3, runs=(beam,), temperatures=(0.5,)))
+    assert set(pool.runs) == {"beam@4"} and len(pool.tempered[0.5]) == 3
+    recorded = pool.runs["beam@4"]
+    assert recorded.answer == asyncio.run(registry.run("beam", ctx, 4)).answer
+    ledger = ctx.new_ledger()
+    sampler = ReplaySampler(type(pool).from_dict(json.loads(json.dumps(pool.to_dict()))))
+    probe = asyncio.run(run_probe(sampler, ProbeSpec(samples=1), ledger))
+    outcome = asyncio.run(execute(sampler, probe, beam, ledger))
+    assert outcome.answer == recorded.answer
+    assert ledger.policy_prefill_tokens == pool.prompt_tokens + recorded.policy_prefill_tokens
+    assert ledger.prm_tokens == recorded.prm_tokens
+    cool = asyncio.run(execute(sampler, probe, PlanOption(strategy="majority", n=3, temperature=0.5), ledger))
+    assert [s.answer for s in cool.candidates[1:]] == [s.answer for s in pool.tempered[0.5][:2]]
+    with pytest.raises(ValueError, match="no run of dvts@4"):
+        asyncio.run(execute(ReplaySampler(pool), probe, PlanOption(strategy="dvts", n=4), ctx.new_ledger()))
+    with pytest.raises(ValueError, match="unknown strategy"):
+        PlanOption(strategy="telepathy", n=4)
 
 
 @pytest.mark.parametrize("ceiling", [150.0, 400.0, 900.0, 3000.0])
@@ -312,6 +351,51 @@ def test_calibrate_end_to_end_on_the_zoo(tmp_path):
     assert job.main([*args, "--resume"]) == 0  # nothing left to record; tables rebuilt
     assert job.main([*args, "--resume", "--estimator", "telepathy"]) == 2
     assert job.main([*args, "--resume", "--sizes", "4,64"]) == 2
+    assert job.main([*args, "--resume", "--strategies", "beam", "--run-sizes", "4"]) == 2  # pools lack it
+
+
+def test_calibrate_offers_tree_search_and_other_temperatures_on_the_zoo(tmp_path):
+    """Calibration runs beam search for real per problem and records samples at a second
+    temperature; every bin's curves price those plans, and the choices may take them."""
+    from nexus_ray.jobs import calibrate as job
+
+    args = [
+        "--dataset",
+        "arith-calib",
+        "--per-level",
+        "2",
+        "--samples",
+        "3",
+        "--sizes",
+        "2,4",
+        "--temperatures",
+        "1.0,0.5",
+        "--strategies",
+        "beam",
+        "--run-sizes",
+        "4",
+        "--bins",
+        "2",
+        "--estimator",
+        "surprisal",
+        "--concurrency",
+        "8",
+        "--out",
+        str(tmp_path),
+    ]
+    assert job.main(args) == 0
+    pools = [json.loads(line) for line in (tmp_path / "pools.jsonl").read_text().splitlines()]
+    assert len(pools) == 10 and all(
+        set(p["runs"]) == {"beam@4"} and len(p["tempered"]["0.5"]) == 3 for p in pools
+    )
+    table = PlanTable.load(tmp_path / "table-surprisal.json")
+    for b in table.bins:
+        labels = {o.option.label for o in b.options}
+        assert {"beam@4", "weighted@4/t0.5", "majority@2/t0.5", "weighted@4"} <= labels
+        beam = next(o for o in b.options if o.option.label == "beam@4")
+        weighted = next(o for o in b.options if o.option.label == "weighted@4")
+        assert beam.compute > weighted.compute > 0
+    assert job.main([*args, "--resume", "--strategies", "greedy"]) == 2  # takes no budget: not a plan
 
 
 def test_reasoning_effort_scales_the_mean_budget_and_leaves_the_pacer_alone():

@@ -3,8 +3,12 @@
     nexus-ray calibrate --dataset arith-calib --estimator learned
     ray job submit --working-dir . -- python -m nexus_ray.jobs.calibrate --dataset arith-calib --workers 4
 
+    nexus-ray calibrate --dataset arith-calib --strategies beam,dvts --run-sizes 4,16 --temperatures 1.0,0.7
+
 Step 1 records, per problem, the greedy decode and ``--samples`` temperature-1 samples, all
-PRM-scored (``pools.jsonl``, appended as they finish; ``--resume`` continues). It runs on the
+PRM-scored, ``--samples`` more at each other of ``--temperatures``, and each of
+``--strategies`` (tree search, particles, ...) run for real at each of ``--run-sizes``
+generations (``pools.jsonl``, appended as they finish; ``--resume`` continues). It runs on the
 eval harness's runners: in this process, or with ``--workers N`` as Ray tasks over shared
 policy and PRM workers. Step 2 replays every plan of the menu on every pool (probe included,
 priced by the same ledger as online), bins problems by the estimator's difficulty, picks the
@@ -24,7 +28,7 @@ from nexus_ray.config import ModelsConfig
 from nexus_ray.jobs import models
 from nexus_ray.jobs.eval import interleave_levels, load_records, run_local, run_on_ray, select_examples
 from nexus_ray.planner import replay
-from nexus_ray.planner.calibrate import build_table
+from nexus_ray.planner.calibrate import build_table, run_options
 from nexus_ray.planner.table import ModelStamp, PlanTable, model_fingerprint
 from nexus_ray.tasks import datasets
 from nexus_ray.tasks.format import TaskFormat
@@ -50,6 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--samples", type=int, default=31, help="temperature-1 samples recorded per problem (>= max size - 1)"
+    )
+    p.add_argument(
+        "--temperatures",
+        default="1.0",
+        help="sampling temperatures of the majority/weighted plans (pools record --samples at each)",
+    )
+    p.add_argument(
+        "--strategies",
+        default="",
+        help="strategies run for real per problem and offered as plans (e.g. beam,dvts,mcts,particles)",
+    )
+    p.add_argument(
+        "--run-sizes", default=None, help="generations of each --strategies plan (default: --sizes)"
     )
     p.add_argument("--no-early-exit", action="store_true", help="never stop early on a unanimous probe")
     p.add_argument("--per-level", type=int, default=None, help="use only the first N problems of each level")
@@ -77,7 +94,14 @@ def record(args, config: ModelsConfig, examples: list[datasets.Example], fmt: Ta
     print(f"{len(examples)} problems, {len(done)} pools recorded before, {len(work)} to go -> {path}")
     if not work:
         return
-    solver = partial(replay.record_one, fmt=fmt, samples=args.samples, seed=args.seed)
+    solver = partial(
+        replay.record_one,
+        fmt=fmt,
+        samples=args.samples,
+        seed=args.seed,
+        temperatures=args.temperature_list,
+        runs=args.runs,
+    )
     if args.workers > 0:
         with ray_session():
             run_on_ray(args.workers, config.policy, config.prm, solver, work, path, args.concurrency)
@@ -97,6 +121,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--sizes {args.sizes} needs --samples >= {max(sizes or (2,)) - 1}")
         if args.bins < 1:
             raise ValueError("--bins must be >= 1")
+        args.temperature_list = tuple(float(t) for t in args.temperatures.split(",") if t.strip())
+        if not args.temperature_list or not all(0 < t <= 2 for t in args.temperature_list):
+            raise ValueError(f"--temperatures {args.temperatures!r}: a comma list of numbers in (0, 2]")
+        run_sizes = [int(s) for s in (args.run_sizes or args.sizes).split(",") if s.strip()]
+        strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+        args.runs = run_options(strategies, run_sizes)
         examples = select_examples(args.dataset, args.per_level)
         config, fmt = models.resolve_models(args, examples)
         stamps = (
@@ -131,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                 bins=args.bins,
                 sizes=sizes,
                 early_exit=not args.no_early_exit,
+                temperatures=args.temperature_list,
+                runs=args.runs,
             )
         except ValueError as err:
             print(f"error: {err}")

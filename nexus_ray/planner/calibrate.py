@@ -1,8 +1,9 @@
 """Building a plan table from recorded calibration pools.
 
-1. Every plan of the menu (``stop``, ``majority@n``, ``weighted@n``) is run on every problem's
-   pool, probe included, early exit as the service will do it: correctness and compute per
-   (problem, plan).
+1. Every plan of the menu (``stop``; ``majority@n`` and ``weighted@n`` at each sampling
+   temperature; any registered strategy at n generations, e.g. ``beam@16``, recorded for real
+   in the pools) is run on every problem's pool, probe included, early exit as the service will
+   do it: correctness and compute per (problem, plan).
 2. Problems are binned by the estimator's difficulty at calibration quantiles.
 3. Per (bin, budget in generations), the best plan among those with n <= budget is chosen,
    ties to the cheaper; its accuracy is also estimated by two-fold cross-validation inside the
@@ -28,11 +29,26 @@ from nexus_ray.planner.difficulty import (
     spearman,
 )
 from nexus_ray.planner.replay import Recorded, Result
-from nexus_ray.planner.table import BinEntry, BudgetChoice, ModelStamp, OptionStats, PlanOption, PlanTable
+from nexus_ray.planner.table import (
+    SAMPLED,
+    BinEntry,
+    BudgetChoice,
+    ModelStamp,
+    OptionStats,
+    PlanOption,
+    PlanTable,
+)
+from nexus_ray.search import registry
 
 
-def menu(sizes: list[int], pool_samples: int) -> list[PlanOption]:
-    """The plans calibration compares: stop at the probe, or extend to n samples and vote."""
+def menu(
+    sizes: list[int],
+    pool_samples: int,
+    temperatures: tuple[float, ...] = (1.0,),
+    runs: tuple[PlanOption, ...] = (),
+) -> list[PlanOption]:
+    """The plans calibration compares: stop at the probe; extend to n samples at each
+    temperature and vote; and the strategies run for real (``runs``, see ``run_options``)."""
     if any(n < 2 for n in sizes):
         raise ValueError("plan sizes are numbers of samples >= 2")
     too_big = [n for n in sizes if n > pool_samples + 1]
@@ -40,9 +56,27 @@ def menu(sizes: list[int], pool_samples: int) -> list[PlanOption]:
         raise ValueError(
             f"plan sizes {too_big} need more samples than the pools hold ({pool_samples} + greedy)"
         )
-    return [PlanOption(strategy="stop")] + [
-        PlanOption(strategy=s, n=n) for n in sizes for s in ("majority", "weighted")
+    sampled = [
+        PlanOption(strategy=s, n=n, temperature=t)
+        for t in temperatures
+        for n in sizes
+        for s in ("majority", "weighted")
     ]
+    return [PlanOption(strategy="stop"), *sampled, *runs]
+
+
+def run_options(strategies: list[str], sizes: list[int]) -> tuple[PlanOption, ...]:
+    """Every strategy that calibration runs for real (not replayable from samples) at each size."""
+    options = []
+    for name in strategies:
+        spec, _ = registry.get(name)
+        if name in (*SAMPLED, "best_of_n") or not spec.takes_budget:
+            raise ValueError(
+                f"{name!r} is replayed from the pools or takes no budget; --strategies takes tree "
+                f"searches and other strategies run per problem (e.g. beam, dvts, mcts)"
+            )
+        options += [PlanOption(strategy=name, n=n) for n in sizes]
+    return tuple(options)
 
 
 def fold(problem: str) -> int:
@@ -104,12 +138,18 @@ def build_table(
     bins: int = 5,
     sizes: tuple[int, ...] = (4, 8, 16, 32),
     early_exit: bool = True,
+    temperatures: tuple[float, ...] = (1.0,),
+    runs: tuple[PlanOption, ...] = (),
 ) -> PlanTable:
     if len(recs) < 2 * bins:
         raise ValueError(f"{len(recs)} calibration problems are too few for {bins} bins (need >= {2 * bins})")
+    missing = sorted({o.label for o in runs for r in recs if o.label not in r.pool.runs})
+    missing += [f"t={t:g}" for t in temperatures if t != 1.0 and any(t not in r.pool.tempered for r in recs)]
+    if missing:
+        raise ValueError(f"the pools lack {', '.join(missing)}: record pools with them into a new --out")
     model = fit_learned(recs) if estimator_name == "learned" else None
     estimator = Estimator.named(estimator_name, model)
-    options = menu(list(sizes), min(len(r.pool.samples) for r in recs))
+    options = menu(list(sizes), min(len(r.pool.samples) for r in recs), temperatures, runs)
     results = {o: replay.option_results(recs, estimator, opt, early_exit) for o, opt in enumerate(options)}
     diffs = replay.difficulties(recs, estimator)
     edges = quantile_edges(diffs, bins)
@@ -129,9 +169,7 @@ def build_table(
         ]
         choices = []
         for budget in budgets:
-            candidates = [
-                o for o, opt in enumerate(options) if opt.strategy == "stop" or probe_size < opt.n <= budget
-            ]
+            candidates = [o for o, opt in enumerate(options) if _affordable(opt, budget, probe_size)]
             o = choose(candidates, results, members)
             choices.append(
                 BudgetChoice(
@@ -159,6 +197,13 @@ def build_table(
         bins=entries,
         spearman_vs_oracle=round(spearman(diffs, oracle), 4),
     )
+
+
+def _affordable(option: PlanOption, budget: int, probe_size: int) -> bool:
+    """Within ``budget`` generations: a sampled plan extends the probe, a run starts afresh."""
+    if option.strategy == "stop":
+        return True
+    return (probe_size < option.n if option.sampled else True) and option.n <= budget
 
 
 def _mean(results: list[Result], members: list[int], field: str) -> float:

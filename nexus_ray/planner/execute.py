@@ -50,14 +50,22 @@ async def execute(
     budget: Budget | None = None,
     early_exit: bool = True,
 ) -> Outcome:
-    """Extend the probe to ``option.n`` samples and vote; stop at the probe when the option says
-    so, when the probe is unanimous (``early_exit``), or when the budget has no room."""
+    """Extend the probe to ``option.n`` samples and vote, or run the option's strategy; stop at
+    the probe when the option says so, when the probe is unanimous (``early_exit``), or when the
+    budget has no room."""
     unanimous_exit = early_exit and probe.unanimous and option.strategy != "stop"
     if option.strategy == "stop" or unanimous_exit:
         i = probe_answer(probe)
         return Outcome(
             probe.samples[i].answer, probe.samples[i].text, list(probe.samples), unanimous_exit, False
         )
+    if not option.sampled:
+        if budget is not None and budget.remaining(ledger) <= 0:
+            i = probe_answer(probe)
+            return Outcome(probe.samples[i].answer, probe.samples[i].text, list(probe.samples), False, True)
+        run = await sampler.run(option, ledger, budget)
+        found = Sample(run.answer, run.policy_generated_tokens, 0.0, run.text)
+        return Outcome(run.answer, run.text, [*probe.samples, found], False, run.truncated)
     weighted = option.strategy == "weighted"
     more = max(0, option.n - len(probe.samples))
     # A weighted vote also has the PRM read the probe's samples: keep room for that.
@@ -66,7 +74,7 @@ async def execute(
         i = probe_answer(probe)  # no room to score even the probe: answer from it
         return Outcome(probe.samples[i].answer, probe.samples[i].text, list(probe.samples), False, True)
     fit = affordable(budget, ledger, sampler.prompt_tokens, more, sampler.max_tokens, weighted, reserve)
-    pool = list(probe.samples) + await sampler.sample(fit, ledger)
+    pool = list(probe.samples) + await sampler.sample(fit, ledger, option.sampling_temperature)
     if weighted:
         pool = await sampler.score(pool, ledger)
         i = select([s.answer for s in pool], [s.prm or 0.0 for s in pool], "weighted")

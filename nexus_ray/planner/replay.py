@@ -51,11 +51,19 @@ class Recorded:
 
 
 async def record_one(
-    policy, prm, example: datasets.Example, *, fmt: TaskFormat, samples: int, seed: int
+    policy,
+    prm,
+    example: datasets.Example,
+    *,
+    fmt: TaskFormat,
+    samples: int,
+    seed: int,
+    temperatures: tuple[float, ...] = (),
+    runs: tuple[PlanOption, ...] = (),
 ) -> dict:
     """A work item for the eval harness's runners: one problem's pool, as a JSON-able record."""
     ctx = SearchContext.for_problem(policy, prm, fmt, example.problem, None, seed)
-    pool = await record_pool(ctx, example.problem, samples)
+    pool = await record_pool(ctx, example.problem, samples, temperatures=temperatures, runs=runs)
     return {
         **pool.to_dict(),
         "gold": example.answer,

@@ -2,25 +2,31 @@
 
 The planner is written once against ``Sampler``. Online, ``EngineSampler`` draws from the
 policy and PRM engines. Calibration and the benchmark record a pool per problem (the greedy
-decode plus M temperature-1 samples, all PRM-scored, with their token counts) and replay it
-through ``ReplaySampler``, which hands out the recorded samples in order and charges the
-ledger for exactly the calls an online run would make (each ``sample`` call one prefill plus
-its tokens, each scored sample its PRM tokens). So every plan the table compares is costed
-as it would be online, and one pool prices every plan (Snell et al. subsample their 2048
-samples per question the same way).
+decode plus M temperature-1 samples, all PRM-scored, with their token counts; optionally M
+more at each other temperature, and the outcome of each tree-search plan run for real) and
+replay it through ``ReplaySampler``, which hands out the recorded samples in order and
+charges the ledger for exactly the calls an online run would make (each ``sample`` call one
+prefill plus its tokens, each scored sample its PRM tokens, a recorded run what it spent). So
+every plan the table compares is costed as it would be online, and one pool prices every
+sampling plan (Snell et al. subsample their 2048 samples per question the same way).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
-from typing import Protocol
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Protocol
 
 from nexus_ray.engines.base import Completion, GenerationParams, ScoreResult
+from nexus_ray.search import registry
 from nexus_ray.search.aggregate import aggregate_steps
 from nexus_ray.search.base import SearchContext
 from nexus_ray.search.full_samples import draw, score
-from nexus_ray.search.ledger import ComputeLedger
+from nexus_ray.search.ledger import Budget, ComputeLedger
+from nexus_ray.search.result import SearchResult
+
+if TYPE_CHECKING:  # table.py reads the planner's samplers (through difficulty.py): no cycle at run time
+    from nexus_ray.planner.table import PlanOption
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,38 @@ class Sample:
     ref: int = -1  # replay only: 0 the pool's greedy decode, i its i-th sample
 
 
+@dataclass(frozen=True)
+class Run:
+    """A strategy run for real on a problem (a tree-search plan): its answer and its spend."""
+
+    answer: str | None
+    policy_generated_tokens: int
+    policy_prefill_tokens: int
+    prm_tokens: int
+    generations: int
+    truncated: bool = False
+    text: str = ""
+
+    @classmethod
+    def of(cls, result: SearchResult) -> Run:
+        ledger = result.ledger
+        return cls(
+            result.answer,
+            ledger.policy_generated_tokens,
+            ledger.policy_prefill_tokens,
+            ledger.prm_tokens,
+            ledger.generations,
+            result.truncated,
+            result.solution,
+        )
+
+    def charge(self, ledger: ComputeLedger) -> None:
+        ledger.policy_generated_tokens += self.policy_generated_tokens
+        ledger.policy_prefill_tokens += self.policy_prefill_tokens
+        ledger.prm_tokens += self.prm_tokens
+        ledger.generations += self.generations
+
+
 class Sampler(Protocol):
     prompt: str
     prompt_tokens: int
@@ -45,8 +83,12 @@ class Sampler(Protocol):
         """The temperature-0 decode (one generate call)."""
         ...
 
-    async def sample(self, n: int, ledger: ComputeLedger) -> list[Sample]:
-        """``n`` temperature-1 samples in one generate call."""
+    async def sample(self, n: int, ledger: ComputeLedger, temperature: float = 1.0) -> list[Sample]:
+        """``n`` samples at ``temperature`` in one generate call."""
+        ...
+
+    async def run(self, option: PlanOption, ledger: ComputeLedger, budget: Budget | None) -> Run:
+        """The option's strategy at ``option.n`` generations, charged to ``ledger``."""
         ...
 
     async def score(self, samples: list[Sample], ledger: ComputeLedger) -> list[Sample]:
@@ -87,8 +129,16 @@ class EngineSampler:
         [s] = await self._generate(1, 0.0, ledger)
         return s
 
-    async def sample(self, n: int, ledger: ComputeLedger) -> list[Sample]:
-        return await self._generate(n, 1.0, ledger) if n > 0 else []
+    async def sample(self, n: int, ledger: ComputeLedger, temperature: float = 1.0) -> list[Sample]:
+        return await self._generate(n, temperature, ledger) if n > 0 else []
+
+    async def run(self, option: PlanOption, ledger: ComputeLedger, budget: Budget | None) -> Run:
+        """Run the strategy under what is left of ``budget`` and charge what it spent."""
+        ctx = self.ctx if budget is None else replace(self.ctx, budget=Budget(budget.remaining(ledger)))
+        params = {"temperature": option.temperature} if option.temperature else None
+        run = Run.of(await registry.run(option.strategy, ctx, option.n, params))
+        run.charge(ledger)
+        return run
 
     async def score(self, samples: list[Sample], ledger: ComputeLedger) -> list[Sample]:
         todo = [i for i, s in enumerate(samples) if s.prm is None]
@@ -104,13 +154,16 @@ class EngineSampler:
 
 @dataclass(frozen=True)
 class Pool:
-    """A problem's recorded samples: the greedy decode and M temperature-1 samples, all scored."""
+    """A problem's recorded samples: the greedy decode and M temperature-1 samples, all scored;
+    ``tempered``: M samples at each other temperature; ``runs``: tree-search plans by label."""
 
     problem: str
     prompt: str
     prompt_tokens: int
     greedy: Sample
     samples: tuple[Sample, ...]
+    tempered: dict[float, tuple[Sample, ...]] = field(default_factory=dict)
+    runs: dict[str, Run] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         strip = lambda s: {k: v for k, v in asdict(s).items() if k not in ("text", "ref")}
@@ -120,6 +173,8 @@ class Pool:
             "prompt_tokens": self.prompt_tokens,
             "greedy": strip(self.greedy),
             "samples": [strip(s) for s in self.samples],
+            "tempered": {str(t): [strip(s) for s in ss] for t, ss in self.tempered.items()},
+            "runs": {label: strip(r) for label, r in self.runs.items()},
         }
 
     @classmethod
@@ -130,6 +185,8 @@ class Pool:
             d["prompt_tokens"],
             Sample(**d["greedy"]),
             tuple(Sample(**s) for s in d["samples"]),
+            {float(t): tuple(Sample(**s) for s in ss) for t, ss in d.get("tempered", {}).items()},
+            {label: Run(**r) for label, r in d.get("runs", {}).items()},
         )
 
     def pass_at_1(self, correct: Callable[[str | None], bool]) -> float:
@@ -137,14 +194,27 @@ class Pool:
         return sum(correct(s.answer) for s in self.samples) / max(1, len(self.samples))
 
 
-async def record_pool(ctx: SearchContext, problem: str, m: int, max_tokens: int = MAX_TOKENS) -> Pool:
-    """Draw and score what replay needs: the greedy decode and ``m`` samples."""
+async def record_pool(
+    ctx: SearchContext,
+    problem: str,
+    m: int,
+    max_tokens: int = MAX_TOKENS,
+    temperatures: tuple[float, ...] = (),
+    runs: tuple[PlanOption, ...] = (),
+) -> Pool:
+    """Draw and score what replay needs: the greedy decode and ``m`` samples, ``m`` more at
+    each other temperature, and each of ``runs`` run for real (no ceiling)."""
     sampler = EngineSampler(ctx, max_tokens)
     ledger = ctx.new_ledger()
     greedy = await sampler.greedy(ledger)
     samples = await sampler.sample(m, ledger)
     scored = await sampler.score([greedy, *samples], ledger)
-    return Pool(problem, ctx.prompt, sampler.prompt_tokens, scored[0], tuple(scored[1:]))
+    tempered = {}
+    for t in temperatures:
+        if t != 1.0:
+            tempered[t] = tuple(await sampler.score(await sampler.sample(m, ledger, t), ledger))
+    recorded = {option.label: await sampler.run(option, ctx.new_ledger(), None) for option in runs}
+    return Pool(problem, ctx.prompt, sampler.prompt_tokens, scored[0], tuple(scored[1:]), tempered, recorded)
 
 
 class ReplaySampler:
@@ -158,28 +228,44 @@ class ReplaySampler:
         self.prompt = pool.prompt
         self.prompt_tokens = pool.prompt_tokens
         self.max_tokens = max_tokens
-        self._next = 0
+        self._next: dict[float, int] = {}  # per temperature: samples handed out
+        self._handed: list[Sample] = []  # what each ref stands for
+
+    def _hand(self, s: Sample) -> Sample:
+        self._handed.append(s)
+        return replace(s, prm=None, prm_tokens=0, ref=len(self._handed) - 1)
 
     def _recorded(self, s: Sample) -> Sample:
-        return self.pool.greedy if s.ref == 0 else self.pool.samples[s.ref - 1]
+        return self._handed[s.ref]
 
     async def greedy(self, ledger: ComputeLedger) -> Sample:
         ledger.charge_call(self.prompt, self.prompt_tokens, self.pool.greedy.tokens)
         ledger.generations += 1
-        return replace(self.pool.greedy, prm=None, prm_tokens=0, ref=0)
+        return self._hand(self.pool.greedy)
 
-    async def sample(self, n: int, ledger: ComputeLedger) -> list[Sample]:
+    async def sample(self, n: int, ledger: ComputeLedger, temperature: float = 1.0) -> list[Sample]:
         if n <= 0:
             return []
-        if self._next + n > len(self.pool.samples):
+        recorded = self.pool.samples if temperature == 1.0 else self.pool.tempered.get(temperature, ())
+        start = self._next.get(temperature, 0)
+        if start + n > len(recorded):
             raise ValueError(
-                f"the recorded pool holds {len(self.pool.samples)} samples; a plan asked for {self._next + n}"
+                f"the recorded pool holds {len(recorded)} samples at temperature {temperature:g}; "
+                f"a plan asked for {start + n}"
             )
-        start, self._next = self._next, self._next + n
-        drawn = self.pool.samples[start : self._next]
+        self._next[temperature] = start + n
+        drawn = recorded[start : start + n]
         ledger.charge_call(self.prompt, self.prompt_tokens, sum(s.tokens for s in drawn))
         ledger.generations += n
-        return [replace(s, prm=None, prm_tokens=0, ref=start + 1 + i) for i, s in enumerate(drawn)]
+        return [self._hand(s) for s in drawn]
+
+    async def run(self, option: PlanOption, ledger: ComputeLedger, budget: Budget | None) -> Run:
+        """The recorded run of the option (calibration records them without a ceiling)."""
+        if option.label not in self.pool.runs:
+            raise ValueError(f"the recorded pool has no run of {option.label}; record it with calibrate")
+        run = self.pool.runs[option.label]
+        run.charge(ledger)
+        return run
 
     async def score(self, samples: list[Sample], ledger: ComputeLedger) -> list[Sample]:
         out = []

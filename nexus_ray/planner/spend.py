@@ -93,16 +93,23 @@ def strategy_ceiling(
 
 
 def table_ceiling(ctx: SearchContext, table: PlanTable, allocation: Allocation, max_tokens: int) -> float:
-    """A table plan's ceiling: its most expensive reachable plan in worst-case generations."""
+    """A table plan's ceiling: its most expensive reachable plan in worst-case generations; a
+    plan that runs a strategy after the probe: the probe's worst case plus the strategy's."""
     probe = table.estimator.probe
     n, scored = probe.samples, probe.prm
+    runs = 0.0
     for b, mix in enumerate(allocation.mixes):
         for choice in (mix.low, mix.high) if mix.p_high > 0 else (mix.low,):
             option = table.option(b, choice)
-            if option.strategy != "stop":
+            if option.strategy == "stop":
+                continue
+            if option.sampled:
                 n = max(n, option.n)
                 scored = scored or option.strategy == "weighted"
-    return n * generation_worst_case(ctx, max_tokens, scored)
+            else:
+                probe_cost = probe.samples * generation_worst_case(ctx, max_tokens, probe.prm)
+                runs = max(runs, probe_cost + strategy_ceiling(ctx, option.strategy, option.n))
+    return max(runs, n * generation_worst_case(ctx, max_tokens, scored))
 
 
 # The controller's fixed proportions, in horizons (chosen by replaying arith-test in 16 random
