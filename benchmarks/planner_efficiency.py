@@ -14,10 +14,13 @@ planner (tables calibrated on another set only) and for uniform strategies, in o
    replayed on the same pools (same samples for everyone: a paired comparison), probe costs
    included; and online, through the engines, at the low/medium/high budgets, to check that
    replay predicts what the service does.
-4. Reports (a) the accuracy gain at equal compute over uniform weighted best-of-N, (b) the
-   efficiency ratio: the compute weighted best-of-N needs to reach the planner's accuracy
-   (interpolated on its curve) over the planner's, (c) both with oracle difficulty; Spearman
-   of each estimator against oracle difficulty. Writes JSON and a plot.
+4. Reports, against the **frontier of every uniform strategy, greedy included** (the upper
+   concave hull of greedy, majority@n, weighted@n and beam@n: at any compute, the best any one
+   of them, or a random mix of two, reaches) and against uniform weighted best-of-N alone:
+   (a) the accuracy gain at equal compute, (b) the efficiency ratio: the compute the baseline
+   needs to reach the planner's accuracy over the planner's, with 90% bootstrap intervals
+   (problems resampled, paired), (c) both with oracle difficulty; Spearman of each estimator
+   against oracle difficulty. Writes JSON and a plot.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from nexus_ray.engines import build_policy_engine, build_reward_engine
 from nexus_ray.jobs import models
 from nexus_ray.jobs.eval import Job, interleave_levels, load_records, run_local, select_examples, solve_one
 from nexus_ray.planner import replay
+from nexus_ray.planner.allocate import Point, upper_hull
 from nexus_ray.planner.difficulty import spearman
 from nexus_ray.planner.execute import solve
 from nexus_ray.planner.sampling import EngineSampler
@@ -73,17 +77,20 @@ def compute_to_reach(curve: list[dict], accuracy: float) -> float | None:
     return None
 
 
-def accuracy_at(curve: list[dict], compute: float) -> float | None:
-    """The curve's accuracy at ``compute`` (linear between measured points; None outside)."""
+def accuracy_at(curve: list[dict], compute: float, flat_right: bool = False) -> float | None:
+    """The curve's accuracy at ``compute`` (linear between measured points; None outside, or
+    with ``flat_right`` its best past its dearest point: a frontier can always waste compute)."""
     pts = sorted((p["compute"], p["accuracy"]) for p in curve)
+    if flat_right and compute > pts[-1][0]:
+        return max(a for _, a in pts)
     if compute < pts[0][0] or compute > pts[-1][0]:
         return None
     return float(np.interp(compute, [c for c, _ in pts], [a for _, a in pts]))
 
 
-def compare(planner: dict, weighted: list[dict]) -> dict:
+def compare(planner: dict, weighted: list[dict], flat_right: bool = False) -> dict:
     need = compute_to_reach(weighted, planner["accuracy"])
-    at = accuracy_at(weighted, planner["compute"])
+    at = accuracy_at(weighted, planner["compute"], flat_right)
     top = max(p["compute"] for p in weighted)
     return {
         **planner,
@@ -96,23 +103,36 @@ def compare(planner: dict, weighted: list[dict]) -> dict:
     }
 
 
+def frontier(points: dict[str, dict]) -> list[dict]:
+    """The upper concave hull of uniform strategies' (compute, accuracy) points, each labelled."""
+    hull = upper_hull([Point(p["compute"], p["accuracy"], i) for i, p in enumerate(points.values())])
+    labels = list(points)
+    return [{"strategy": labels[p.index], "compute": p.compute, "accuracy": p.accuracy} for p in hull]
+
+
 def bootstrap(
-    planner: list[replay.Result], weighted: dict[int, list[replay.Result]], draws: int = 1000, seed: int = 0
+    planner: list[replay.Result],
+    baselines: dict[str, list[replay.Result]],
+    draws: int = 1000,
+    seed: int = 0,
+    hull: bool = False,
 ) -> dict:
     """90% intervals of the efficiency ratio and the accuracy gain, resampling problems (paired:
-    the planner and the baseline see the same resampled problems)."""
+    the planner and the baselines see the same resampled problems); ``hull``: against the
+    frontier of all baselines, else against their curve (one strategy at several n)."""
     rng = np.random.default_rng(seed)
     pc, pa = np.array([r.compute for r in planner]), np.array([r.correct for r in planner], dtype=float)
-    wc = {n: np.array([r.compute for r in rs]) for n, rs in weighted.items()}
-    wa = {n: np.array([r.correct for r in rs], dtype=float) for n, rs in weighted.items()}
+    wc = {n: np.array([r.compute for r in rs]) for n, rs in baselines.items()}
+    wa = {n: np.array([r.correct for r in rs], dtype=float) for n, rs in baselines.items()}
     ratios, gains = [], []
     for _ in range(draws):
         idx = rng.integers(0, len(planner), len(planner))
-        curve = [{"compute": wc[n][idx].mean(), "accuracy": wa[n][idx].mean()} for n in weighted]
+        points = {n: {"compute": wc[n][idx].mean(), "accuracy": wa[n][idx].mean()} for n in baselines}
+        curve = frontier(points) if hull else list(points.values())
         mine = {"compute": pc[idx].mean(), "accuracy": pa[idx].mean()}
         need = compute_to_reach(curve, mine["accuracy"])
         ratios.append(math.inf if need is None else need / mine["compute"])
-        at = accuracy_at(curve, mine["compute"])
+        at = accuracy_at(curve, mine["compute"], flat_right=hull)
         if at is not None:
             gains.append(mine["accuracy"] - at)
     lo, hi = np.percentile(ratios, [5, 95], method="nearest")  # inf: weighted never got there
@@ -134,8 +154,11 @@ def record_pools(args, path: Path) -> list[replay.Recorded]:
     return [r for r in replay.load_pools(path) if r.pool.problem in wanted]
 
 
-def beam_points(args, path: Path, recs: list[replay.Recorded]) -> list[dict]:
-    """Beam search for real (it cannot be replayed from complete samples), through the eval harness."""
+def beam_points(
+    args, path: Path, recs: list[replay.Recorded]
+) -> tuple[list[dict], dict[int, list[replay.Result]]]:
+    """Beam search for real (it cannot be replayed from complete samples), through the eval
+    harness: its points, and per budget its results in the order of ``recs``."""
     examples = {e.problem: e for e in select_examples(args.dataset, args.per_level)}
     jobs = [Job("beam", b) for b in args.beam_budgets]
     done = {(r["problem"], r["budget"]) for r in load_records(path)}
@@ -146,19 +169,13 @@ def beam_points(args, path: Path, recs: list[replay.Recorded]) -> list[dict]:
         print(f"running beam search on {len(work)} (problem, budget) pairs -> {path}")
         solver = partial(solve_one, fmt=args.fmt, seed=args.seed, overrides={}, token_cap_per_generation=None)
         run_local(args.models.policy, args.models.prm, solver, work, path, args.concurrency)
-    records = [r for r in load_records(path) if r["problem"] in examples]
-    out = []
+    records = {(r["problem"], r["budget"]): r for r in load_records(path) if r["problem"] in examples}
+    out, results = [], {}
     for b in args.beam_budgets:
-        rs = [r for r in records if r["budget"] == b]
-        out.append(
-            {
-                "n": b,
-                "compute": float(np.mean([r["ledger"]["policy_token_equivalents"] for r in rs])),
-                "accuracy": float(np.mean([r["correct"] for r in rs])),
-                "problems": len(rs),
-            }
-        )
-    return out
+        rs = [records[(r.pool.problem, b)] for r in recs]
+        results[b] = [replay.Result(r["correct"], r["ledger"]["policy_token_equivalents"]) for r in rs]
+        out.append({"n": b, **point(results[b]), "problems": len(rs)})
+    return out, results
 
 
 def online(args, table: PlanTable, budgets: list[float], recs: list[replay.Recorded]) -> list[dict]:
@@ -232,16 +249,25 @@ def main(argv: list[str] | None = None) -> int:
     budgets = [float(b) for b in args.budgets.split(",")]
 
     recs = record_pools(args, args.out / f"pools-{Path(args.dataset).stem}.jsonl")
-    beam = beam_points(args, args.out / "beam-records.jsonl", recs)
+    beam, beam_results = beam_points(args, args.out / "beam-records.jsonl", recs)
     print(f"{len(recs)} {args.dataset} problems; baselines and planner replays")
     sizes = [n for n in SIZES if n <= min(len(r.pool.samples) for r in recs)]
     weighted_results = {n: replay.uniform_results(recs, "weighted", n) for n in sizes}
+    majority_results = {n: replay.uniform_results(recs, "majority", n) for n in sizes}
     weighted = [{"n": n, **point(rs)} for n, rs in weighted_results.items()]
-    majority = [{"n": n, **point(replay.uniform_results(recs, "majority", n))} for n in sizes]
+    majority = [{"n": n, **point(rs)} for n, rs in majority_results.items()]
     stop = tables["surprisal"] if "surprisal" in tables else tables["oracle"]
-    greedy = point(
-        replay.planned_results(recs, stop, stop.allocate(0.0))
+    greedy_results = replay.planned_results(
+        recs, stop, stop.allocate(0.0)
     )  # every bin stops at the greedy probe
+    greedy = point(greedy_results)
+    uniform = {
+        "greedy": greedy_results,
+        **{f"weighted@{n}": rs for n, rs in weighted_results.items()},
+        **{f"majority@{n}": rs for n, rs in majority_results.items()},
+        **{f"beam@{n}": rs for n, rs in beam_results.items()},
+    }
+    best_uniform = frontier({name: point(rs) for name, rs in uniform.items()})
 
     oracle_diff = [1 - r.pass_at_1 for r in recs]
     grid = sorted(set(np.geomspace(40, 4000, 24).round(1).tolist()) | set(budgets))
@@ -256,10 +282,19 @@ def main(argv: list[str] | None = None) -> int:
                 plans = {}
                 for r in results:
                     plans[r.planned.option.label] = plans.get(r.planned.option.label, 0) + 1
+                vs_frontier = compare(curves[name][-1], best_uniform, flat_right=True)
                 at_budgets[name].append(
                     {
                         **compare(curves[name][-1], weighted),
                         **bootstrap(results, weighted_results),
+                        "vs_frontier": {
+                            "accuracy_at_equal_compute": vs_frontier["weighted_accuracy_at_equal_compute"],
+                            "accuracy_gain": vs_frontier["accuracy_gain"],
+                            "compute_to_match": vs_frontier["weighted_compute_to_match"],
+                            "efficiency_ratio": vs_frontier["efficiency_ratio"],
+                            "efficiency_ratio_at_least": vs_frontier["efficiency_ratio_at_least"],
+                            **bootstrap(results, uniform, hull=True),
+                        },
                         "plans": plans,
                     }
                 )
@@ -276,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         "weighted": weighted,
         "majority": majority,
         "beam": beam,
+        "uniform_frontier": best_uniform,
         "spearman_vs_oracle": ranking,
         "planner_curves": curves,
         "planner_at_budgets": at_budgets,
@@ -315,6 +351,12 @@ def print_report(report: dict) -> None:
         + ", ".join(f"n={p['n']} {p['accuracy']:.3f}@{p['compute']:.0f}" for p in report["beam"])
     )
     print(
+        "frontier of uniform strategies (greedy included): "
+        + ", ".join(
+            f"{p['strategy']} {p['accuracy']:.3f}@{p['compute']:.0f}" for p in report["uniform_frontier"]
+        )
+    )
+    print(
         "Spearman vs oracle difficulty: "
         + ", ".join(f"{k} {v:+.3f}" for k, v in report["spearman_vs_oracle"].items())
     )
@@ -334,6 +376,20 @@ def print_report(report: dict) -> None:
             print(
                 f"{name:<10} {r['mean_budget']:>7.0f} {r['compute']:>8.0f} {r['accuracy']:>8.3f} "
                 f"{at:>10} {gain:>7} {_ratio(r):>24} {ci:>14}  {r['plans']}"
+            )
+            f = r["vs_frontier"]
+            f_at = "-" if f["accuracy_at_equal_compute"] is None else f"{f['accuracy_at_equal_compute']:.3f}"
+            f_gain = "-" if f["accuracy_gain"] is None else f"{f['accuracy_gain']:+.3f}"
+            f_ratio = (
+                f"{f['efficiency_ratio']:.2f}x"
+                if f["efficiency_ratio"] is not None
+                else f">{f['efficiency_ratio_at_least']:.2f}x (never reached)"
+            )
+            f_ci = "-".join("never" if math.isinf(x) else f"{x:.2f}" for x in f["ratio_90ci"])
+            gain_ci = "-" if "gain_90ci" not in f else "[{:+.3f}, {:+.3f}]".format(*f["gain_90ci"])
+            print(
+                f"{'  frontier':<10} {'':>7} {'':>8} {'':>8} {f_at:>10} {f_gain:>7} {f_ratio:>24} "
+                f"{f_ci:>14}  gain 90% CI {gain_ci}"
             )
     for r in report["online"]["points"]:
         print(
@@ -360,6 +416,15 @@ def plot(report: dict, path: Path) -> None:
         )
     g = report["greedy"]
     ax.plot([g["compute"]], [g["accuracy"]], "k*", markersize=12, label="greedy")
+    hull = report["uniform_frontier"]
+    ax.plot(
+        [p["compute"] for p in hull],
+        [p["accuracy"] for p in hull],
+        ":",
+        color="black",
+        linewidth=2.5,
+        label="best uniform strategy (frontier, greedy included)",
+    )
     for name, curve in report["planner_curves"].items():
         ax.plot(
             [p["compute"] for p in curve],

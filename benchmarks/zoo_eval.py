@@ -121,6 +121,11 @@ def main() -> None:
         | {"problems": len(metrics["pass@1"])}
         for level, metrics in sorted(per_level.items())
     }
+    for row in table.values():  # the share of sampling's headroom the PRM's selection captures
+        room = row[f"pass@{k}"] - row["pass@1"]
+        row["headroom_captured"] = (
+            round((row["weighted_last"] - row["pass@1"]) / room, 3) if room > 0 else None
+        )
     out = {
         "pair": args.pair,
         "dataset": dataset,
@@ -137,10 +142,13 @@ def main() -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n")
     cols = ["pass@1", f"pass@{k}", "majority", "weighted_last", "argmax_last", "weighted_min", "argmax_min"]
-    print(f"\n| level | problems | {' | '.join(cols)} |")
-    print("|---|---|" + "---|" * len(cols))
+    print(f"\n| level | problems | {' | '.join(cols)} | headroom captured |")
+    print("|---|---|" + "---|" * (len(cols) + 1))
     for level, row in table.items():
-        print(f"| {level} | {row['problems']} | " + " | ".join(f"{row[c]:.3f}" for c in cols) + " |")
+        room = "-" if row["headroom_captured"] is None else f"{row['headroom_captured']:.2f}"
+        print(
+            f"| {level} | {row['problems']} | " + " | ".join(f"{row[c]:.3f}" for c in cols) + f" | {room} |"
+        )
     print(f"\nPRM step-level AUROC on {len(step_labels)} held-out steps: {out['prm_step_auroc']:.4f}")
     print(
         f"PRM within-problem AUROC (a right solution's last-step score above a wrong one's, "

@@ -1,7 +1,8 @@
 """Reproducible training of the zoo models from the synthetic arithmetic task.
 
     python -m nexus_ray.training policy     # arith-policy: a tiny Llama that solves step by step
-    python -m nexus_ray.training prm        # arith-prm: scores each step of the policy's own samples
+    python -m nexus_ray.training policy-small  # arith-policy-small: the same at a quarter of the size
+    python -m nexus_ray.training prm        # arith-prm: checks each step against the line before it
     python -m nexus_ray.training rope-base  # rope-base: trained at a 128-token context only
     python -m nexus_ray.training experts    # merge experts: arith-policy fine-tuned per sub-task
     python -m nexus_ray.training chat-policy  # Qwen2 policy with BPE + chat template (free-form math)
@@ -20,7 +21,7 @@ from pathlib import Path
 from nexus_ray.training.chat_policy import train_chat_policy
 from nexus_ray.training.chat_prm import train_chat_prm
 from nexus_ray.training.experts import train_expert
-from nexus_ray.training.policy import train_policy
+from nexus_ray.training.policy import SMALL_POLICY_ARCH, train_policy
 from nexus_ray.training.prm import train_prm
 from nexus_ray.training.rope_base import train_rope_base
 from nexus_ray.zoo import registry
@@ -33,7 +34,8 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawTextHelpFormatter,
     )
     parser.add_argument(
-        "which", choices=["policy", "prm", "rope-base", "experts", "chat-policy", "chat-prm", "all"]
+        "which",
+        choices=["policy", "policy-small", "prm", "rope-base", "experts", "chat-policy", "chat-prm", "all"],
     )
     parser.add_argument("--out-dir", type=Path, default=registry.ZOO_DIR, help="where models are written")
     parser.add_argument("--seed", type=int, default=0)
@@ -56,6 +58,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.which in ("policy", "all"):
         train_policy(args.out_dir / "arith-policy", args.policy_steps, args.batch_size, 1.5e-3, args.seed)
+    if args.which in ("policy-small", "all"):
+        out = args.out_dir / "arith-policy-small"
+        meta = train_policy(out, args.policy_steps, args.batch_size, 1.5e-3, args.seed, SMALL_POLICY_ARCH)
+        print(f"arith-policy-small: {meta['parameters']} parameters, {meta['train_seconds']} s -> {out}")
     if args.which in ("prm", "all"):
         meta = train_prm(
             args.out_dir / "arith-policy",

@@ -23,6 +23,15 @@ POLICY_ARCH = dict(
     tie_word_embeddings=True,
     rope_theta=10000.0,
 )
+# arith-policy-small: a quarter of arith-policy's parameters (half the width), the same recipe,
+# for "small policy + test-time compute vs. large policy" (benchmarks/small_vs_large.py)
+SMALL_POLICY_ARCH = {
+    **POLICY_ARCH,
+    "hidden_size": 64,
+    "intermediate_size": 192,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+}
 
 
 def new_llama(tok, arch: dict) -> LlamaForCausalLM:
@@ -37,11 +46,13 @@ def new_llama(tok, arch: dict) -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
-def train_policy(out: Path, steps: int, batch_size: int, lr: float, seed: int) -> dict:
+def train_policy(
+    out: Path, steps: int, batch_size: int, lr: float, seed: int, arch: dict = POLICY_ARCH
+) -> dict:
     """Every batch is one difficulty level, the levels in turn; loss on the solution only."""
     set_seed(seed)
     tok = build_tokenizer()
-    model = new_llama(tok, POLICY_ARCH)
+    model = new_llama(tok, arch)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     stream = ProblemStream(seed)
     levels = list(arith.LEVELS)
@@ -50,7 +61,7 @@ def train_policy(out: Path, steps: int, batch_size: int, lr: float, seed: int) -
         model,
         opt,
         steps,
-        "arith-policy",
+        out.name,
         lambda step: warmup_cosine(step, steps, lr),
         lambda step: model(**policy_batch(stream.batch(levels[step % len(levels)], batch_size), tok)).loss,
     )
