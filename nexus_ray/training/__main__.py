@@ -39,11 +39,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out-dir", type=Path, default=registry.ZOO_DIR, help="where models are written")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="policy, policy-small, prm: continue from the last checkpoint (every 500 steps)",
+    )
     parser.add_argument("--policy-steps", type=int, default=7000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--prm-problems-per-level", type=int, default=600)
     parser.add_argument("--prm-samples", type=int, default=8, help="policy samples per problem")
-    parser.add_argument("--prm-steps", type=int, default=5000)
+    parser.add_argument("--prm-steps", type=int, default=4000)
     parser.add_argument("--rope-base-steps", type=int, default=2000)
     parser.add_argument("--expert-steps", type=int, default=200)
     parser.add_argument("--expert-batch-size", type=int, default=32)
@@ -57,10 +62,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chat-prm-steps", type=int, default=2000)
     args = parser.parse_args(argv)
     if args.which in ("policy", "all"):
-        train_policy(args.out_dir / "arith-policy", args.policy_steps, args.batch_size, 1.5e-3, args.seed)
+        out = args.out_dir / "arith-policy"
+        train_policy(out, args.policy_steps, args.batch_size, 1.5e-3, args.seed, resume=args.resume)
     if args.which in ("policy-small", "all"):
         out = args.out_dir / "arith-policy-small"
-        meta = train_policy(out, args.policy_steps, args.batch_size, 1.5e-3, args.seed, SMALL_POLICY_ARCH)
+        meta = train_policy(
+            out, args.policy_steps, args.batch_size, 1.5e-3, args.seed, SMALL_POLICY_ARCH, args.resume
+        )
         print(f"arith-policy-small: {meta['parameters']} parameters, {meta['train_seconds']} s -> {out}")
     if args.which in ("prm", "all"):
         meta = train_prm(
@@ -70,8 +78,9 @@ def main(argv: list[str] | None = None) -> None:
             args.prm_samples,
             args.prm_steps,
             args.seed,
+            resume=args.resume,
         )
-        print(f"arith-prm held-out step AUROC: {meta['heldout_step_auroc']}")
+        print(f"arith-prm on held-out policy samples: {meta['heldout']}")
     if args.which in ("rope-base", "all"):
         train_rope_base(args.out_dir / "rope-base", args.rope_base_steps, 32, 1.5e-3, args.seed)
     if args.which in ("experts", "all"):

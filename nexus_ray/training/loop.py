@@ -35,14 +35,28 @@ def fit(
     lr_at: Callable[[int], float],
     loss_at: Callable[[int], torch.Tensor],
     after_step: Callable[[int], dict | None] | None = None,
+    checkpoint: Path | None = None,
+    checkpoint_every: int = 500,
 ) -> list[dict]:
     """Schedule, step, clip, log the loss every 50 steps; returns the log.
 
     ``loss_at(step)`` draws the step's batch and returns its loss (each model's batches differ,
     the loop does not); ``after_step(step)`` may return a record (an evaluation) for the log.
+    ``checkpoint``: every ``checkpoint_every`` steps the model, optimizer, step and log go
+    there, and a run that finds one resumes from it (its later batches are drawn afresh, so a
+    resumed run is not bit-identical to an uninterrupted one); ``save`` removes it.
     """
-    log = []
-    bar = tqdm(range(steps), desc=desc, unit="step")
+    log: list[dict] = []
+    first = 0
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        first, log = state["step"], state["log"]
+        random.seed(first)
+        torch.manual_seed(first)
+        tqdm.write(f"resuming {desc} at step {first} from {checkpoint}")
+    bar = tqdm(range(first, steps), desc=desc, unit="step", initial=first, total=steps)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
@@ -57,6 +71,10 @@ def fit(
         record = after_step(step) if after_step is not None else None
         if record is not None:
             log.append(record)
+        if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step + 1, "log": log}
+            torch.save(state, checkpoint.with_suffix(".tmp"))
+            checkpoint.with_suffix(".tmp").replace(checkpoint)  # a kill mid-write keeps the last one
     return log
 
 
@@ -85,8 +103,22 @@ def run_meta(
     }
 
 
+def checkpoint_path(out: Path) -> Path:
+    """Where a run writing ``out`` keeps its resumable state."""
+    return out.with_name(out.name + ".resume.pt")
+
+
+def resumable(out: Path, resume: bool) -> Path:
+    """The checkpoint a run writing ``out`` keeps; without ``resume`` an old one is dropped."""
+    path = checkpoint_path(out)
+    if not resume:
+        path.unlink(missing_ok=True)
+    return path
+
+
 def save(model, tok, out: Path, meta: dict) -> None:
-    """Write the checkpoint into a temp dir and rename, so a killed run leaves no half model."""
+    """Write the model into a temp dir and rename, so a killed run leaves no half model; the
+    run's resumable state goes."""
     tmp = out.with_name(out.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(tmp, safe_serialization=True)
@@ -97,3 +129,4 @@ def save(model, tok, out: Path, meta: dict) -> None:
             f.unlink()
         out.rmdir()
     tmp.rename(out)
+    checkpoint_path(out).unlink(missing_ok=True)

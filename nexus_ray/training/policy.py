@@ -10,7 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from nexus_ray.tasks import arith
 from nexus_ray.training.batches import ProblemStream, policy_batch
-from nexus_ray.training.loop import fit, run_meta, save, set_seed, warmup_cosine
+from nexus_ray.training.loop import fit, resumable, run_meta, save, set_seed, warmup_cosine
 from nexus_ray.zoo.tokenizer import build_tokenizer
 
 POLICY_ARCH = dict(
@@ -47,9 +47,16 @@ def new_llama(tok, arch: dict) -> LlamaForCausalLM:
 
 
 def train_policy(
-    out: Path, steps: int, batch_size: int, lr: float, seed: int, arch: dict = POLICY_ARCH
+    out: Path,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    arch: dict = POLICY_ARCH,
+    resume: bool = False,
 ) -> dict:
-    """Every batch is one difficulty level, the levels in turn; loss on the solution only."""
+    """Every batch is one difficulty level, the levels in turn; loss on the solution only.
+    ``resume``: continue from the run's last checkpoint (``loop.fit``), if there is one."""
     set_seed(seed)
     tok = build_tokenizer()
     model = new_llama(tok, arch)
@@ -64,6 +71,7 @@ def train_policy(
         out.name,
         lambda step: warmup_cosine(step, steps, lr),
         lambda step: model(**policy_batch(stream.batch(levels[step % len(levels)], batch_size), tok)).loss,
+        checkpoint=resumable(out, resume),
     )
     meta = run_meta("policy", model, steps, batch_size, lr, seed, start, log)
     save(model, tok, out, meta)

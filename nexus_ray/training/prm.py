@@ -1,4 +1,15 @@
-"""arith-prm: a process reward model that scores each step of arith-policy's own samples."""
+"""arith-prm: a step checker that scores each step of a solution against the line before it.
+
+Why local: a step of the arith task is a function of the line before it only, so the checker
+reads ``Q: <previous line>`` then the step (format ``local`` of ``engines.prm_format``), and
+the engine multiplies the step scores into P(still correct after step i). The previous PRM
+read whole solutions on top of the frozen policy and learned little more than the policy's own
+confidence (within-problem AUROC 0.64): a verifier made of the policy cannot catch the
+policy's mistakes. This one is the policy's weights *unfrozen* under two fresh layers, trained
+on short step pairs, which are cheap enough to see hundreds of thousands of: the policy's own
+steps (its real mistakes, hard negatives) and fresh gold steps, most made wrong the ways the
+policy errs (one digit of the computed number, a copied number, the wrong operation first).
+"""
 
 from __future__ import annotations
 
@@ -15,16 +26,18 @@ from nexus_ray.engines import build_policy_engine
 from nexus_ray.engines.base import GenerationParams
 from nexus_ray.tasks import arith
 from nexus_ray.training.batches import ProblemStream, right_padded
-from nexus_ray.training.loop import fit, save, set_seed, warmup_cosine
+from nexus_ray.training.loop import fit, resumable, save, set_seed, warmup_cosine
 from nexus_ray.zoo.tokenizer import build_tokenizer
 
 PRM_EXTRA_LAYERS = 2
-PRM_CURRICULUM_STEPS = 600  # levels 1-2 only at first: the new layers learn to compare digits there
-PRM_FRESH_PER_BATCH = 24  # of each batch: fresh gold solutions, most with one corrupted step
-PRM_BATCH_SIZE = 64
-PRM_PROBE_EVERY = 500  # steps between two corruption probes (and one at the end)
+PRM_BATCH_SIZE = 128
+PRM_POLICY_SHARE = 0.5  # of each batch: steps from the policy's own samples, half of them wrong
+PRM_PROBE_EVERY = 500  # steps between two held-out probes (and one at the end)
+PRM_LM_WEIGHT = 1.0  # next-token loss on right steps, beside the step labels
+LOCAL_PROMPT = arith.QUESTION_PREFIX + "{previous}" + arith.STEP_DELIMITER
+SYNTHETIC_LEVELS = (1, 2, 3, 4, 4, 5, 5, 5)  # fresh steps lean to the levels where the policy errs
 
-Row = tuple[int, str, tuple[str, ...], tuple[tuple[int, ...], ...]]  # level, prompt, steps, labels
+Pair = tuple[str, str, tuple[int, ...]]  # previous line, step, a label per character of step + "\n"
 
 
 def policy_samples(
@@ -42,44 +55,102 @@ def policy_samples(
     return out
 
 
-def prm_example(problem: arith.Problem, solution: str) -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...]]:
-    """The PRM's view of a solution: its lines as steps, and a label per character.
+def next_line(previous: str) -> str | None:
+    """The one right line after ``previous``: its reduction, the answer line after a lone number,
+    None after a line that is not an expression (whatever follows it is wrong)."""
+    try:
+        tokens = arith.tokenize(previous)
+    except ValueError:
+        return None
+    return f"{arith.ANSWER_PREFIX}{previous}" if len(tokens) == 1 else arith.reduce_once(previous)
 
-    A character (and the newline ending its line) is labelled 1 while the text still agrees
-    with the one correct solution, 0 from the first character that departs from it. The label
-    of a step is the label at its newline: 1 iff the solution is still correct after it, which
-    is what ``arith.check`` says. Dense labels teach the PRM where an error happens, which a
-    tiny model learns far faster than one verdict per line.
+
+def step_pair(previous: str, step: str) -> Pair:
+    """A step after its previous line, with a label per character (and the newline ending it).
+
+    A character is labelled 1 while the step still agrees with the one right line, 0 from the
+    first character that departs from it; the label at the newline is the step's verdict.
+    Dense labels teach a tiny model where an error is, far faster than one label per step.
     """
-    lines = tuple(line for line in solution.split(arith.STEP_DELIMITER) if line.strip())
-    gold = [*problem.steps, f"{arith.ANSWER_PREFIX}{problem.answer}"]
+    target = next_line(previous)
+    target = "" if target is None else target + arith.STEP_DELIMITER
     ok = True
     labels = []
-    for k, line in enumerate(lines):
-        target = gold[k] + arith.STEP_DELIMITER if k < len(gold) else ""
-        row = []
-        for i, ch in enumerate(line + arith.STEP_DELIMITER):
-            ok = ok and i < len(target) and target[i] == ch
-            row.append(int(ok))
-        labels.append(tuple(row))
-    return lines, tuple(labels)
+    for i, ch in enumerate(step + arith.STEP_DELIMITER):
+        ok = ok and i < len(target) and target[i] == ch
+        labels.append(int(ok))
+    return previous, step, tuple(labels)
 
 
-def prm_batch(
-    rows: list[tuple[str, tuple[str, ...], tuple[tuple[int, ...], ...]]], tok, dense: bool
-) -> dict[str, torch.Tensor]:
-    """Token ids with labels on every step character (``dense``) or only at step ends."""
+def solution_pairs(expression: str, solution: str) -> list[Pair]:
+    """Every step of a solution (the answer line included) after the line before it."""
+    lines = [line.strip() for line in solution.split(arith.STEP_DELIMITER) if line.strip()]
+    pairs, previous = [], expression
+    for line in lines:
+        pairs.append(step_pair(previous, line))
+        if line.startswith(arith.ANSWER_PREFIX):
+            break
+        previous = line
+    return pairs
+
+
+def corrupt_line(line: str, previous: str, rng: random.Random) -> str:
+    """A wrong line the policy might write after ``previous``: a digit of the new number changed
+    (most of its errors), a copied number changed, or the wrong operation done first."""
+    tokens = arith.tokenize(line)
+    before = arith.tokenize(previous)
+    kind = rng.random()
+    if kind < 0.15 and len(before) >= 5:  # the leftmost other operation first
+        ops = before[1::2]
+        j = rng.randrange(len(ops))
+        a, op, b = before[2 * j], before[2 * j + 1], before[2 * j + 2]
+        value = a * b if op == "*" else a + b if op == "+" else a - b
+        wrong = arith.render(before[: 2 * j] + [value] + before[2 * j + 3 :])
+        if wrong != line:
+            return wrong
+    numbers = list(range(0, len(tokens), 2))
+    new = [k for k in numbers if k >= len(before) or tokens[k] != before[k]] or numbers
+    k = rng.choice(new) if kind < 0.8 else rng.choice(numbers)
+    digits = list(str(tokens[k]))
+    start = 1 if digits[0] == "-" else 0
+    i = rng.randrange(start, len(digits))
+    digits[i] = rng.choice([d for d in "0123456789" if d != digits[i] and (i > start or d != "0")] or ["1"])
+    if rng.random() < 0.1:  # a digit dropped or doubled instead
+        digits[i] = "" if len(digits) - start > 1 else digits[i] * 2
+    tokens[k] = int("".join(digits))
+    wrong = arith.render(tokens)
+    return wrong if wrong != line else arith.render([*tokens[:k], int(tokens[k]) + 1, *tokens[k + 1 :]])
+
+
+def synthetic_pairs(stream: ProblemStream, n: int, rng: random.Random) -> list[Pair]:
+    """``n`` steps of fresh gold solutions, two in three made wrong (``corrupt_line``)."""
+    out = []
+    for _ in range(n):
+        p = stream.batch(rng.choice(SYNTHETIC_LEVELS), 1)[0]
+        lines = [p.expression, *p.steps]
+        i = rng.randrange(len(p.steps) + 1)
+        previous = lines[i]
+        right = next_line(previous)
+        assert right is not None
+        if rng.random() < 2 / 3:
+            right = (
+                f"{arith.ANSWER_PREFIX}{int(previous) + rng.choice([-10, -1, 1, 10])}"
+                if right.startswith(arith.ANSWER_PREFIX)
+                else corrupt_line(right, previous, rng)
+            )
+        out.append(step_pair(previous, right))
+    return out
+
+
+def pair_batch(pairs: list[Pair], tok) -> dict[str, torch.Tensor]:
+    """``Q: <previous>`` then the step; labels on the step's characters only."""
     seqs, labs = [], []
-    for prompt, steps, labels in rows:
-        ids = list(tok(prompt).input_ids)
-        lab = [-100] * len(ids)
-        for step, y in zip(steps, labels):
-            piece = tok(step + arith.STEP_DELIMITER, add_special_tokens=False).input_ids
-            assert len(piece) == len(y), "the zoo tokenizer is one token per character"
-            ids += piece
-            lab += list(y) if dense else [-100] * (len(y) - 1) + [y[-1]]
-        seqs.append(ids)
-        labs.append(lab)
+    for previous, step, labels in pairs:
+        ids = list(tok(LOCAL_PROMPT.format(previous=previous)).input_ids)
+        piece = tok(step + arith.STEP_DELIMITER, add_special_tokens=False).input_ids
+        assert len(piece) == len(labels), "the zoo tokenizer is one token per character"
+        seqs.append(ids + piece)
+        labs.append([-100] * len(ids) + list(labels))
     return right_padded(seqs, labs, tok.pad_token_id)
 
 
@@ -101,56 +172,65 @@ def auroc(scores: list[float], labels: list[int]) -> float:
     return (rank_sum - pos * (pos + 1) / 2) / (pos * neg)
 
 
-def prm_from_policy(policy_dir: Path, extra_layers: int, seed: int) -> LlamaForTokenClassification:
-    """A token classifier made of the policy, frozen, under ``extra_layers`` fresh layers.
+def within_problem_auroc(groups: list[tuple[list[float], list[bool]]]) -> tuple[float, int]:
+    """How often a right solution outscores a wrong one of the same problem (ties half)."""
+    won, n = 0.0, 0
+    for scores, correct in groups:
+        for a, ca in zip(scores, correct):
+            for b, cb in zip(scores, correct):
+                if ca and not cb:
+                    n += 1
+                    won += 1.0 if a > b else 0.5 if a == b else 0.0
+    return won / max(1, n), n
 
-    Checking the digit at position t needs what the policy predicted at t-1; a classifier of
-    the policy's own depth at position t cannot reach that, layers on top of it can (they
-    attend to t-1's final hidden state). Freezing the policy keeps its arithmetic intact.
-    """
+
+def prm_from_policy(policy_dir: Path, extra_layers: int, seed: int) -> LlamaForTokenClassification:
+    """A token classifier made of the policy's layers (trainable) under ``extra_layers`` fresh
+    ones; its config declares the input format it reads (``local``, ``Q: <previous line>``)."""
     policy = LlamaForCausalLM.from_pretrained(policy_dir)
     config = LlamaConfig.from_pretrained(policy_dir)
-    frozen = config.num_hidden_layers
-    config.num_hidden_layers = frozen + extra_layers
+    config.num_hidden_layers += extra_layers
     config.num_labels = 2
     config.id2label = {0: "wrong", 1: "correct"}
     config.label2id = {"wrong": 0, "correct": 1}
+    config.prm_format = "local"
+    config.prm_local_prompt = LOCAL_PROMPT
     torch.manual_seed(seed)
     model = LlamaForTokenClassification(config)
     missing, unexpected = model.model.load_state_dict(policy.model.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("layers.") for k in missing), (missing, unexpected)
-    model.model.embed_tokens.requires_grad_(False)
-    for layer in model.model.layers[:frozen]:
-        layer.requires_grad_(False)
     return model
 
 
-def fresh_gold_rows(stream: ProblemStream, levels: list[int], n: int, rng: random.Random) -> list[Row]:
-    """``n`` new problems' gold solutions, four in five with one step made wrong."""
-    rows = []
-    for _ in range(n):
-        p = stream.batch(rng.choice(levels), 1)[0]
-        steps = list(p.steps)
-        if rng.random() < 0.8:
-            steps = arith.corrupt_step(p, rng.randrange(len(p.steps)), rng)
-        rows.append((p.level, p.prompt, *prm_example(p, arith.format_solution(steps))))
-    return rows
+Scorer = Callable[[list[Pair]], list[float]]
 
 
-Scorer = Callable[[list[tuple[str, tuple[str, ...]]]], list[float]]
+def step_scorer(model, tok) -> Scorer:
+    """P(correct) at the newline ending each pair's step."""
+
+    def score(pairs: list[Pair]) -> list[float]:
+        out: list[float] = []
+        for start in range(0, len(pairs), 256):
+            batch = pair_batch(pairs[start : start + 256], tok)
+            with torch.inference_mode():
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            probs = torch.softmax(logits, -1)[..., 1]
+            ends = (batch["labels"] != -100).long().cumsum(1).argmax(1)  # last labelled position
+            out += probs[torch.arange(len(ends)), ends].tolist()
+        return out
+
+    return score
 
 
 def corruption_probe(score: Scorer, problems: list[arith.Problem], seed: int) -> dict[str, float]:
-    """Gold step vs. the same step corrupted, per problem: the PRM must tell them apart.
-
-    ``score`` maps (prompts, step lists) to each list's last-step score.
-    """
+    """Gold step vs. the same step corrupted (``arith.corrupt_step``), after the gold line before it."""
     rng = random.Random(seed)
     gold, bad = [], []
     for p in problems:
         i = rng.randrange(len(p.steps))
-        gold.append((p.prompt, tuple(p.steps[: i + 1])))
-        bad.append((p.prompt, tuple(arith.corrupt_step(p, i, rng)[: i + 1])))
+        previous = p.expression if i == 0 else p.steps[i - 1]
+        gold.append(step_pair(previous, p.steps[i]))
+        bad.append(step_pair(previous, arith.corrupt_step(p, i, rng)[i]))
     g, b = score(gold), score(bad)
     return {
         "gold_mean": round(sum(g) / len(g), 4),
@@ -159,32 +239,29 @@ def corruption_probe(score: Scorer, problems: list[arith.Problem], seed: int) ->
     }
 
 
-def last_step_scorer(model, tok) -> Scorer:
-    def score(items: list[tuple[str, tuple[str, ...]]]) -> list[float]:
-        rows = [(prompt, steps, tuple((1,) * (len(s) + 1) for s in steps)) for prompt, steps in items]
-        batch = prm_batch(rows, tok, dense=False)
-        with torch.inference_mode():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        probs = torch.softmax(logits, -1)[..., 1]
-        ends = (batch["labels"] != -100).long().cumsum(1).argmax(1)  # last labelled position
-        return probs[torch.arange(len(rows)), ends].tolist()
-
-    return score
-
-
-def heldout_auroc(model, tok, eval_rows: list) -> tuple[float, float]:
-    """Step-level AUROC at step ends on held-out samples, and their rate of correct steps."""
-    model.eval()
-    scores, labels = [], []
-    with torch.inference_mode():
-        for start in range(0, len(eval_rows), 128):
-            batch = prm_batch(eval_rows[start : start + 128], tok, dense=False)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            probs = torch.softmax(logits, -1)[..., 1]
-            keep = batch["labels"] != -100
-            scores += probs[keep].tolist()
-            labels += batch["labels"][keep].tolist()
-    return auroc(scores, labels), sum(labels) / max(1, len(labels))
+def heldout_probe(score: Scorer, samples: list[tuple[arith.Problem, str]]) -> dict[str, float]:
+    """On held-out policy samples: step-level AUROC, and within-problem AUROC of the solution
+    score (the product of its step scores), the number selection by a PRM depends on."""
+    pairs_of = [solution_pairs(p.expression, text) for p, text in samples]
+    flat = [pair for pairs in pairs_of for pair in pairs]
+    scores = iter(score(flat))
+    step_scores, step_labels, groups = [], [], {}
+    for (p, text), pairs in zip(samples, pairs_of):
+        product = 1.0
+        for pair in pairs:
+            s = next(scores)
+            product *= s
+            step_scores.append(s)
+            step_labels.append(pair[2][-1])
+        scores_, correct = groups.setdefault(p.expression, ([], []))
+        scores_.append(product)
+        correct.append(arith.check(p.expression, text).correct)
+    within, n = within_problem_auroc(list(groups.values()))
+    return {
+        "step_auroc": round(auroc(step_scores, step_labels), 4),
+        "within_auroc": round(within, 4),
+        "pairs": n,
+    }
 
 
 def train_prm(
@@ -195,17 +272,12 @@ def train_prm(
     steps: int,
     seed: int,
     lr: float = 1e-3,
+    resume: bool = False,
 ) -> dict:
-    """Sample the policy, label every step with the checker, train a token classifier on it.
-
-    The PRM is the policy, frozen, with two fresh layers and a 2-way head on top
-    (``prm_from_policy``); the loss is cross-entropy on every step character
-    (``prm_example``). Each batch mixes the policy's own samples with fresh gold solutions,
-    most with one corrupted step, so the PRM sees both the policy's errors and clean
-    single-step errors; the first ``PRM_CURRICULUM_STEPS`` use levels 1-2 only. A tenth of
-    the problems is held out to measure step-level AUROC (at step ends), and a separate
-    held-out set measures gold vs. corrupted steps (``corruption_probe``).
-    """
+    """Sample the policy, label its steps with the checker, train the step checker on them and
+    on fresh corrupted gold steps. A tenth of the sampled problems is held out (``heldout_probe``),
+    and separate held-out problems give the gold-vs-corrupted probe. ``resume``: continue from
+    the run's last checkpoint (the sampling, seeded, is redone)."""
     set_seed(seed)
     probe_problems = [p for level in (2, 3, 4, 5) for p in ProblemStream(seed + 2).batch(level, 50)]
     stream = ProblemStream(seed + 1)
@@ -213,69 +285,81 @@ def train_prm(
     problems = [p for level in arith.LEVELS for p in stream.batch(level, problems_per_level)]
     random.Random(seed).shuffle(problems)
     n_eval = len(problems) // 10
-    stream.heldout |= {p.expression for p in problems[:n_eval]}  # fresh rows never repeat them
-    data = [
-        (p.level, p.prompt, *prm_example(p, text))
-        for p, text in policy_samples(policy_dir, problems, samples, seed, "sampling policy")
+    heldout = {p.expression for p in problems[:n_eval]}
+    stream.heldout |= heldout  # fresh steps never come from them
+    sampled = policy_samples(policy_dir, problems, samples, seed, "sampling policy")
+    eval_samples = [(p, t) for p, t in sampled if p.expression in heldout and p.level >= 3]
+    train = [
+        pair for p, t in sampled if p.expression not in heldout for pair in solution_pairs(p.expression, t)
     ]
-    data = [row for row in data if row[2]]
-    eval_prompts = {p.prompt for p in problems[:n_eval]}
-    train_rows = [r for r in data if r[1] not in eval_prompts]
-    eval_rows = [r[1:] for r in data if r[1] in eval_prompts]
-    early = [r for r in train_rows if r[0] <= 2]
+    right = [pair for pair in train if pair[2][-1] == 1]
+    wrong = [pair for pair in train if pair[2][-1] == 0]
 
     tok = build_tokenizer()
     model = prm_from_policy(policy_dir, PRM_EXTRA_LAYERS, seed)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     rng = random.Random(seed)
+    n_policy = int(PRM_BATCH_SIZE * PRM_POLICY_SHARE)
 
     def loss_at(step: int) -> torch.Tensor:
-        """The policy's own samples, then fresh (mostly corrupted) gold solutions."""
-        curriculum = step < PRM_CURRICULUM_STEPS
-        rows = rng.sample(early if curriculum else train_rows, PRM_BATCH_SIZE - PRM_FRESH_PER_BATCH)
-        levels = [1, 2] if curriculum else list(arith.LEVELS)
-        rows += fresh_gold_rows(stream, levels, PRM_FRESH_PER_BATCH, rng)
-        return model(**prm_batch([r[1:] for r in rows], tok, dense=True)).loss
+        """Classification of every step character, plus next-token prediction on right steps:
+        the arithmetic a checker needs is learned far faster from the tokens than from bits."""
+        rows = rng.sample(wrong, n_policy // 2) + rng.sample(right, n_policy - n_policy // 2)
+        rows += synthetic_pairs(stream, PRM_BATCH_SIZE - n_policy, rng)
+        batch = pair_batch(rows, tok)
+        hidden = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        hidden = hidden.last_hidden_state
+        labels = batch["labels"]
+        cls = torch.nn.functional.cross_entropy(model.score(hidden).flatten(0, 1), labels.flatten())
+        step_right = ((labels == 0).sum(1) == 0).unsqueeze(1)  # every labelled character right
+        targets = batch["input_ids"][:, 1:].masked_fill(~(step_right & (labels[:, 1:] != -100)), -100)
+        lm_logits = hidden[:, :-1] @ model.model.embed_tokens.weight.T
+        return cls + PRM_LM_WEIGHT * torch.nn.functional.cross_entropy(
+            lm_logits.flatten(0, 1), targets.flatten()
+        )
+
+    def probe() -> dict:
+        model.eval()
+        score = step_scorer(model, tok)
+        record = heldout_probe(score, eval_samples) | corruption_probe(score, probe_problems, seed)
+        model.train()
+        return record
 
     def probe_at(step: int) -> dict | None:
         if (step + 1) % PRM_PROBE_EVERY and step + 1 != steps:
             return None
-        model.eval()
-        probe = corruption_probe(last_step_scorer(model, tok), probe_problems, seed)
-        model.train()
-        tqdm.write(f"step {step + 1}: {probe}")
-        return {"step": step + 1, **probe}
+        record = {"step": step + 1, **probe()}
+        tqdm.write(str(record))
+        return record
 
     log = fit(
         model,
         opt,
         steps,
         "arith-prm",
-        lambda step: warmup_cosine(step, steps, lr, warmup=100),
+        lambda step: warmup_cosine(step, steps, lr, warmup=200),
         loss_at,
         probe_at,
+        checkpoint=resumable(out, resume),
     )
-    step_auroc, positive_rate = heldout_auroc(model, tok, eval_rows)
     meta = {
         "kind": "prm",
+        "format": "local",
         "policy": policy_dir.name,
-        "frozen_policy_layers": model.config.num_hidden_layers - PRM_EXTRA_LAYERS,
         "extra_layers": PRM_EXTRA_LAYERS,
-        "curriculum_steps": PRM_CURRICULUM_STEPS,
         "problems_per_level": problems_per_level,
         "samples_per_problem": samples,
-        "train_solutions": len(train_rows),
-        "fresh_gold_per_batch": PRM_FRESH_PER_BATCH,
-        "heldout_solutions": len(eval_rows),
-        "heldout_step_auroc": round(step_auroc, 4),
-        "heldout_positive_rate": round(positive_rate, 4),
-        "corruption_probe": corruption_probe(last_step_scorer(model, tok), probe_problems, seed),
+        "train_steps_right": len(right),
+        "train_steps_wrong": len(wrong),
+        "batch_size": PRM_BATCH_SIZE,
+        "policy_share": PRM_POLICY_SHARE,
+        "lm_weight": PRM_LM_WEIGHT,
+        "heldout_solutions": len(eval_samples),
+        "heldout": probe(),
         "steps": steps,
         "lr": lr,
         "seed": seed,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "trainable_parameters": sum(p.numel() for p in trainable),
         "loss_log": log,
     }
     save(model, tok, out, meta)
