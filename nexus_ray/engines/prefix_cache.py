@@ -5,7 +5,9 @@ the previous round's prompt plus one step; without a cache every round prefills 
 from its first token. With it, a prompt is prefilled only past the longest prompt cached
 before it (by token ids, so it is exact for any tokenizer), and a prompt cached whole costs
 nothing: its last position's logits are kept too. This is what vLLM's automatic prefix
-caching does, and what the ledger's ``prefix_caching`` mode charges.
+caching does, and what the ledger's ``prefix_caching`` mode charges. The ledger charges per
+request as if nothing were evicted: size the cache (``prefix_cache_tokens``) for the paths of
+the requests in flight, or the engine recomputes what it evicted without charging it.
 """
 
 from __future__ import annotations
