@@ -55,6 +55,7 @@ def build_reward_engine(config: RewardConfig) -> RewardEngine:
         config.format,
         config.step_tag,
         config.system_prompt,
+        config.prefix_cache_tokens if config.enable_prefix_caching else 0,
     )
 
 

@@ -91,10 +91,13 @@ class ScoreRequest:
 
 @dataclass(frozen=True)
 class ScoreResult:
-    """Per-step scores in [0, 1] (P(still correct after the step)) and tokens the PRM read."""
+    """Per-step scores in [0, 1] (P(still correct after the step)) and tokens the PRM read;
+    ``step_tokens``: how many of them each step added (the prompt's go to the first step, a
+    template's tail to the last), so a ledger can charge a step once per request."""
 
     scores: tuple[float, ...]
     tokens: int
+    step_tokens: tuple[int, ...] = ()
 
 
 @runtime_checkable

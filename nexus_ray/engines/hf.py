@@ -32,7 +32,7 @@ from nexus_ray.engines.base import (
     prompt_seed,
 )
 from nexus_ray.engines.batching import MicroBatcher
-from nexus_ray.engines.prefix_cache import CachedPrompt, PrefixCache
+from nexus_ray.engines.prefix_cache import CachedPrompt, PieceCache, PrefixCache
 from nexus_ray.engines.prm_format import STEP_POOLER_ARCHITECTURES, build_encoder, results_of
 from nexus_ray.engines.qwen2_prm import Qwen2ForProcessRewardModel
 from nexus_ray.engines.tokens import prompt_ids
@@ -350,6 +350,7 @@ class HFRewardEngine:
         prm_format: PrmFormat = "token",
         step_tag: str = "<extra_0>",
         system_prompt: str = QWEN_MATH_SYSTEM_PROMPT,
+        cache_tokens: int = 0,
     ) -> None:
         _load(self, AutoModelForTokenClassification, model_path, device, dtype, config_overrides)
         self.encoder = build_encoder(
@@ -364,6 +365,11 @@ class HFRewardEngine:
         )
         self.positive_label = positive_label
         self.max_batch_size = max_batch_size
+        # Format local only: its sequences are whole steps, exact to reuse (``PieceCache``).
+        local = self.encoder.format == "local" and cache_tokens > 0
+        self.piece_cache = PieceCache(cache_tokens) if local else None
+        self.prefix_caching = self.piece_cache is not None  # the ledger charges each step once
+        self.scored_tokens = 0  # tokens run through the model, all calls together
         self._lock = threading.Lock()
         self._batcher = MicroBatcher(lambda _key, requests: self.score_sync(requests))
 
@@ -378,21 +384,36 @@ class HFRewardEngine:
         """Requests are scored in chunks of similar length (little padding), results in order."""
         pieces = [self.encoder.pieces(r) for r in requests]
         encoded = [piece for p in pieces for piece in p]
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
         scored: list[list[float]] = [[] for _ in encoded]
-        pad = self.tokenizer.pad_token_id or 0
+        todo = list(range(len(encoded)))
         with self._lock, torch.inference_mode():
-            for start in range(0, len(order), self.max_batch_size):
-                positions = order[start : start + self.max_batch_size]
-                chunk = [encoded[i] for i in positions]
-                width = max(len(ids) for ids, _ in chunk)
-                ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-                mask = torch.zeros_like(ids)
-                for r, (row, _) in enumerate(chunk):
-                    ids[r, : len(row)] = torch.tensor(row)
-                    mask[r, : len(row)] = 1
-                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-                probs = torch.softmax(logits.float(), dim=-1)[..., self.positive_label].cpu()
-                for r, (i, (_, ends)) in enumerate(zip(positions, chunk)):
-                    scored[i] = [float(probs[r, e]) for e in ends]
+            if self.piece_cache is not None:
+                for i in todo:
+                    scored[i] = self.piece_cache.get(encoded[i][0]) or []
+                todo = list({tuple(encoded[i][0]): i for i in todo if not scored[i]}.values())
+            self._run([encoded[i] for i in todo], [scored[i] for i in todo])
+            if self.piece_cache is not None:
+                for i in todo:
+                    self.piece_cache.put(encoded[i][0], scored[i])
+                for i, (ids, _) in enumerate(encoded):  # repeats within the call
+                    scored[i] = scored[i] or self.piece_cache.get(ids) or []
         return results_of(self.encoder, pieces, scored)
+
+    def _run(self, encoded: list, into: list[list[float]]) -> None:
+        """Score ``encoded`` (ids, ends) into the lists of ``into``, chunked by length."""
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+        pad = self.tokenizer.pad_token_id or 0
+        self.scored_tokens += sum(len(ids) for ids, _ in encoded)
+        for start in range(0, len(order), self.max_batch_size):
+            positions = order[start : start + self.max_batch_size]
+            chunk = [encoded[i] for i in positions]
+            width = max(len(ids) for ids, _ in chunk)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for r, (row, _) in enumerate(chunk):
+                ids[r, : len(row)] = torch.tensor(row)
+                mask[r, : len(row)] = 1
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            probs = torch.softmax(logits.float(), dim=-1)[..., self.positive_label].cpu()
+            for r, (i, (_, ends)) in enumerate(zip(positions, chunk)):
+                into[i][:] = [float(probs[r, e]) for e in ends]

@@ -1,4 +1,5 @@
-"""The transformers engine's prefix cache: the KV of prompts it has prefilled, bounded, LRU.
+"""What the transformers engine keeps to compute nothing twice: the KV of prompts it has
+prefilled (``PrefixCache``) and a step checker's scores (``PieceCache``), bounded, LRU.
 
 Tree search (beam, DVTS, lookahead, MCTS) asks for the next step of a path whose prompt is
 the previous round's prompt plus one step; without a cache every round prefills every path
@@ -68,3 +69,34 @@ class PrefixCache:
             self._lengths[len(old)] -= 1
             if not self._lengths[len(old)]:
                 del self._lengths[len(old)]
+
+
+class PieceCache:
+    """A step checker's scores by input sequence (PRM format ``local``), LRU past ``max_tokens``.
+
+    A ``local`` PRM reads each step after the line before it, so when tree search re-scores a
+    path each round, every step but the new one is a sequence read before: its scores are
+    exact to reuse, and only new steps are computed (``ComputeLedger`` charges them so).
+    """
+
+    def __init__(self, max_tokens: int) -> None:
+        self.max_tokens = max_tokens
+        self.tokens = 0
+        self._entries: OrderedDict[tuple[int, ...], list[float]] = OrderedDict()
+
+    def get(self, ids: list[int]) -> list[float] | None:
+        key = tuple(ids)
+        scores = self._entries.get(key)
+        if scores is not None:
+            self._entries.move_to_end(key)
+        return scores
+
+    def put(self, ids: list[int], scores: list[float]) -> None:
+        key = tuple(ids)
+        if key in self._entries or len(key) > self.max_tokens:
+            return
+        self._entries[key] = scores
+        self.tokens += len(key)
+        while self.tokens > self.max_tokens:
+            old, _ = self._entries.popitem(last=False)
+            self.tokens -= len(old)

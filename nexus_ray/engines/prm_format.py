@@ -17,6 +17,7 @@ Three formats, the same in every engine:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 from nexus_ray.config import QWEN_MATH_SYSTEM_PROMPT, PrmFormat, RewardConfig
@@ -108,9 +109,22 @@ def results_of(
     for request_pieces in pieces:
         scores = [s for piece_scores in scored[k : k + len(request_pieces)] for s in piece_scores]
         tokens = sum(len(ids) for ids, _ in request_pieces)
-        results.append(ScoreResult(encoder.chain(scores), tokens))
+        results.append(ScoreResult(encoder.chain(scores), tokens, _step_tokens(request_pieces)))
         k += len(request_pieces)
     return results
+
+
+def _step_tokens(pieces: list[Piece]) -> tuple[int, ...]:
+    """Tokens each step adds: a piece per step (``local``), or one sequence cut at its ends."""
+    if len(pieces) != 1 or len(pieces[0][1]) == 1:
+        return tuple(len(ids) for ids, _ in pieces)
+    ids, ends = pieces[0]
+    if not ends:
+        return ()
+    cuts = [e + 1 for e in ends]
+    out = [cuts[0], *(b - a for a, b in pairwise(cuts))]
+    out[-1] += len(ids) - cuts[-1]
+    return tuple(out)
 
 
 def encoder_for(config: RewardConfig, model_dir: str | Path) -> StepEncoder:

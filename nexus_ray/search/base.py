@@ -75,6 +75,7 @@ class SearchContext:
             self.policy.num_parameters,
             self.prm.num_parameters if self.prm else 0,
             prefix_caching=self.prefix_caching,
+            prm_prefix_caching=bool(getattr(self.prm, "prefix_caching", False)),
         )
 
     def require_prm(self, strategy: str) -> RewardEngine:

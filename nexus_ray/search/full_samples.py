@@ -50,6 +50,7 @@ async def score(
     """PRM step scores of whole solutions in one call, charged to the ledger (``strategy``
     names who needs the PRM when the context has none)."""
     prm = ctx.require_prm(strategy)
-    results = await prm.score([ScoreRequest(ctx.prompt, ctx.fmt.steps(s), ctx.messages) for s in solutions])
-    ledger.charge_scoring(results)
+    requests = [ScoreRequest(ctx.prompt, ctx.fmt.steps(s), ctx.messages) for s in solutions]
+    results = await prm.score(requests)
+    ledger.charge_scoring(results, requests)
     return results

@@ -10,14 +10,18 @@ PRM token costs prm_parameters / policy_parameters policy tokens.
 Prefill: a generate call charges each distinct prompt once (its n samples share the prefill).
 With ``prefix_caching`` the ledger also remembers the prompts it has charged and charges a
 later prompt only for the tokens past its longest previously charged prefix, which is what a
-prefix-caching engine (vLLM) actually computes when search extends a path step by step.
+prefix-caching engine (vLLM, and the transformers engine's ``PrefixCache``) actually computes
+when search extends a path step by step. With ``prm_prefix_caching`` (a PRM engine that reuses
+scored steps: the transformers engine reading a ``local`` step checker, whose score of a step
+depends on the step and the line before it only) a step is charged once per request, the first
+time the PRM reads it after that line.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nexus_ray.engines.base import GenerationResult, ScoreResult
+from nexus_ray.engines.base import GenerationResult, ScoreRequest, ScoreResult
 
 
 @dataclass
@@ -25,11 +29,13 @@ class ComputeLedger:
     policy_parameters: int
     prm_parameters: int = 0
     prefix_caching: bool = False
+    prm_prefix_caching: bool = False
     policy_generated_tokens: int = 0
     policy_prefill_tokens: int = 0
     prm_tokens: int = 0
     generations: int = 0
     _cached_prompts: dict[str, int] = field(default_factory=dict, repr=False)
+    _scored_steps: set[tuple[str, str]] = field(default_factory=set, repr=False)
 
     def charge_generation(self, results: list[GenerationResult]) -> None:
         """Charge a generate call: each prompt's prefill once and every sampled token."""
@@ -50,8 +56,21 @@ class ComputeLedger:
         self._cached_prompts[prompt] = prompt_tokens
         return max(0, prompt_tokens - cached)
 
-    def charge_scoring(self, results: list[ScoreResult]) -> None:
-        self.prm_tokens += sum(r.tokens for r in results)
+    def charge_scoring(self, results: list[ScoreResult], requests: list[ScoreRequest] | None = None) -> None:
+        """Every token the PRM read; with ``prm_prefix_caching`` (and the ``requests``) only the
+        steps of each path it had not read before in this request."""
+        if not self.prm_prefix_caching or requests is None:
+            self.prm_tokens += sum(r.tokens for r in results)
+            return
+        for request, result in zip(requests, results):
+            if len(result.step_tokens) != len(request.steps):  # nothing to split by: all of it
+                self.prm_tokens += result.tokens
+                continue
+            for i, tokens in enumerate(result.step_tokens):
+                key = (request.steps[i - 1] if i else request.prompt, request.steps[i])
+                if key not in self._scored_steps:
+                    self._scored_steps.add(key)
+                    self.prm_tokens += tokens
 
     @property
     def prm_token_cost(self) -> float:

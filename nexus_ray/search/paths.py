@@ -89,8 +89,9 @@ async def score(
     """Every path with its PRM step scores and aggregated score, in one PRM call."""
     if not paths:
         return []
-    results = await prm.score([ScoreRequest(prompt, fmt.steps(p.text), messages) for p in paths])
-    ledger.charge_scoring(results)
+    requests = [ScoreRequest(prompt, fmt.steps(p.text), messages) for p in paths]
+    results = await prm.score(requests)
+    ledger.charge_scoring(results, requests)
     return [
         replace(p, score=aggregate_steps(r.scores, aggregation), step_scores=r.scores)
         for p, r in zip(paths, results)
