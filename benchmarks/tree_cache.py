@@ -2,10 +2,11 @@
 
     python benchmarks/tree_cache.py --strategies beam,dvts,lookahead,mcts --budget 16 --problems 40
 
-Two policy engines on the same weights, one caching prompt prefixes (``prefix_cache_tokens``),
-one not; every (problem, strategy) runs on both, alternating which goes first, with the same
-seed. Reports per strategy the wall time of each, the ledger's prefill tokens and total
-compute (policy-token equivalents), whether the answers agree, and the machine's load.
+Two pairs of engines on the same weights: one caching (the policy's prompt prefixes,
+``prefix_cache_tokens``, and the step checker's scored steps, ``PieceCache``), one not; every
+(problem, strategy) runs on both, alternating which goes first, with the same seed. Reports per
+strategy the wall time of each, the ledger's prefill tokens, PRM tokens and total compute
+(policy-token equivalents), whether the answers agree, and the machine's load.
 """
 
 from __future__ import annotations
@@ -37,10 +38,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     per_level = -(-args.problems // 3)
     examples = [e for e in select_examples("arith-test", per_level) if e.level in (3, 4, 5)][: args.problems]
-    prm = HFRewardEngine(resolve("arith-prm"), max_batch_size=16)
     engines = {
-        "uncached": HFPolicyEngine(resolve("arith-policy")),
-        "cached": HFPolicyEngine(resolve("arith-policy"), prefix_cache_tokens=32768),
+        "uncached": (
+            HFPolicyEngine(resolve("arith-policy")),
+            HFRewardEngine(resolve("arith-prm"), max_batch_size=16),
+        ),
+        "cached": (
+            HFPolicyEngine(resolve("arith-policy"), prefix_cache_tokens=32768),
+            HFRewardEngine(resolve("arith-prm"), max_batch_size=16, cache_tokens=32768),
+        ),
     }
     load_before = os.getloadavg()[0]
     report = {
@@ -50,15 +56,18 @@ def main(argv: list[str] | None = None) -> int:
         "strategies": {},
     }
     for strategy in args.strategies.split(","):
-        rows = {name: {"seconds": 0.0, "prefill": 0, "compute": 0.0, "answers": []} for name in engines}
+        rows = {
+            name: {"seconds": 0.0, "prefill": 0, "prm": 0, "compute": 0.0, "answers": []} for name in engines
+        }
         for i, e in enumerate(examples):
             order = list(engines) if i % 2 == 0 else list(reversed(engines))
             for name in order:
-                ctx = SearchContext.for_problem(engines[name], prm, ARITH, e.problem, seed=i)
+                ctx = SearchContext.for_problem(*engines[name], ARITH, e.problem, seed=i)
                 start = time.perf_counter()
                 result = asyncio.run(registry.run(strategy, ctx, args.budget))
                 rows[name]["seconds"] += time.perf_counter() - start
                 rows[name]["prefill"] += result.ledger.policy_prefill_tokens
+                rows[name]["prm"] += result.ledger.prm_tokens
                 rows[name]["compute"] += result.ledger.policy_token_equivalents
                 rows[name]["answers"].append(result.answer)
         same = sum(a == b for a, b in zip(rows["cached"]["answers"], rows["uncached"]["answers"]))
@@ -66,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             name: {
                 "seconds_per_problem": round(r["seconds"] / len(examples), 3),
                 "prefill_per_problem": round(r["prefill"] / len(examples), 1),
+                "prm_tokens_per_problem": round(r["prm"] / len(examples), 1),
                 "compute_per_problem": round(r["compute"] / len(examples), 1),
             }
             for name, r in rows.items()
@@ -79,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             f"wall {u['seconds_per_problem']:.2f} -> {c['seconds_per_problem']:.2f} s ({summary['speedup']}x)"
         )
         prefill = f"prefill {u['prefill_per_problem']:.0f} -> {c['prefill_per_problem']:.0f}"
+        prefill += f", PRM tokens {u['prm_tokens_per_problem']:.0f} -> {c['prm_tokens_per_problem']:.0f}"
         ledger = f"ledger {u['compute_per_problem']:.0f} -> {c['compute_per_problem']:.0f}"
         print(
             f"{strategy}@{args.budget}: {wall}, {prefill}, {ledger} ({summary['compute_ratio']}x), "

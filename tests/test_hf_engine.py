@@ -31,10 +31,35 @@ def test_token_counts_equal_the_tokenizers(policy_engine):
         assert r.completion_tokens == sum(c.num_tokens for c in r.completions)
 
 
-def test_prm_token_count_is_the_whole_input(prm_engine):
+def test_prm_token_count_is_every_sequence_it_read(prm_engine):
+    """The zoo PRM reads each step after the line before it (format local, declared in its
+    config.json): one sequence per step, all of them charged."""
+    assert prm_engine.encoder.format == "local"
     req = ScoreRequest(ARITH.prompt("2+3*4"), ("2+12", "14", "A: 14"))
     [r] = prm_engine.score_sync([req])
-    assert r.tokens == len(prm_engine.tokenizer(req.prompt + "2+12\n14\nA: 14\n").input_ids)
+    tok = prm_engine.tokenizer
+    pieces = ["Q: 2+3*4\n2+12\n", "Q: 2+12\n14\n", "Q: 14\nA: 14\n"]
+    assert r.tokens == sum(len(tok(p).input_ids) for p in pieces)
+
+
+def test_a_local_prm_chains_its_step_scores_into_p_still_correct(prm_engine):
+    req = ScoreRequest(ARITH.prompt("12+7*3-5"), ("12+21-5", "33-5", "28", "A: 28"))
+    [whole] = prm_engine.score_sync([req])
+    alone = [
+        prm_engine.score_sync([ScoreRequest(ARITH.prompt(prev), (step,))])[0].scores[0]
+        for prev, step in zip(["12+7*3-5", "12+21-5", "33-5", "28"], req.steps)
+    ]
+    assert whole.scores == pytest.approx([math.prod(alone[: i + 1]) for i in range(4)], rel=1e-5)
+    assert list(whole.scores) == sorted(whole.scores, reverse=True)
+
+
+def test_a_prm_read_in_another_format_than_it_declares_is_refused():
+    from nexus_ray.config import RewardConfig
+    from nexus_ray.engines import build_reward_engine
+    from nexus_ray.engines.prm_format import PrmFormatError
+
+    with pytest.raises(PrmFormatError, match="declares prm_format 'local'.*set prm.format: local"):
+        build_reward_engine(RewardConfig(model="arith-prm", format="token"))
 
 
 def test_step_mode_stops_at_the_delimiter_and_keeps_it(policy_engine):
@@ -202,24 +227,26 @@ def test_prefix_cache_is_bounded_and_evicts_the_least_recently_used():
     assert cache.longest(list(range(11)))[0] == 0
 
 
-@pytest.mark.parametrize("strategy", ["beam", "dvts", "lookahead", "mcts"])
-def test_tree_search_ledger_prefill_is_what_the_engine_computed(strategy, policy_engine, prm_engine):
-    """On a fresh caching engine the ledger's prefix-caching charge equals the prompt tokens the
-    engine ran, and the search finds what it finds without the cache."""
+@pytest.mark.parametrize("strategy", ["beam", "dvts", "lookahead", "mcts", "particles", "weighted"])
+def test_search_ledger_charges_what_the_caching_engines_computed(strategy, policy_engine, prm_engine):
+    """On fresh caching engines the ledger's prefix-caching charges equal the prompt tokens the
+    policy ran and the tokens the step checker read, and the search finds what it finds
+    without the caches."""
+    from nexus_ray.engines.hf import HFRewardEngine
     from nexus_ray.search import registry
     from nexus_ray.search.base import SearchContext
+    from nexus_ray.zoo.registry import resolve
 
-    cached = _cached_engine()
+    cached, cached_prm = _cached_engine(), HFRewardEngine(resolve("arith-prm"), cache_tokens=65536)
     problem = "21-95*9-52+5*3"
-    a = asyncio.run(
-        registry.run(strategy, SearchContext.for_problem(policy_engine, prm_engine, ARITH, problem), 8)
-    )
-    ctx = SearchContext.for_problem(cached, prm_engine, ARITH, problem)
-    assert (
-        ctx.prefix_caching
-        and not SearchContext.for_problem(policy_engine, None, ARITH, problem).prefix_caching
-    )
+    plain = SearchContext.for_problem(policy_engine, prm_engine, ARITH, problem)
+    ctx = SearchContext.for_problem(cached, cached_prm, ARITH, problem)
+    assert ctx.prefix_caching and not plain.prefix_caching
+    assert ctx.new_ledger().prm_prefix_caching and not plain.new_ledger().prm_prefix_caching
+    a = asyncio.run(registry.run(strategy, plain, 8))
     b = asyncio.run(registry.run(strategy, ctx, 8))
     assert b.ledger.policy_prefill_tokens == cached.prefill_tokens
-    assert b.ledger.policy_prefill_tokens < a.ledger.policy_prefill_tokens
+    assert b.ledger.prm_tokens == cached_prm.scored_tokens < a.ledger.prm_tokens
+    if strategy != "weighted":  # one generate call: nothing to reuse
+        assert b.ledger.policy_prefill_tokens < a.ledger.policy_prefill_tokens
     assert (b.solution, b.ledger.policy_generated_tokens) == (a.solution, a.ledger.policy_generated_tokens)

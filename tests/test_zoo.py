@@ -76,7 +76,8 @@ def test_policy_is_imperfect_on_hard_problems(policy_engine):
 
 def test_prm_scores_correct_steps_above_corrupted_ones(prm_engine):
     """The PRM checks the step, not just the problem: the same step with one number nudged
-    scores lower on average and in most pairs (measured: 0.63 vs 0.40, 75% of pairs)."""
+    scores lower on average and in most pairs (the training run's probe on other held-out
+    problems, one step alone: 0.87 vs 0.13, 95% of pairs; the previous PRM: 0.63 vs 0.40, 75%)."""
     rng = random.Random(0)
     problems = [p for p in arith.generate_set(150, seed=99) if p.level >= 2]
     gold, bad = [], []

@@ -347,7 +347,7 @@ class HFRewardEngine:
         max_batch_size: int = 128,
         positive_label: int = 1,
         config_overrides: dict | None = None,
-        prm_format: PrmFormat = "token",
+        prm_format: PrmFormat = "auto",
         step_tag: str = "<extra_0>",
         system_prompt: str = QWEN_MATH_SYSTEM_PROMPT,
         cache_tokens: int = 0,
