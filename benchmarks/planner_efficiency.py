@@ -7,7 +7,8 @@ planner (tables calibrated on another set only) and for uniform strategies, in o
         --out benchmarks/results/planner-chat
 
 1. Records a pool per test problem (greedy decode + ``--samples`` temperature-1
-   samples, PRM-scored), resumable.
+   samples, PRM-scored), resumable; then adds what the tables' plans need (``--samples`` / 2
+   samples at each other temperature they sample at, each tree-search plan run for real).
 2. Uniform baselines on those pools: weighted best-of-N and majority vote at n = 1..32, and
    greedy; beam search runs for real (``--beam-budgets``) through the eval harness.
 3. The planner, for every table (estimator) and the oracle, over a grid of mean budgets,
@@ -142,7 +143,9 @@ def bootstrap(
     return out
 
 
-def record_pools(args, path: Path) -> list[replay.Recorded]:
+def record_pools(args, path: Path, tables: list[PlanTable]) -> list[replay.Recorded]:
+    """A pool per test problem, with what the tables' plans need (samples at other
+    temperatures, tree-search runs) added to pools that lack it; resumable."""
     examples = select_examples(args.dataset, args.per_level)
     done = {r["problem"] for r in load_records(path)}
     work = [e for e in interleave_levels(examples) if e.problem not in done]
@@ -151,7 +154,40 @@ def record_pools(args, path: Path) -> list[replay.Recorded]:
         solver = partial(replay.record_one, fmt=args.fmt, samples=args.samples, seed=args.seed + 1)
         run_local(args.models.policy, args.models.prm, solver, work, path, args.concurrency)
     wanted = {e.problem for e in examples}
-    return [r for r in replay.load_pools(path) if r.pool.problem in wanted]
+    recs = [r for r in replay.load_pools(path) if r.pool.problem in wanted]
+    temperatures, runs = replay.needs(tables)
+    lacking = [
+        r
+        for r in recs
+        if any(t not in r.pool.tempered for t in temperatures)
+        or any(o.label not in r.pool.runs for o in runs)
+    ]
+    if lacking:
+        side = path.with_name(path.stem + "-completing.jsonl")
+        finished = {r["problem"] for r in load_records(side)}
+        todo = [r for r in lacking if r.pool.problem not in finished]
+        labels = [f"t={t:g}" for t in temperatures] + [o.label for o in runs]
+        print(f"adding {', '.join(labels)} to {len(todo)} pools the tables' plans need them in -> {side}")
+        solver = partial(
+            replay.complete_one,
+            fmt=args.fmt,
+            samples=args.samples // 2,
+            seed=args.seed + 1,
+            temperatures=temperatures,
+            runs=runs,
+        )
+        run_local(args.models.policy, args.models.prm, solver, todo, side, args.concurrency)
+        completed = {
+            json.loads(line)["problem"]: line for line in side.read_text().splitlines() if line.strip()
+        }
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        merged = [completed.get(json.loads(line)["problem"], line) for line in lines]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("\n".join(merged) + "\n")
+        tmp.replace(path)
+        side.unlink()
+        recs = [r for r in replay.load_pools(path) if r.pool.problem in wanted]
+    return recs
 
 
 def beam_points(
@@ -248,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"error: the tables must be calibrated on another set than {args.dataset}")
     budgets = [float(b) for b in args.budgets.split(",")]
 
-    recs = record_pools(args, args.out / f"pools-{Path(args.dataset).stem}.jsonl")
+    recs = record_pools(args, args.out / f"pools-{Path(args.dataset).stem}.jsonl", list(tables.values()))
     beam, beam_results = beam_points(args, args.out / "beam-records.jsonl", recs)
     print(f"{len(recs)} {args.dataset} problems; baselines and planner replays")
     sizes = [n for n in SIZES if n <= min(len(r.pool.samples) for r in recs)]

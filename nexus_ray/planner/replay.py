@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from nexus_ray.planner.allocate import Allocation
 from nexus_ray.planner.difficulty import Estimator, Probe, run_probe
 from nexus_ray.planner.execute import Planned, execute, solve
 from nexus_ray.planner.request import Planner
-from nexus_ray.planner.sampling import Pool, ReplaySampler, record_pool
+from nexus_ray.planner.sampling import EngineSampler, Pool, ReplaySampler, record_pool
 from nexus_ray.planner.table import PlanOption, PlanTable
 from nexus_ray.search.aggregate import select
 from nexus_ray.search.base import SearchContext
@@ -72,6 +72,47 @@ async def record_one(
         "policy_parameters": policy.num_parameters,
         "prm_parameters": prm.num_parameters,
     }
+
+
+async def complete_one(
+    policy,
+    prm,
+    rec: Recorded,
+    *,
+    fmt: TaskFormat,
+    samples: int,
+    seed: int,
+    temperatures: tuple[float, ...] = (),
+    runs: tuple[PlanOption, ...] = (),
+) -> dict:
+    """A work item: a recorded pool with what a table's plans need and it lacks: ``samples``
+    scored samples at each missing temperature, each missing run (a tree-search plan)."""
+    ctx = SearchContext.for_problem(policy, prm, fmt, rec.pool.problem, None, seed)
+    sampler = EngineSampler(ctx)
+    tempered = dict(rec.pool.tempered)
+    for t in temperatures:
+        if t != 1.0 and t not in tempered:
+            ledger = ctx.new_ledger()
+            tempered[t] = tuple(await sampler.score(await sampler.sample(samples, ledger, t), ledger))
+    recorded = dict(rec.pool.runs)
+    for option in runs:
+        if option.label not in recorded:
+            recorded[option.label] = await sampler.run(option, ctx.new_ledger(), None)
+    return {
+        **replace(rec.pool, tempered=tempered, runs=recorded).to_dict(),
+        "gold": rec.gold,
+        "level": rec.level,
+        "answer_kind": rec.answer_kind,
+        "policy_parameters": rec.policy_parameters,
+        "prm_parameters": rec.prm_parameters,
+    }
+
+
+def needs(tables: list[PlanTable]) -> tuple[tuple[float, ...], tuple[PlanOption, ...]]:
+    """The temperatures and runs the plans these tables can choose need in a pool."""
+    options = {c.option for table in tables for b in table.bins for c in b.choices}
+    temperatures = tuple(sorted({o.sampling_temperature for o in options if o.sampled} - {1.0}))
+    return temperatures, tuple(sorted((o for o in options if not o.sampled), key=lambda o: o.label))
 
 
 def load_pools(path: Path) -> list[Recorded]:
