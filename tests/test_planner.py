@@ -392,9 +392,19 @@ def test_calibrate_offers_tree_search_and_other_temperatures_on_the_zoo(tmp_path
     for b in table.bins:
         labels = {o.option.label for o in b.options}
         assert {"beam@4", "weighted@4/t0.5", "majority@2/t0.5", "weighted@4"} <= labels
-        beam = next(o for o in b.options if o.option.label == "beam@4")
-        weighted = next(o for o in b.options if o.option.label == "weighted@4")
-        assert beam.compute > weighted.compute > 0
+    # beam@4's price is the greedy probe plus the recorded run, problem by problem
+    ratio = pools[0]["prm_parameters"] / pools[0]["policy_parameters"]
+    runs = [p["runs"]["beam@4"] for p in pools]
+    expected = sum(
+        p["prompt_tokens"]
+        + p["greedy"]["tokens"]
+        + r["policy_generated_tokens"]
+        + r["policy_prefill_tokens"]
+        + r["prm_tokens"] * ratio
+        for p, r in zip(pools, runs)
+    ) / len(pools)
+    beam = [next(o for o in b.options if o.option.label == "beam@4") for b in table.bins]
+    assert sum(o.compute * b.problems for o, b in zip(beam, table.bins)) / 10 == pytest.approx(expected)
     assert job.main([*args, "--resume", "--strategies", "greedy"]) == 2  # takes no budget: not a plan
 
 

@@ -96,11 +96,11 @@ def test_solve_matches_in_process_search(service):
     )
     assert status == 200, out
     assert len(out["candidates"]) == 4 and out["plan"]["source"] == "request"
-    ctx = SearchContext(
-        HFPolicyEngine(resolve("arith-policy")),
-        HFRewardEngine(resolve("arith-prm")),
-        ARITH.prompt(problem),
+    ctx = SearchContext.for_problem(  # the service's engines cache; so do these
+        HFPolicyEngine(resolve("arith-policy"), prefix_cache_tokens=32768),
+        HFRewardEngine(resolve("arith-prm"), cache_tokens=32768),
         ARITH,
+        problem,
         seed=0,
     )
     local = asyncio.run(registry.run("weighted", ctx, 4))

@@ -28,9 +28,9 @@ from nexus_ray.planner.difficulty import (
     features,
     spearman,
 )
+from nexus_ray.planner.options import SAMPLED
 from nexus_ray.planner.replay import Recorded, Result
 from nexus_ray.planner.table import (
-    SAMPLED,
     BinEntry,
     BudgetChoice,
     ModelStamp,

@@ -15,18 +15,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from nexus_ray.engines.base import Completion, GenerationParams, ScoreResult
+from nexus_ray.planner.options import PlanOption
 from nexus_ray.search import registry
 from nexus_ray.search.aggregate import aggregate_steps
 from nexus_ray.search.base import SearchContext
 from nexus_ray.search.full_samples import draw, score
 from nexus_ray.search.ledger import Budget, ComputeLedger
 from nexus_ray.search.result import SearchResult
-
-if TYPE_CHECKING:  # table.py reads the planner's samplers (through difficulty.py): no cycle at run time
-    from nexus_ray.planner.table import PlanOption
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,11 @@ import hashlib
 import json
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from nexus_ray.planner.allocate import Allocation, Point, allocate
 from nexus_ray.planner.difficulty import Estimator
-from nexus_ray.search import registry
+from nexus_ray.planner.options import PlanOption
 
 SCHEMA_VERSION = 1
 TABLES_DIR = Path(__file__).parent / "tables"  # built-in tables, calibrated for the zoo
@@ -30,51 +30,6 @@ class TableError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-SAMPLED = ("stop", "majority", "weighted")  # plans that extend the probe with one-call samples
-
-
-class PlanOption(_Strict):
-    """``stop``: answer from the probe. ``majority`` / ``weighted``: extend the probe's samples
-    to ``n`` in all, drawn at ``temperature`` (default 1), and vote (weighted: by last-step PRM
-    score). Any other registered strategy (beam, dvts, lookahead, mcts, particles, ...): run it
-    at ``n`` generations (and ``temperature``, default its own) after the probe, which then only
-    decides the bin."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    strategy: str
-    n: int = Field(1, ge=1)
-    temperature: float | None = Field(None, gt=0, le=2)
-
-    @field_validator("strategy")
-    @classmethod
-    def _known(cls, name: str) -> str:
-        if name not in SAMPLED:
-            registry.get(name)  # a clear error naming the strategies there are
-        return name
-
-    @model_validator(mode="after")
-    def _one_label_per_plan(self) -> PlanOption:
-        if self.strategy in SAMPLED and self.temperature == 1.0:  # a sampled plan's default
-            object.__setattr__(self, "temperature", None)
-        return self
-
-    @property
-    def sampled(self) -> bool:
-        """Replayable from a recorded pool (otherwise calibration runs it for real)."""
-        return self.strategy in SAMPLED
-
-    @property
-    def label(self) -> str:
-        if self.strategy == "stop":
-            return "stop"
-        return f"{self.strategy}@{self.n}" + (f"/t{self.temperature:g}" if self.temperature else "")
-
-    @property
-    def sampling_temperature(self) -> float:
-        return self.temperature or 1.0
 
 
 class OptionStats(_Strict):
