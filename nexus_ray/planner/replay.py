@@ -16,7 +16,7 @@ from nexus_ray.planner.allocate import Allocation
 from nexus_ray.planner.difficulty import Estimator, Probe, run_probe
 from nexus_ray.planner.execute import Planned, execute, solve
 from nexus_ray.planner.request import Planner
-from nexus_ray.planner.sampling import EngineSampler, Pool, ReplaySampler, record_pool
+from nexus_ray.planner.sampling import EngineSampler, Pool, ReplaySampler, extend_pool, record_pool
 from nexus_ray.planner.table import PlanOption, PlanTable
 from nexus_ray.search.aggregate import select
 from nexus_ray.search.base import SearchContext
@@ -49,6 +49,17 @@ class Recorded:
     def ledger(self) -> ComputeLedger:
         return ComputeLedger(self.policy_parameters, self.prm_parameters)
 
+    def to_dict(self) -> dict:
+        """The pool record's JSON line (``load_pools`` reads it back)."""
+        return {
+            **self.pool.to_dict(),
+            "gold": self.gold,
+            "level": self.level,
+            "answer_kind": self.answer_kind,
+            "policy_parameters": self.policy_parameters,
+            "prm_parameters": self.prm_parameters,
+        }
+
 
 async def record_one(
     policy,
@@ -64,14 +75,10 @@ async def record_one(
     """A work item for the eval harness's runners: one problem's pool, as a JSON-able record."""
     ctx = SearchContext.for_problem(policy, prm, fmt, example.problem, None, seed)
     pool = await record_pool(ctx, example.problem, samples, temperatures=temperatures, runs=runs)
-    return {
-        **pool.to_dict(),
-        "gold": example.answer,
-        "level": example.level,
-        "answer_kind": fmt.answer_kind,
-        "policy_parameters": policy.num_parameters,
-        "prm_parameters": prm.num_parameters,
-    }
+    rec = Recorded(
+        pool, example.answer, example.level, policy.num_parameters, prm.num_parameters, fmt.answer_kind
+    )
+    return rec.to_dict()
 
 
 async def complete_one(
@@ -88,24 +95,8 @@ async def complete_one(
     """A work item: a recorded pool with what a table's plans need and it lacks: ``samples``
     scored samples at each missing temperature, each missing run (a tree-search plan)."""
     ctx = SearchContext.for_problem(policy, prm, fmt, rec.pool.problem, None, seed)
-    sampler = EngineSampler(ctx)
-    tempered = dict(rec.pool.tempered)
-    for t in temperatures:
-        if t != 1.0 and t not in tempered:
-            ledger = ctx.new_ledger()
-            tempered[t] = tuple(await sampler.score(await sampler.sample(samples, ledger, t), ledger))
-    recorded = dict(rec.pool.runs)
-    for option in runs:
-        if option.label not in recorded:
-            recorded[option.label] = await sampler.run(option, ctx.new_ledger(), None)
-    return {
-        **replace(rec.pool, tempered=tempered, runs=recorded).to_dict(),
-        "gold": rec.gold,
-        "level": rec.level,
-        "answer_kind": rec.answer_kind,
-        "policy_parameters": rec.policy_parameters,
-        "prm_parameters": rec.prm_parameters,
-    }
+    pool = await extend_pool(EngineSampler(ctx), rec.pool, samples, temperatures, runs)
+    return replace(rec, pool=pool).to_dict()
 
 
 def needs(tables: list[PlanTable]) -> tuple[tuple[float, ...], tuple[PlanOption, ...]]:

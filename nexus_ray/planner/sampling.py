@@ -207,12 +207,29 @@ async def record_pool(
     greedy = await sampler.greedy(ledger)
     samples = await sampler.sample(m, ledger)
     scored = await sampler.score([greedy, *samples], ledger)
-    tempered = {}
+    pool = Pool(problem, ctx.prompt, sampler.prompt_tokens, scored[0], tuple(scored[1:]))
+    return await extend_pool(sampler, pool, m, temperatures, runs)
+
+
+async def extend_pool(
+    sampler: EngineSampler,
+    pool: Pool,
+    m: int,
+    temperatures: tuple[float, ...] = (),
+    runs: tuple[PlanOption, ...] = (),
+) -> Pool:
+    """The pool with what it lacks: ``m`` scored samples at each other temperature, and each
+    of ``runs`` run for real (no ceiling)."""
+    tempered = dict(pool.tempered)
     for t in temperatures:
-        if t != 1.0:
+        if t != 1.0 and t not in tempered:
+            ledger = sampler.ctx.new_ledger()
             tempered[t] = tuple(await sampler.score(await sampler.sample(m, ledger, t), ledger))
-    recorded = {option.label: await sampler.run(option, ctx.new_ledger(), None) for option in runs}
-    return Pool(problem, ctx.prompt, sampler.prompt_tokens, scored[0], tuple(scored[1:]), tempered, recorded)
+    recorded = dict(pool.runs)
+    for option in runs:
+        if option.label not in recorded:
+            recorded[option.label] = await sampler.run(option, sampler.ctx.new_ledger(), None)
+    return replace(pool, tempered=tempered, runs=recorded)
 
 
 class ReplaySampler:
