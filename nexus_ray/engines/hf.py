@@ -303,7 +303,8 @@ class HFPolicyEngine:
                     logits[u].clone(),
                 ),
             )
-        rows = torch.tensor([unique.index(tuple(p)) for p in encoded], device=self.device)
+        where = {u: k for k, u in enumerate(unique)}
+        rows = torch.tensor([where[tuple(p)] for p in encoded], device=self.device)
         cache.batch_select_indices(rows)
         return cache, logits[rows], mask[rows]
 
