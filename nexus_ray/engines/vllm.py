@@ -189,7 +189,7 @@ class VLLMPolicyEngine(_VLLMBase):
     async def _generate(self, prompts: list[str], params: GenerationParams) -> list[GenerationResult]:
         if params.confidence_stop is not None:
             raise VLLMUnavailable(
-                f"the vLLM engine cannot stop a sample on its confidence (GenerationParams."
+                "the vLLM engine cannot stop a sample on its confidence (GenerationParams."
                 f"confidence_stop, strategy deepconf_online): vllm {self.api.version} has no "
                 "per-request logits processors to cut a sample mid-generation; use the "
                 "transformers engine, or the offline strategy deepconf"
