@@ -5,14 +5,30 @@ writes a wrong one (the right value plus a small offset); ``SimPRM`` returns 1.0
 that keeps the solution correct and 0.0 otherwise (``noise`` flips it). Both count every token
 they handle, so tests can check that a strategy's ledger adds up exactly. One token per
 character plus one BOS token per prompt, like the zoo's tokenizer.
+
+Asked for ``top_logprobs``, ``SimPolicy`` gives every token of a line that reduces the line
+before it the confidence ``SURE`` and every token of a wrong line ``UNSURE`` (k logprobs all
+equal to minus it), and it honours a ``ConfidenceStop`` as the transformers engine does: the
+sample ends at the first token whose window falls below the threshold (the token that ended a
+sample, its EOS or stop string, is not checked).
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
-from nexus_ray.engines.base import Completion, GenerationParams, GenerationResult, ScoreResult, prompt_seed
+from nexus_ray.engines.base import (
+    Completion,
+    GenerationParams,
+    GenerationResult,
+    ScoreResult,
+    prompt_seed,
+    token_confidence,
+)
 from nexus_ray.tasks import arith
+
+SURE, UNSURE = 3.0, 1.0  # token confidences of a right and of a wrong line
 
 
 class SimPolicy:
@@ -58,6 +74,35 @@ class SimPolicy:
                 lp = tuple([-0.5] * len(line)) if params.logprobs else None
                 return Completion(out, tuple(range(len(out))), "stop", lp, "\n")
 
+    def token_confidences(self, prompt: str, text: str) -> list[float]:
+        """One confidence per token of ``text``: ``SURE`` on a line that reduces the line before
+        it (or states an answer), ``UNSURE`` on a wrong one."""
+        previous = [l for l in prompt.split("\n") if l][-1].removeprefix(arith.QUESTION_PREFIX)
+        out: list[float] = []
+        for line in text.splitlines(keepends=True):
+            try:
+                right = arith.reduce_once(previous) == line.strip()
+            except ValueError:  # a number before it: this line states the answer
+                right = True
+            out += [SURE if right else UNSURE] * len(line)
+            previous = line.strip()
+        return out
+
+    def _with_confidence(self, prompt: str, c: Completion, params: GenerationParams) -> Completion:
+        """``c`` with its top logprobs, cut where ``params.confidence_stop`` ends it."""
+        k = max(params.top_logprobs, params.confidence_stop.top_k if params.confidence_stop else 0)
+        tops = tuple((-conf,) * k for conf in self.token_confidences(prompt, c.text))
+        stop = params.confidence_stop
+        if stop is not None:
+            checked = len(tops) - 1 if c.finish_reason == "stop" else len(tops)
+            confidences = [token_confidence(top[: stop.top_k]) for top in tops]
+            cut = next((i + 1 for i in range(checked) if stop.stops(confidences[: i + 1])), None)
+            if cut is not None:
+                c = _cut(c, cut, "confidence")
+                tops = tops[:cut]
+        kept = tuple(t[: params.top_logprobs] for t in tops) if params.top_logprobs else None
+        return Completion(c.text, c.token_ids, c.finish_reason, c.logprobs, c.stop_reason, kept)
+
     async def generate(self, prompts: list[str], params: GenerationParams) -> list[GenerationResult]:
         self.calls += 1
         results = []
@@ -67,21 +112,30 @@ class SimPolicy:
             for j in range(params.n):
                 rng = random.Random(f"{base}-{j}-{prompt}")
                 c = self._sample(prompt, params, rng)
+                if params.top_logprobs or params.confidence_stop:
+                    c = self._with_confidence(prompt, c, params)
                 if c.num_tokens > params.max_tokens:  # like a real engine: cut at max_tokens
-                    t = c.text[: params.max_tokens]
-                    c = Completion(
-                        t, tuple(range(len(t))), "length", c.logprobs and c.logprobs[: len(t)], None
-                    )
+                    c = _cut(c, params.max_tokens, "length")
                 if c.logprobs is None and params.logprobs:
-                    c = Completion(
-                        c.text, c.token_ids, c.finish_reason, tuple([-0.5] * len(c.token_ids)), c.stop_reason
-                    )
+                    c = replace(c, logprobs=tuple([-0.5] * len(c.token_ids)))
                 comps.append(c)
             r = GenerationResult(prompt, self.count_tokens(prompt), tuple(comps))
             self.prefilled += r.prompt_tokens
             self.generated += r.completion_tokens
             results.append(r)
         return results
+
+
+def _cut(c: Completion, tokens: int, reason: str) -> Completion:
+    """The first ``tokens`` tokens of ``c`` (one per character), ended for ``reason``."""
+    return Completion(
+        c.text[:tokens],
+        c.token_ids[:tokens],
+        reason,  # type: ignore[arg-type]
+        c.logprobs and c.logprobs[:tokens],
+        None,
+        c.top_logprobs and c.top_logprobs[:tokens],
+    )
 
 
 class SimPRM:

@@ -21,6 +21,8 @@ ALL = [
     "majority",
     "weighted",
     "adaptive",
+    "deepconf",
+    "deepconf_online",
     "beam",
     "dvts",
     "lookahead",

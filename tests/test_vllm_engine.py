@@ -11,7 +11,8 @@ import pytest
 
 from nexus_ray.config import EngineConfig, RewardConfig
 from nexus_ray.engines import build_policy_engine, build_reward_engine
-from nexus_ray.engines.base import GenerationParams, ScoreRequest
+from nexus_ray.engines.base import ConfidenceStop, GenerationParams, ScoreRequest
+from nexus_ray.engines.vllm import VLLMUnavailable
 from nexus_ray.tasks import arith, datasets
 from nexus_ray.tasks.format import ARITH
 
@@ -56,6 +57,23 @@ def test_greedy_logprobs_match_transformers(vllm_policy, policy_engine):
         assert len(v.completions[0].logprobs) == len(h.completions[0].logprobs)
         for a, b in zip(v.completions[0].logprobs, h.completions[0].logprobs):
             assert math.isclose(a, b, abs_tol=1e-4)
+
+
+def test_greedy_top_logprobs_match_transformers(vllm_policy, policy_engine):
+    params = GenerationParams(temperature=0.0, max_tokens=60, top_logprobs=5)
+    for v, h in zip(
+        vllm_policy.generate_sync(PROMPTS[:3], params), policy_engine.generate_sync(PROMPTS[:3], params)
+    ):
+        assert len(v.completions[0].top_logprobs) == len(h.completions[0].top_logprobs)
+        for a, b in zip(v.completions[0].top_logprobs, h.completions[0].top_logprobs):
+            assert len(a) == len(b) == 5
+            assert all(math.isclose(x, y, abs_tol=1e-4) for x, y in zip(a, b))
+
+
+def test_a_confidence_stop_is_refused_with_the_reason(vllm_policy):
+    params = GenerationParams(max_tokens=8, confidence_stop=ConfidenceStop(threshold=1.0))
+    with pytest.raises(VLLMUnavailable, match="per-request logits processors"):
+        vllm_policy.generate_sync(PROMPTS[:1], params)
 
 
 def test_prm_scores_match_transformers(vllm_prm, prm_engine):

@@ -9,7 +9,41 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "confidence"]  # confidence: cut by a ``ConfidenceStop``
+
+
+def token_confidence(top_logprobs: tuple[float, ...] | list[float]) -> float:
+    """DeepConf's token confidence: minus the mean of the k largest logprobs at a position;
+    high where the model's distribution is sharp."""
+    return -sum(top_logprobs) / len(top_logprobs)
+
+
+def window_mean(values: list[float], start: int, window: int) -> float:
+    """Mean of ``values[start:start + window]``, summed in one fixed order so that the engines
+    and the strategies get bit-identical group confidences."""
+    return sum(values[start : start + window]) / window
+
+
+@dataclass(frozen=True)
+class ConfidenceStop:
+    """DeepConf's online early stop: a sample ends the moment the mean confidence of its last
+    ``window`` tokens (each over its ``top_k`` largest logprobs) falls below ``threshold``.
+    The engine checks it token by token, so the cut is exact and nothing past it is generated."""
+
+    threshold: float
+    window: int = 16
+    top_k: int = 5
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or self.top_k < 1:
+            raise ValueError(f"window and top_k must be >= 1, got {self.window} and {self.top_k}")
+
+    def stops(self, confidences: list[float]) -> bool:
+        """Whether a sample whose token confidences so far are ``confidences`` ends here (only
+        once a whole window exists)."""
+        if len(confidences) < self.window:
+            return False
+        return window_mean(confidences, len(confidences) - self.window, self.window) < self.threshold
 
 
 @dataclass(frozen=True)
@@ -29,6 +63,8 @@ class GenerationParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     logprobs: bool = False
+    top_logprobs: int = 0  # k > 0: each completion carries its k largest logprobs per token
+    confidence_stop: ConfidenceStop | None = None
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -39,6 +75,8 @@ class GenerationParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.top_logprobs < 0:
+            raise ValueError(f"top_logprobs must be >= 0, got {self.top_logprobs}")
 
 
 SEED_STRIDE = 100_003
@@ -50,13 +88,16 @@ def prompt_seed(seed: int | None, prompt_index: int) -> int | None:
 
 @dataclass(frozen=True)
 class Completion:
-    """One sample: its text, token ids, per-token logprobs (if asked) and why it ended."""
+    """One sample: its text, token ids, per-token logprobs (if asked) and why it ended;
+    ``top_logprobs``: per token, the k largest logprobs at its position (raw model, largest
+    first), when ``GenerationParams.top_logprobs`` asked for them."""
 
     text: str
     token_ids: tuple[int, ...]
     finish_reason: FinishReason
     logprobs: tuple[float, ...] | None = None
     stop_reason: str | None = None  # the stop string that ended it; None for EOS or length
+    top_logprobs: tuple[tuple[float, ...], ...] | None = None
 
     @property
     def num_tokens(self) -> int:

@@ -2,7 +2,8 @@
 
 Sampling is a hand-written decode loop over the model's KV cache rather than
 ``model.generate`` because the protocol needs per-sample seeds that do not depend on the rest
-of the batch, stop strings kept in the output, raw-model logprobs and exact token counts.
+of the batch, stop strings kept in the output, raw-model logprobs (the k largest too),
+exact token counts, and DeepConf's confidence stop checked token by token.
 Each distinct prompt is prefilled once and its cache is shared by its ``n`` samples.
 Concurrent async calls are merged into one batch (``MicroBatcher``).
 """
@@ -30,6 +31,7 @@ from nexus_ray.engines.base import (
     ScoreRequest,
     ScoreResult,
     prompt_seed,
+    token_confidence,
 )
 from nexus_ray.engines.batching import MicroBatcher
 from nexus_ray.engines.prefix_cache import CachedPrompt, PieceCache, PrefixCache
@@ -165,19 +167,29 @@ class HFPolicyEngine:
             generators.append(g)
 
         eos = set(_eos_ids(self.model, tok))
+        confidence_stop = params.confidence_stop
+        top_k = min(
+            logits.shape[-1], max(params.top_logprobs, confidence_stop.top_k if confidence_stop else 0)
+        )
         tokens: list[list[int]] = [[] for _ in range(rows)]
         logps: list[list[float]] = [[] for _ in range(rows)]
+        tops: list[list[tuple[float, ...]]] = [[] for _ in range(rows)]
+        confidences: list[list[float]] = [[] for _ in range(rows)]
         finish: list[tuple[str, str | None] | None] = [None] * rows
         texts = [""] * rows
         for _ in range(params.max_tokens):
             chosen = self._pick(logits, params, generators)
-            logprob = torch.log_softmax(logits, dim=-1).gather(1, chosen[:, None])[:, 0]
+            log_probs = torch.log_softmax(logits, dim=-1)
+            logprob = log_probs.gather(1, chosen[:, None])[:, 0]
+            top = log_probs.topk(top_k, dim=-1).values.tolist() if top_k else None
             for r in range(rows):
                 if finish[r] is not None:
                     continue
                 t = int(chosen[r])
                 tokens[r].append(t)  # EOS included: it was sampled and is charged, as in vLLM
                 logps[r].append(float(logprob[r]))
+                if top is not None:
+                    tops[r].append(tuple(top[r]))
                 if t in eos:
                     finish[r] = ("stop", None)
                     continue
@@ -186,6 +198,11 @@ class HFPolicyEngine:
                     hit = next((s for s in params.stop if s in texts[r]), None)
                     if hit is not None:
                         finish[r] = ("stop", hit)
+                        continue
+                if confidence_stop is not None:
+                    confidences[r].append(token_confidence(tops[r][-1][: confidence_stop.top_k]))
+                    if confidence_stop.stops(confidences[r]):
+                        finish[r] = ("confidence", None)
             if all(f is not None for f in finish):
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
@@ -214,6 +231,9 @@ class HFPolicyEngine:
                     finish_reason=reason,  # type: ignore[arg-type]
                     logprobs=tuple(logps[r]) if params.logprobs else None,
                     stop_reason=stop_str,
+                    top_logprobs=tuple(t[: params.top_logprobs] for t in tops[r])
+                    if params.top_logprobs
+                    else None,
                 )
             )
         return results

@@ -187,6 +187,13 @@ class VLLMPolicyEngine(_VLLMBase):
         return await self._loop.run_async(self._generate(prompts, params))
 
     async def _generate(self, prompts: list[str], params: GenerationParams) -> list[GenerationResult]:
+        if params.confidence_stop is not None:
+            raise VLLMUnavailable(
+                "the vLLM engine cannot stop a sample on its confidence (GenerationParams."
+                f"confidence_stop, strategy deepconf_online): vllm {self.api.version} has no "
+                "per-request logits processors to cut a sample mid-generation; use the "
+                "transformers engine, or the offline strategy deepconf"
+            )
         encoded = [prompt_ids(self.tokenizer, p) for p in prompts]
         outputs = await asyncio.gather(
             *(self._one(ids, self._sampling(params, i)) for i, ids in enumerate(encoded))
@@ -205,7 +212,7 @@ class VLLMPolicyEngine(_VLLMBase):
             stop=list(params.stop) or None,
             include_stop_str_in_output=True,
             seed=prompt_seed(params.seed, prompt_index),
-            logprobs=0 if params.logprobs else None,
+            logprobs=params.top_logprobs if params.logprobs or params.top_logprobs else None,
             output_kind=self.api.RequestOutputKind.FINAL_ONLY,
         )
 
@@ -224,6 +231,14 @@ class VLLMPolicyEngine(_VLLMBase):
         logprobs = None
         if params.logprobs:
             logprobs = tuple(float(c.logprobs[i][t].logprob) for i, t in enumerate(token_ids))
+        top = None
+        if params.top_logprobs:  # each position holds the top k and the sampled token (k + 1 if outside)
+            top = tuple(
+                tuple(
+                    sorted((float(p.logprob) for p in position.values()), reverse=True)[: params.top_logprobs]
+                )
+                for position in c.logprobs
+            )
         stop = c.stop_reason if isinstance(c.stop_reason, str) else None
         return Completion(
             text=c.text,
@@ -231,6 +246,7 @@ class VLLMPolicyEngine(_VLLMBase):
             finish_reason="length" if c.finish_reason == "length" else "stop",
             logprobs=logprobs,
             stop_reason=stop,
+            top_logprobs=top,
         )
 
 

@@ -5,6 +5,8 @@ from nexus_ray.search import (  # noqa: F401
     adaptive,
     beam,
     best_of_n,
+    deepconf_offline,
+    deepconf_online,
     dvts,
     greedy,
     lookahead,

@@ -55,7 +55,13 @@ class CappedPolicy:
 
     async def _one(self, prompt: str, params: GenerationParams) -> GenerationResult:
         if params.max_tokens <= 0:
-            empty = Completion("", (), "length", () if params.logprobs else None)
+            empty = Completion(
+                "",
+                (),
+                "length",
+                () if params.logprobs else None,
+                top_logprobs=() if params.top_logprobs else None,
+            )
             return GenerationResult(prompt, 0, (empty,) * params.n)
         [result] = await self.policy.generate([prompt], params)
         return result

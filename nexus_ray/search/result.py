@@ -11,7 +11,7 @@ from nexus_ray.search.ledger import ComputeLedger
 class Candidate:
     text: str
     answer: str | None
-    score: float | None = None  # aggregated PRM score, when a PRM scored it
+    score: float | None = None  # aggregated PRM score, when a PRM scored it; DeepConf: confidence
     step_scores: tuple[float, ...] = ()
 
 
