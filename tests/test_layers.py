@@ -14,6 +14,7 @@ FLOORS: dict[str, int] = {
     "": 0,  # nexus_ray/__init__.py
     "config": 0,
     "cluster": 0,
+    "ray_reaper": 0,
     "tasks": 1,
     "zoo": 1,
     "rope": 2,

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from nexus_ray import ray_reaper
 from nexus_ray.merge import methods
-from nexus_ray.merge.io import ModelReader
+from nexus_ray.merge.io import ModelReader, remove_stale
 from nexus_ray.merge.plan import MergeConfigError, build
 from nexus_ray.merge.run import MergeError, merge
 from nexus_ray.zoo.registry import ZOO_DIR
@@ -123,18 +125,29 @@ def test_nan_input_fails_and_writes_nothing(tmp_path, experts):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad"]  # no output, no partial directory
 
 
-def test_killed_merge_leaves_no_output(tmp_path, experts):
-    """SIGKILL mid-merge: the output directory never appears (only a hidden .partial one)."""
+def _merge_subprocess(tmp_path: Path, cfg: dict, patch: str, workers: int = 1) -> subprocess.Popen:
+    """A real merge to ``tmp_path/out`` in a child process, ``patch`` (code) applied to ``run`` first."""
     cfg_path = tmp_path / "cfg.json"
-    cfg_path.write_text(json.dumps(_config("ties", experts)))
+    cfg_path.write_text(json.dumps(cfg))
     code = (
-        "import json, time, sys; from nexus_ray.merge import run\n"
+        "import json, time; from nexus_ray.merge import run\n"
+        f"{patch}\n"
+        f"run.merge(json.load(open({str(cfg_path)!r})), {str(tmp_path / 'out')!r}, "
+        f"workers={workers}, progress=False)\n"
+    )
+    root = Path(__file__).parents[1]
+    return subprocess.Popen([sys.executable, "-c", code], cwd=root, stdout=subprocess.PIPE)
+
+
+def test_killed_merge_leaves_nothing_loadable_and_next_run_cleans_up(tmp_path, experts):
+    """SIGKILL mid-write: no output directory, a partial one whose shard does not load (its header
+    is written last), removed by the next merge to the same output."""
+    slow = (
         "real = run.merge_tensor\n"
         "def slow(*a):\n    time.sleep(0.5); return real(*a)\n"
-        "run.merge_tensor = slow\n"
-        f"run.merge(json.load(open({str(cfg_path)!r})), {str(tmp_path / 'out')!r}, progress=False)\n"
+        "run.merge_tensor = slow"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[1])
+    proc = _merge_subprocess(tmp_path, _config("ties", experts), slow)
     deadline = time.time() + 120
     while not list(tmp_path.glob(".out.partial-*/model.safetensors")) and time.time() < deadline:
         time.sleep(0.2)
@@ -143,6 +156,69 @@ def test_killed_merge_leaves_no_output(tmp_path, experts):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "out").exists()
+    [partial] = tmp_path.glob(".out.partial-*")
+    shard = partial / "model.safetensors"
+    assert shard.stat().st_size > 1_000_000  # the data was being written...
+    with pytest.raises(Exception, match="(?i)header"):
+        safe_open(shard, framework="pt")  # ...but nothing loads it
+    merge(_config("ties", experts), tmp_path / "out", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.json", "out"]
+
+
+def test_stale_partials_of_dead_processes_only_are_removed(tmp_path):
+    live = subprocess.Popen(["sleep", "60"])
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    try:
+        names = [
+            f".out.partial-{live.pid}",  # a merge still running: kept
+            f".out.partial-{dead.pid}",
+            f".out.old-{dead.pid}",
+            f".out2.partial-{dead.pid}",  # another output's: not ours to remove
+        ]
+        for name in names:
+            (tmp_path / name).mkdir()
+        removed = remove_stale(tmp_path / "out")
+        assert sorted(p.name for p in removed) == sorted(names[1:3])
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([names[0], names[3]])
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_killed_ray_driver_leaves_no_ray_process(tmp_path, experts):
+    """SIGKILL of a ``--workers 2`` driver: the watchdog stops the Ray processes it started,
+    the raylet's dashboard and runtime-env agents included."""
+    hold = (
+        "real = run._merge_on_ray\n"
+        "def hold(*a):\n    print('ray up', flush=True); time.sleep(120); return real(*a)\n"
+        "run._merge_on_ray = hold"
+    )
+    proc = _merge_subprocess(tmp_path, _config("linear", experts), hold, workers=2)
+    try:
+        assert proc.stdout.readline() == b"ray up\n"
+        known: dict[int, int] = {}
+        deadline = time.time() + 60
+        while time.time() < deadline and not {"ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= {
+            _cmdline(pid) for pid in known
+        }:
+            time.sleep(0.5)
+            ray_reaper.record([proc.pid], known)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert {"ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= {_cmdline(pid) for pid in known}
+    deadline = time.time() + 30
+    while ray_reaper.alive(known) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not [_cmdline(pid) for pid in ray_reaper.alive(known)]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode().strip()
+    except OSError:
+        return ""
 
 
 def test_existing_output_needs_overwrite(experts, tmp_path):

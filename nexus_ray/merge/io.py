@@ -3,12 +3,16 @@
 The writer knows every output tensor's name, dtype and shape from the plan, so it lays out
 the shards (headers and offsets) up front and each merged tensor is written straight to its
 place with ``os.pwrite``, in any order, as soon as it is ready: memory holds the tensors being
-merged, never a shard. Everything goes to a temporary sibling directory that is renamed to
-the output at the end, so an interrupted merge never leaves a directory that looks complete.
+merged, never a shard. Everything goes to a temporary sibling directory (``.OUT.partial-<pid>``)
+that is renamed to the output at the end. Each shard's header (and the index) is written last,
+after its data is on disk: until then the header area is zeros, which no safetensors loader
+accepts, so a merge killed at any point leaves no file that loads as a model. The next merge to
+the same output removes the partial directories of dead processes.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -104,7 +108,11 @@ def _header(entries: list[tuple[str, torch.dtype, tuple[int, ...]]], metadata: d
 
 
 class ShardedWriter:
-    """Writes tensors into pre-laid-out safetensors shards of at most ``shard_bytes`` each."""
+    """Writes tensors into pre-laid-out safetensors shards of at most ``shard_bytes`` each.
+
+    The shards are created at full size with a zeroed header area; ``close`` writes the headers
+    and the index only once every tensor is written and synced, so an unfinished shard never loads.
+    """
 
     def __init__(
         self, directory: Path, entries: list[tuple[str, torch.dtype, tuple[int, ...]]], shard_bytes: int
@@ -122,6 +130,7 @@ class ShardedWriter:
         total = len(groups)
         self.slots: dict[str, Slot] = {}
         self._fds: dict[str, int] = {}
+        self._headers: dict[str, bytes] = {}
         weight_map = {}
         total_size = 0
         for i, group in enumerate(groups):
@@ -129,9 +138,9 @@ class ShardedWriter:
             header, data_bytes = _header(group, {"format": "pt"})
             start = 8 + len(header)
             fd = os.open(self.directory / fname, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-            os.pwrite(fd, len(header).to_bytes(8, "little") + header, 0)
-            os.ftruncate(fd, start + data_bytes)
+            os.ftruncate(fd, start + data_bytes)  # zeros: a header length of 0 loads nowhere
             self._fds[fname] = fd
+            self._headers[fname] = len(header).to_bytes(8, "little") + header
             pos = start
             for name, dtype, shape in group:
                 n = dtype.itemsize * _numel(shape)
@@ -140,9 +149,9 @@ class ShardedWriter:
                 pos += n
             total_size += data_bytes
         self.pending = set(self.slots)
-        if total > 1:
-            index = {"metadata": {"total_size": total_size}, "weight_map": weight_map}
-            (self.directory / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+        self._index = (
+            {"metadata": {"total_size": total_size}, "weight_map": weight_map} if total > 1 else None
+        )
 
     def write(self, name: str, data: memoryview | bytes) -> None:
         slot = self.slots[name]
@@ -154,12 +163,21 @@ class ShardedWriter:
         self.pending.discard(name)
 
     def close(self) -> None:
-        for fd in self._fds.values():
+        """Sync the data, then write and sync each header, then the index; with tensors missing,
+        raise and leave the shards headerless (unloadable)."""
+        if self.pending:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+            raise RuntimeError(f"{len(self.pending)} tensors were never written, e.g. {min(self.pending)!r}")
+        for fname, fd in self._fds.items():
+            os.fsync(fd)  # the data before the header that makes the file loadable
+            os.pwrite(fd, self._headers[fname], 0)
             os.fsync(fd)
             os.close(fd)
         self._fds.clear()
-        if self.pending:
-            raise RuntimeError(f"{len(self.pending)} tensors were never written, e.g. {min(self.pending)!r}")
+        if self._index is not None:
+            (self.directory / INDEX).write_text(json.dumps(self._index, indent=2) + "\n")
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -193,8 +211,33 @@ def copy_side_files(
             shutil.copy2(tokenizer_source / f, out / f)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (one we may not signal exists too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale(out: Path) -> list[Path]:
+    """Remove the temporary siblings of ``out`` (``.OUT.partial-<pid>``, ``.OUT.old-<pid>``) of
+    merges whose process is gone (killed); a live process's are its work in progress and stay."""
+    removed = []
+    for path in out.parent.glob(f".{glob.escape(out.name)}.*-*"):
+        kind, _, pid = path.name.removeprefix(f".{out.name}.").rpartition("-")
+        if kind in ("partial", "old") and pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 def temp_dir_for(out: Path) -> Path:
-    """A fresh temporary directory beside ``out`` (same filesystem, so the final rename is atomic)."""
+    """A fresh temporary directory beside ``out`` (same filesystem, so the final rename is atomic),
+    after removing what killed merges to ``out`` left behind."""
+    remove_stale(out)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)

@@ -12,7 +12,11 @@ the defaults of ``normalize`` and ``rescale``. Model soups (``linear``) and ``sl
 weights directly.
 
 Arithmetic runs in float32 (float64 inputs stay float64) and the result is cast back to the
-base's dtype. Differences from mergekit that change no result:
+base's dtype; slerp, the TIES sign election and the DARE/DELLA L1 norms accumulate in float64.
+So bf16 inputs are merged in float32 and rounded once at the end, where mergekit does the
+task-arithmetic family in bf16: 14-25 % of bf16 outputs differ from mergekit's, mostly by one
+ulp, and nexus_ray's are the closer to a float64 reference (``benchmarks/merge_numerics.py``).
+Differences from mergekit that change no result:
 
 - the TIES / Breadcrumbs trim finds its cut with a selection (O(n)) instead of a full argsort;
 - deltas are weighted and reduced one model at a time, never stacked into one [n, ...] tensor;
@@ -34,6 +38,7 @@ from nexus_ray.merge.sparsify import SPARSIFIERS, tensor_generator
 
 EPS_WEIGHT_SUM = 1e-8  # |sum of weights| below this divides by 1
 SLERP_DOT_THRESHOLD = 0.9995  # nearly colinear tensors are interpolated linearly
+SLERP_BLOCK = 1 << 20  # elements per float64 block of slerp
 
 
 @dataclass(frozen=True)
@@ -74,12 +79,15 @@ def generalized_task_arithmetic(
     ``params`` holds the sparsifier's per-model parameters (density, gamma, epsilon). With
     ``consensus`` (TIES sign election), each element keeps only the weighted deltas whose
     sign agrees with the sign of their sum (zero sum -> +); the divisor is then the sum of the
-    agreeing weights (0 -> 1), a weighted disjoint mean.
+    agreeing weights (0 -> 1), a weighted disjoint mean. The election sums w_i * delta_i in
+    float64, as the float64 reference does: bf16 deltas often cancel exactly, and a float32 sum
+    of rounded products would give such elements a sign of its own.
     """
     sparsifier = SPARSIFIERS[sparsification] if sparsification is not None else None
     dtype = _work_dtype(base)
     b = base.to(dtype)
     deltas = []
+    total = torch.zeros(b.shape, dtype=torch.float64) if consensus else None  # the election's sum
     for i, m in enumerate(models):
         d = m.to(dtype) - b
         if sparsifier is not None:
@@ -87,13 +95,12 @@ def generalized_task_arithmetic(
             if sparsifier.random:
                 kwargs["gen"] = tensor_generator(seed, tensor_name, i)
             d = sparsifier.fn(d, rescale=rescale, **kwargs)
+        if consensus:
+            total.add_(d, alpha=weight[i])
         deltas.append(d.mul_(weight[i]))
     if consensus:
-        total = torch.zeros_like(b)
-        for d in deltas:
-            total += d
         positive = total >= 0
-        mixed, divisor = total.zero_(), torch.zeros_like(b)
+        mixed, divisor = torch.zeros_like(b), torch.zeros_like(b)
         for d, w in zip(deltas, weight):
             agree = torch.where(positive, d > 0, d < 0)
             mixed += d.mul_(agree)
@@ -215,19 +222,29 @@ def linear(
 
 def slerp(base: Tensor, models: Sequence[Tensor], *, t: float) -> Tensor:
     """Spherical interpolation from ``base`` (t = 0) to the one other model (t = 1), over the
-    whole flattened tensor; nearly colinear pairs fall back to linear interpolation."""
+    whole flattened tensor; nearly colinear pairs fall back to linear interpolation.
+
+    Computed in float64 blocks of ``SLERP_BLOCK`` elements and rounded once to the base's dtype:
+    a float32 dot over a multi-million-element tensor loses the digits that set the angle (its
+    error was 23x mergekit's on an 8M-element embedding); the blocks bound the float64 copies."""
     if len(models) != 1:
         raise ValueError(f"slerp merges the base with exactly one other model, got {len(models)}")
-    dtype = _work_dtype(base)
-    a, b = base.to(dtype).reshape(-1), models[0].to(dtype).reshape(-1)
-    na, nb = a.norm(), b.norm()
-    dot = float(((a / na) @ (b / nb)).clamp(-1, 1)) if na > 0 and nb > 0 else 1.0
+    a, b = base.reshape(-1), models[0].reshape(-1)
+    blocks = [slice(start, start + SLERP_BLOCK) for start in range(0, a.numel(), SLERP_BLOCK)]
+    aa = bb = ab = 0.0
+    for s in blocks:
+        x, y = a[s].double(), b[s].double()
+        aa, bb, ab = aa + float(x @ x), bb + float(y @ y), ab + float(x @ y)
+    dot = max(-1.0, min(1.0, ab / math.sqrt(aa * bb))) if aa > 0 and bb > 0 else 1.0
     if abs(dot) > SLERP_DOT_THRESHOLD:
         ca, cb = 1 - t, t
     else:
         theta = math.acos(dot)
         ca, cb = math.sin((1 - t) * theta) / math.sin(theta), math.sin(t * theta) / math.sin(theta)
-    return (a * ca + b * cb).reshape(base.shape).to(base.dtype)
+    out = torch.empty_like(a)
+    for s in blocks:
+        out[s] = a[s].double() * ca + b[s].double() * cb
+    return out.reshape(base.shape)
 
 
 def _family_method(name: str, member: TaskArithmetic) -> Method:

@@ -104,8 +104,8 @@ def merge(
             with ray_session(num_cpus=workers):
                 _merge_on_ray(plan, writer, workers, seed, bar)
         bar.close()
-        writer.close()
         copy_side_files(plan.config_source, plan.tokenizer_source, tmp, plan.out_dtype)
+        writer.close()  # the headers, last: the partial output loads only from here to the rename
         commit(tmp, out, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

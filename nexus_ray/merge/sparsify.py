@@ -33,18 +33,18 @@ def tensor_generator(seed: int, tensor_name: str, model_index: int) -> torch.Gen
 def _l1_rescaled(delta: Tensor, kept: Tensor) -> Tensor:
     """``kept`` scaled so its L1 norm equals the original's (DARE/DELLA's rescale in mergekit).
 
-    The norms are numpy's single-threaded pairwise sums, so the factor does not depend on the
-    thread count (a Ray worker runs one thread): the same seed gives the same bytes everywhere.
+    The norms are numpy's single-threaded pairwise sums in float64, so the factor does not depend
+    on the thread count (a Ray worker runs one thread) and is exact to float32 rounding: the same
+    seed gives the same bytes everywhere.
     """
     before, after = _l1(delta), _l1(kept)
     if before < EPS_NORM or after < EPS_NORM:
         return kept
-    return kept.mul_(before / after)
+    return kept.copy_(kept.double().mul_(before / after))  # one rounding of the exact product
 
 
 def _l1(t: Tensor) -> float:
-    dtype = np.float64 if t.dtype == torch.float64 else np.float32
-    return float(np.abs(t.reshape(-1).numpy()).sum(dtype=dtype))
+    return float(np.abs(t.reshape(-1).numpy()).sum(dtype=np.float64))
 
 
 def _kth_smallest(flat: Tensor, k: int) -> Tensor:

@@ -27,10 +27,13 @@ def mergekit_python() -> Path:
 
 
 def run_cases(
-    cases: dict[str, tuple[dict[str, torch.Tensor], dict]], tmp: Path
+    cases: dict[str, tuple[dict[str, torch.Tensor], dict]],
+    tmp: Path,
+    shared: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, list[torch.Tensor]]:
-    """mergekit's outputs per case: ``cases[name] = ({"base": .., "m0": .., ...}, spec)``."""
-    tensors, spec = {}, {}
+    """mergekit's outputs per case: ``cases[name] = ({"base": .., "m0": .., ...}, spec)``;
+    ``shared`` tensors are saved as named, for specs that read them (``inputs``, ``uniforms``)."""
+    tensors, spec = dict(shared or {}), {}
     for name, (inputs, s) in cases.items():
         spec[name] = s
         for k, v in inputs.items():
