@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0   # the CPU wheel; a plain `torch` pulls CUDA builds
-	$(BIN)/pip install -q -e ".[dev,tune]"
+	$(BIN)/pip install -q -e ".[dev,tune,peers]"
 	touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv and install nexus_ray with its test tools

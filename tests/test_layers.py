@@ -23,6 +23,7 @@ FLOORS: dict[str, int] = {
     "search": 4,
     "tuning": 4,
     "planner": 5,
+    "peers": 5,
     "serving": 6,
     "jobs": 7,
     "training": 7,
