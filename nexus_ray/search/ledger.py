@@ -15,6 +15,10 @@ when search extends a path step by step. With ``prm_prefix_caching`` (a PRM engi
 scored steps: the transformers engine reading a ``local`` step checker, whose score of a step
 depends on the step and the line before it only) a step is charged once per request, the first
 time the PRM reads it after that line.
+
+Test-time merging (``engines/t3.py``): the models that read a prompt to set its merge
+coefficients are charged as ``merge_probe_tokens``, in policy tokens (every merged model has the
+policy's shape), never prefix-cached.
 """
 
 from __future__ import annotations
@@ -33,14 +37,17 @@ class ComputeLedger:
     policy_generated_tokens: int = 0
     policy_prefill_tokens: int = 0
     prm_tokens: int = 0
+    merge_probe_tokens: int = 0
     generations: int = 0
     _cached_prompts: dict[str, int] = field(default_factory=dict, repr=False)
     _scored_steps: set[tuple[str, str]] = field(default_factory=set, repr=False)
 
     def charge_generation(self, results: list[GenerationResult]) -> None:
-        """Charge a generate call: each prompt's prefill once and every sampled token."""
+        """Charge a generate call: each prompt's prefill once, every sampled token, and the
+        test-time merge's reads of the prompt."""
         for r in results:
             self.charge_call(r.prompt, r.prompt_tokens, r.completion_tokens)
+            self.merge_probe_tokens += r.merge_probe_tokens
 
     def charge_call(self, prompt: str, prompt_tokens: int, generated_tokens: int) -> None:
         """One prompt of a generate call, from its token counts (a replayed call charges this too)."""
@@ -79,7 +86,8 @@ class ComputeLedger:
 
     @property
     def flops(self) -> int:
-        policy = 2 * self.policy_parameters * (self.policy_generated_tokens + self.policy_prefill_tokens)
+        policy_tokens = self.policy_generated_tokens + self.policy_prefill_tokens + self.merge_probe_tokens
+        policy = 2 * self.policy_parameters * policy_tokens
         return policy + 2 * self.prm_parameters * self.prm_tokens
 
     @property
@@ -91,6 +99,7 @@ class ComputeLedger:
             "policy_generated_tokens": self.policy_generated_tokens,
             "policy_prefill_tokens": self.policy_prefill_tokens,
             "prm_tokens": self.prm_tokens,
+            "merge_probe_tokens": self.merge_probe_tokens,
             "generations": self.generations,
             "flops": self.flops,
             "policy_token_equivalents": round(self.policy_token_equivalents, 1),

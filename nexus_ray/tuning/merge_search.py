@@ -97,27 +97,33 @@ def score(model_dir: Path, rungs: list[int], weights: dict[str, float] | None, r
     """Greedy accuracy per sub-task on growing prefixes of the held-out sets; ``report`` is
     called after each rung (Tune's, in a trial). Returns the last rung's metrics."""
     from nexus_ray.engines.hf import HFPolicyEngine
-    from nexus_ray.tuning.subtask_score import count_correct
 
     engine = HFPolicyEngine(model_dir)
     try:
-        correct = {name: 0 for name in SUBTASKS}
-        done, metrics = 0, {}
-        for n in rungs:
-            for name in SUBTASKS:
-                correct[name] += count_correct(engine, eval_set(name, n)[done:n])
-            done = n
-            accuracy = {name: correct[name] / n for name in SUBTASKS}
-            metrics = {
-                "objective": objective(accuracy, weights),
-                "problems": n,
-                **{f"acc_{k}": v for k, v in accuracy.items()},
-            }
-            if report is not None:
-                report(metrics)
-        return metrics
+        return score_engine(engine, rungs, weights, report)
     finally:
         engine.shutdown()
+
+
+def score_engine(engine, rungs: list[int], weights: dict[str, float] | None, report=None) -> dict:
+    """``score`` on an engine already built (any with ``generate_sync``: a test-time merge too)."""
+    from nexus_ray.tuning.subtask_score import count_correct
+
+    correct = {name: 0 for name in SUBTASKS}
+    done, metrics = 0, {}
+    for n in rungs:
+        for name in SUBTASKS:
+            correct[name] += count_correct(engine, eval_set(name, n)[done:n])
+        done = n
+        accuracy = {name: correct[name] / n for name in SUBTASKS}
+        metrics = {
+            "objective": objective(accuracy, weights),
+            "problems": n,
+            **{f"acc_{k}": v for k, v in accuracy.items()},
+        }
+        if report is not None:
+            report(metrics)
+    return metrics
 
 
 def trial(point: dict, search: dict) -> None:

@@ -10,11 +10,12 @@ from pathlib import Path
 
 from nexus_ray.engines.base import GenerationParams
 from nexus_ray.engines.hf import HFPolicyEngine
+from nexus_ray.engines.t3 import T3PolicyEngine
 from nexus_ray.tasks import arith
 from nexus_ray.tasks.subtasks import SUBTASKS, eval_set
 
 
-def count_correct(engine: HFPolicyEngine, problems: list[arith.Problem]) -> int:
+def count_correct(engine: HFPolicyEngine | T3PolicyEngine, problems: list[arith.Problem]) -> int:
     """How many of ``problems`` the engine's greedy decode solves (every step checked)."""
     if not problems:
         return 0
