@@ -2,7 +2,8 @@
 
     python benchmarks/small_vs_large.py \
         --small arith-policy-small --small-tables benchmarks/results/calibration/arith-calib-small \
-        --large arith-policy --large-tables benchmarks/results/calibration/arith-calib
+        --large arith-policy --large-tables benchmarks/results/calibration/arith-calib \
+        --large-pools benchmarks/results/planner/pools-arith-test.jsonl   # recorded already
 
 For each policy (the same PRM reads both), on the test set: a pool per problem (greedy decode
 and ``--samples`` temperature-1 samples, PRM-scored; resumable), then on those pools greedy,
@@ -50,25 +51,46 @@ def flops_to_reach(curve: list[dict], accuracy: float) -> float | None:
     return min(reached) if reached else None
 
 
-def pools(args, policy: str, out: Path) -> list[replay.Recorded]:
-    path = out / f"pools-{policy}.jsonl"
+def pools(args, policy: str, table: PlanTable, path: Path) -> list[replay.Recorded]:
+    """A pool per test problem with what ``table``'s plans need (samples at its temperatures,
+    its tree-search runs); resumable. Pools recorded elsewhere must already hold all of it."""
     examples = select_examples(args.dataset, args.per_level)
+    temperatures, runs = replay.needs([table])
     done = {r["problem"] for r in load_records(path)}
     work = [e for e in interleave_levels(examples) if e.problem not in done]
     models = local_models("hf", policy, args.prm)
     if work:
         print(f"recording {len(work)} {args.dataset} pools for {policy} ({len(done)} done) -> {path}")
-        solver = partial(replay.record_one, fmt=ARITH, samples=args.samples, seed=args.seed)
+        solver = partial(
+            replay.record_one,
+            fmt=ARITH,
+            samples=args.samples,
+            seed=args.seed,
+            temperatures=temperatures,
+            runs=runs,
+        )
         run_local(models.policy, models.prm, solver, work, path, args.concurrency)
     wanted = {e.problem for e in examples}
-    return [r for r in replay.load_pools(path) if r.pool.problem in wanted]
+    recs = [r for r in replay.load_pools(path) if r.pool.problem in wanted]
+    lacking = [
+        r
+        for r in recs
+        if any(t not in r.pool.tempered for t in temperatures)
+        or any(o.label not in r.pool.runs for o in runs)
+    ]
+    if lacking:
+        raise SystemExit(
+            f"{path}: {len(lacking)} pools lack what {policy}'s table can choose "
+            f"(temperatures {temperatures}, runs {[o.label for o in runs]})"
+        )
+    return recs
 
 
-def measure(args, policy: str, tables: Path) -> dict:
-    recs = pools(args, policy, args.out)
-    params = recs[0].policy_parameters
+def measure(args, policy: str, tables: Path, pool_file: Path | None) -> dict:
     table = PlanTable.load(tables / f"table-{args.estimator}.json")
     table.check_models(policy, args.prm)
+    recs = pools(args, policy, table, pool_file or args.out / f"pools-{policy}.jsonl")
+    params = recs[0].policy_parameters
     greedy = flops_point(replay.planned_results(recs, table, table.allocate(0.0)), params, "greedy")
     weighted = [
         flops_point(replay.uniform_results(recs, "weighted", n), params, f"weighted@{n}") for n in SIZES
@@ -100,6 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         "--small-tables", type=Path, default=Path("benchmarks/results/calibration/arith-calib-small")
     )
     p.add_argument("--large-tables", type=Path, default=Path("benchmarks/results/calibration/arith-calib"))
+    p.add_argument(
+        "--large-pools",
+        type=Path,
+        default=None,
+        help="the large policy's pools recorded already (e.g. by planner_efficiency.py, same seed)",
+    )
     p.add_argument("--estimator", default="learned", help="which table-<estimator>.json of each folder")
     p.add_argument(
         "--budgets",
@@ -116,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    small = measure(args, args.small, args.small_tables)
-    large = measure(args, args.large, args.large_tables)
+    small = measure(args, args.small, args.small_tables, None)
+    large = measure(args, args.large, args.large_tables, args.large_pools)
     target = large["greedy"]["accuracy"]
     small_curve = [small["greedy"], *small["weighted"], *small["majority"], *small["planner"]]
     report = {

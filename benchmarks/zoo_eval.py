@@ -8,7 +8,11 @@ in its task format), labels every step exactly, scores every step with its PRM (
 format), and reports per level:
 pass@1 (mean over samples), pass@k (any of k correct), majority vote, and PRM selection
 (weighted = Snell's best-of-N weighted, argmax) with the PRM's ``last`` and ``min`` step
-aggregation, over the same k samples, side by side.
+aggregation, over the same k samples, side by side. ``last_conf`` multiplies the PRM's last
+step score by the policy's own confidence in the sample, the probability of its least likely
+token (free: the sampler returns the logprobs): a check of the PRM by the policy's
+certainty. ``deepconf`` uses no PRM: DeepConf's lowest group confidence of the sample
+(``search/confidence.py``, the defaults of the ``deepconf`` strategy) as the selection signal.
 Writes benchmarks/results/zoo_eval[-chat].json and prints Markdown tables.
 """
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -27,6 +32,8 @@ from nexus_ray.engines import build_policy_engine, build_reward_engine
 from nexus_ray.engines.base import GenerationParams, ScoreRequest
 from nexus_ray.jobs.eval import select_examples
 from nexus_ray.search.aggregate import aggregate_steps, select
+from nexus_ray.search.confidence import token_confidences, trace_confidence
+from nexus_ray.search.deepconf_offline import DeepConfOfflineParams
 from nexus_ray.tasks import arith, datasets, mathchat
 from nexus_ray.tasks.format import ARITH, TaskFormat, chat_math
 from nexus_ray.tasks.grading import is_equivalent
@@ -72,11 +79,16 @@ def main() -> None:
     policy, prm, fmt, labeller = pair(args.pair, dataset)
     examples = select_examples(dataset, args.per_level)
     k = args.samples
-    params = GenerationParams(n=k, temperature=1.0, max_tokens=200, seed=args.seed)
+    conf = DeepConfOfflineParams()
+    params = GenerationParams(
+        n=k, temperature=1.0, max_tokens=200, seed=args.seed, logprobs=True, top_logprobs=conf.top_k
+    )
+    modes = ("last", "min", "last_conf", "deepconf")
 
     per_level: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     step_scores, step_labels = [], []
-    pairs_won, pairs = 0.0, 0  # within a problem: does a right solution outscore a wrong one?
+    pairs_won = dict.fromkeys(modes, 0.0)  # within a problem: does a right solution outscore a wrong one?
+    pairs = 0
     chunk = max(1, 256 // k)
     for s in tqdm(range(0, len(examples), chunk), desc="policy + PRM", unit="batch"):
         batch = examples[s : s + chunk]
@@ -93,11 +105,14 @@ def main() -> None:
             texts = [c.text for c in r.completions]
             answers = [fmt.answer(t) for t in texts]
             correct = [is_equivalent(a, e.answer, fmt.answer_kind) for a in answers]
-            scores: dict[str, list[float]] = {"last": [], "min": []}
-            for t in texts:
+            scores: dict[str, list[float]] = {mode: [] for mode in modes}
+            for c, t in zip(r.completions, texts):
                 step_s = next(scored).scores
-                for mode, values in scores.items():
-                    values.append(aggregate_steps(step_s, mode))
+                scores["last"].append(aggregate_steps(step_s, "last"))
+                scores["min"].append(aggregate_steps(step_s, "min"))
+                scores["last_conf"].append(scores["last"][-1] * math.exp(min(c.logprobs, default=0.0)))
+                confidences = token_confidences(c, conf.top_k)
+                scores["deepconf"].append(trace_confidence(confidences, "lowest", conf.window, conf.tail))
                 labels = labeller(e.problem, t)
                 # Lines after the answer line (rare) are not steps the checker labels.
                 step_scores += step_s[: len(labels)]
@@ -106,8 +121,9 @@ def main() -> None:
                 for j, cj in enumerate(correct):
                     if ci and not cj:
                         pairs += 1
-                        a, b = scores["last"][i], scores["last"][j]
-                        pairs_won += 1.0 if a > b else 0.5 if a == b else 0.0
+                        for mode, sc in scores.items():
+                            a, b = sc[i], sc[j]
+                            pairs_won[mode] += 1.0 if a > b else 0.5 if a == b else 0.0
             row = per_level[e.level or 0]
             row["pass@1"].append(sum(correct) / k)
             row[f"pass@{k}"].append(float(any(correct)))
@@ -123,9 +139,9 @@ def main() -> None:
     }
     for row in table.values():  # the share of sampling's headroom the PRM's selection captures
         room = row[f"pass@{k}"] - row["pass@1"]
-        row["headroom_captured"] = (
-            round((row["weighted_last"] - row["pass@1"]) / room, 3) if room > 0 else None
-        )
+        for mode in ("last", "last_conf", "deepconf"):
+            key = "headroom_captured" + ("" if mode == "last" else f"_{mode}")
+            row[key] = round((row[f"weighted_{mode}"] - row["pass@1"]) / room, 3) if room > 0 else None
     out = {
         "pair": args.pair,
         "dataset": dataset,
@@ -134,26 +150,34 @@ def main() -> None:
         "per_level": table,
         "prm_step_auroc": round(auroc(step_scores, step_labels), 4),
         "prm_steps_scored": len(step_labels),
-        "prm_within_problem_auroc": round(pairs_won / max(1, pairs), 4),
+        "prm_within_problem_auroc": round(pairs_won["last"] / max(1, pairs), 4),
+        "prm_x_confidence_within_problem_auroc": round(pairs_won["last_conf"] / max(1, pairs), 4),
+        "deepconf_within_problem_auroc": round(pairs_won["deepconf"] / max(1, pairs), 4),
         "prm_within_problem_pairs": pairs,
         "seconds": round(time.time() - start, 1),
     }
-    path = RESULTS / ("zoo_eval.json" if args.pair == "arith" else f"zoo_eval-{args.pair}.json")
+    name = "zoo_eval" + ("" if args.pair == "arith" else f"-{args.pair}")
+    name += "" if dataset == f"{args.pair}-test" else f"-{dataset}"
+    path = RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n")
-    cols = ["pass@1", f"pass@{k}", "majority", "weighted_last", "argmax_last", "weighted_min", "argmax_min"]
-    print(f"\n| level | problems | {' | '.join(cols)} | headroom captured |")
-    print("|---|---|" + "---|" * (len(cols) + 1))
+    cols = [f"{sel}_{mode}" for mode in modes for sel in ("weighted", "argmax")]
+    cols = ["pass@1", f"pass@{k}", "majority", *cols]
+    rooms = ["headroom_captured", "headroom_captured_last_conf", "headroom_captured_deepconf"]
+    print(f"\n| level | problems | {' | '.join(cols + rooms)} |")
+    print("|---|---|" + "---|" * (len(cols) + len(rooms)))
     for level, row in table.items():
-        room = "-" if row["headroom_captured"] is None else f"{row['headroom_captured']:.2f}"
-        print(
-            f"| {level} | {row['problems']} | " + " | ".join(f"{row[c]:.3f}" for c in cols) + f" | {room} |"
-        )
+        cells = [f"{row[c]:.3f}" for c in cols] + ["-" if row[c] is None else f"{row[c]:.2f}" for c in rooms]
+        print(f"| {level} | {row['problems']} | " + " | ".join(cells) + " |")
     print(f"\nPRM step-level AUROC on {len(step_labels)} held-out steps: {out['prm_step_auroc']:.4f}")
     print(
         f"PRM within-problem AUROC (a right solution's last-step score above a wrong one's, "
         f"{pairs} pairs): {out['prm_within_problem_auroc']:.4f}"
     )
+    print(
+        f"PRM x policy confidence, within-problem AUROC: {out['prm_x_confidence_within_problem_auroc']:.4f}"
+    )
+    print(f"DeepConf confidence (no PRM), within-problem AUROC: {out['deepconf_within_problem_auroc']:.4f}")
     print(f"({out['seconds']} s; wrote {path})")
 
 

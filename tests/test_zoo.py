@@ -16,7 +16,11 @@ from nexus_ray.zoo.registry import list_models, resolve
 
 @pytest.mark.parametrize(
     "name,auto_class",
-    [("arith-policy", AutoModelForCausalLM), ("arith-prm", AutoModelForTokenClassification)],
+    [
+        ("arith-policy", AutoModelForCausalLM),
+        ("arith-policy-small", AutoModelForCausalLM),
+        ("arith-prm", AutoModelForTokenClassification),
+    ],
 )
 def test_loads_with_transformers_auto_classes(name, auto_class):
     path = resolve(name)
@@ -31,6 +35,7 @@ def test_zoo_list_reports_built_models():
     models = {m.name: m for m in list_models()}
     assert set(models) == {
         "arith-policy",
+        "arith-policy-small",
         "arith-prm",
         "arith-expert-addsub",
         "arith-expert-mul",

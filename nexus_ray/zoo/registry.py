@@ -10,6 +10,7 @@ ZOO_DIR = Path(__file__).parent / "models"
 
 DESCRIPTIONS = {
     "arith-policy": "tiny Llama policy: multi-step arithmetic, one step per line, then 'A: <answer>'",
+    "arith-policy-small": "arith-policy's recipe at a quarter of its parameters (small vs. large)",
     "arith-prm": "step checker for the arith policies: each step against the line before it (format local)",
     "arith-expert-addsub": "merge expert: arith-policy fine-tuned on long +/- chains",
     "arith-expert-mul": "merge expert: arith-policy fine-tuned on multiplication-heavy problems",
