@@ -130,13 +130,13 @@ def test_top_p_tiny_is_greedy(policy_engine):
 
 def test_concurrent_calls_are_merged_and_keep_their_seeds(policy_engine, monkeypatch):
     batches = []
-    original = policy_engine._generate_seeded
+    original = policy_engine.generate_seeded
 
     def spy(prompts, seeds, params):
         batches.append(len(prompts))
         return original(prompts, seeds, params)
 
-    monkeypatch.setattr(policy_engine, "_generate_seeded", spy)
+    monkeypatch.setattr(policy_engine, "generate_seeded", spy)
     params = GenerationParams(n=2, seed=4, max_tokens=60)
 
     async def together():
