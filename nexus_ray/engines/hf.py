@@ -240,14 +240,7 @@ class HFPolicyEngine:
 
     def _prefill(self, encoded: list[list[int]]) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
         """Every prompt from its first token, left-padded so every last token is aligned."""
-        tok = self.tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        width = max(map(len, encoded))
-        ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, p in enumerate(encoded):
-            ids[r, width - len(p) :] = torch.tensor(p)
-            mask[r, width - len(p) :] = 1
+        ids, mask = left_padded(encoded, self.tokenizer)
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
@@ -342,6 +335,19 @@ class HFPolicyEngine:
             probs = torch.zeros_like(probs).scatter(1, order, sorted_p)
             probs = probs / probs.sum(-1, keepdim=True)
         return torch.stack([torch.multinomial(probs[r], 1, generator=g)[0] for r, g in enumerate(generators)])
+
+
+def left_padded(encoded: list[list[int]], tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask of prompts left-padded to one width, so every prompt's
+    last token is in the last column."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    width = max(map(len, encoded))
+    ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, p in enumerate(encoded):
+        ids[r, width - len(p) :] = torch.tensor(p)
+        mask[r, width - len(p) :] = 1
+    return ids, mask
 
 
 def _eos_ids(model, tokenizer) -> list[int]:

@@ -29,7 +29,7 @@ from transformers import AutoModelForCausalLM
 from nexus_ray.config import T3MergeConfig
 from nexus_ray.engines.base import GenerationParams, GenerationResult, prompt_seed
 from nexus_ray.engines.batching import MicroBatcher
-from nexus_ray.engines.hf import HFPolicyEngine
+from nexus_ray.engines.hf import HFPolicyEngine, left_padded
 from nexus_ray.engines.tokens import prompt_ids
 from nexus_ray.merge.t3 import coefficients, divergences, merge_weights
 
@@ -145,13 +145,7 @@ class T3PolicyEngine:
 
 def _last_logits(model, encoded: list[list[int]], tokenizer, device: torch.device) -> torch.Tensor:
     """Next-token logits [B, V] at each prompt's last token (prompts left-padded)."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    width = max(map(len, encoded))
-    ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for r, p in enumerate(encoded):
-        ids[r, width - len(p) :] = torch.tensor(p)
-        mask[r, width - len(p) :] = 1
+    ids, mask = left_padded(encoded, tokenizer)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device))
     return out.logits[:, -1].float()

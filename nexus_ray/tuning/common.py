@@ -1,4 +1,4 @@
-"""What both Tune searches share: config loading with clear errors, a resumable Tuner, plots.
+"""What the Tune searches share: config loading with clear errors, a resumable Tuner, plots.
 
 A search is resumable: its experiment lives at ``storage_path/name``; running the same command
 again after the driver was killed restores it (``Tuner.restore``) and finishes the trials that
@@ -7,6 +7,7 @@ were pending or running, instead of starting over.
 
 from __future__ import annotations
 
+import argparse
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -54,6 +55,39 @@ def load_config(path: str | Path, model: type[M], overrides: dict[str, Any] | No
         raise SearchError(str(err)) from None
     except ValidationError as err:
         raise SearchError(explain(str(path), model, err)) from None
+
+
+def search_main(
+    argv: list[str] | None,
+    prog: str,
+    doc: str | None,
+    model: type[M],
+    run: Callable[[M, bool], Any],
+    example: str,
+    extra: dict[str, tuple[type, str]] | None = None,
+) -> int:
+    """A search's command line: ``--config`` plus the overrides every search takes (and its own
+    ``extra`` ones: config key -> (type, help)), errors as one line and exit status 2."""
+    p = argparse.ArgumentParser(
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--config", required=True, help=f"search config YAML (see {example})")
+    p.add_argument("--storage", default=None, help="overrides storage_path (a shared folder, s3:// or gs://)")
+    p.add_argument("--num-samples", type=int, default=None, help="overrides num_samples")
+    for key, (kind, text) in (extra or {}).items():
+        p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=kind, default=None, help=text)
+    p.add_argument(
+        "--fresh", action="store_true", help="start over even if the experiment folder holds a search"
+    )
+    args = p.parse_args(argv)
+    overrides = {"storage_path": args.storage, "num_samples": args.num_samples}
+    overrides |= {key: getattr(args, key) for key in extra or {}}
+    try:
+        run(load_config(args.config, model, overrides), args.fresh)
+    except (SearchError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}")
+        return 2
+    return 0
 
 
 def storage_uri(storage_path: str) -> str:

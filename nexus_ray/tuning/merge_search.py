@@ -15,7 +15,6 @@ and ``search.png`` next to the experiment. Run the same command again to resume 
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import tempfile
@@ -30,9 +29,9 @@ from nexus_ray.tuning.common import (
     SearchError,
     SearchSettings,
     fit,
-    load_config,
     output_dir,
     plot_search,
+    search_main,
     trials_in_order,
     trials_to_reach,
 )
@@ -247,22 +246,6 @@ def _resolve(model: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="tune/merge_search.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    return search_main(
+        argv, "tune/merge_search.py", __doc__, MergeSearchConfig, run, "tune/configs/merge-zoo.yaml"
     )
-    p.add_argument("--config", required=True, help="search config YAML (see tune/configs/merge-zoo.yaml)")
-    p.add_argument("--storage", default=None, help="overrides storage_path (a shared folder, s3:// or gs://)")
-    p.add_argument("--num-samples", type=int, default=None, help="overrides num_samples")
-    p.add_argument(
-        "--fresh", action="store_true", help="start over even if the experiment folder holds a search"
-    )
-    args = p.parse_args(argv)
-    try:
-        cfg = load_config(
-            args.config, MergeSearchConfig, {"storage_path": args.storage, "num_samples": args.num_samples}
-        )
-        run(cfg, args.fresh)
-    except (SearchError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}")
-        return 2
-    return 0

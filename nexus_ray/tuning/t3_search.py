@@ -13,7 +13,6 @@ Run the same command again to resume it.
 
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Literal
 
@@ -24,9 +23,9 @@ from nexus_ray.tuning.common import (
     SearchError,
     SearchSettings,
     fit,
-    load_config,
     output_dir,
     plot_search,
+    search_main,
     trials_in_order,
     trials_to_reach,
 )
@@ -154,22 +153,4 @@ def run(cfg: T3SearchConfig, fresh: bool = False) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="tune/t3_search.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--config", required=True, help="search config YAML (see tune/configs/t3-zoo.yaml)")
-    p.add_argument("--storage", default=None, help="overrides storage_path (a shared folder, s3:// or gs://)")
-    p.add_argument("--num-samples", type=int, default=None, help="overrides num_samples")
-    p.add_argument(
-        "--fresh", action="store_true", help="start over even if the experiment folder holds a search"
-    )
-    args = p.parse_args(argv)
-    try:
-        cfg = load_config(
-            args.config, T3SearchConfig, {"storage_path": args.storage, "num_samples": args.num_samples}
-        )
-        run(cfg, args.fresh)
-    except (SearchError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}")
-        return 2
-    return 0
+    return search_main(argv, "tune/t3_search.py", __doc__, T3SearchConfig, run, "tune/configs/t3-zoo.yaml")

@@ -17,7 +17,6 @@ must match. Run the command again to resume.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -30,9 +29,9 @@ from nexus_ray.tuning.common import (
     SearchError,
     SearchSettings,
     fit,
-    load_config,
     output_dir,
     plot_search,
+    search_main,
     trials_in_order,
     trials_to_reach,
 )
@@ -237,29 +236,12 @@ def run(cfg: YarnSearchConfig, fresh: bool = False) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="tune/yarn_search.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    return search_main(
+        argv,
+        "tune/yarn_search.py",
+        __doc__,
+        YarnSearchConfig,
+        run,
+        "tune/configs/yarn-zoo.yaml",
+        {"target_length": (int, "overrides target_length")},
     )
-    p.add_argument("--config", required=True, help="search config YAML (see tune/configs/yarn-zoo.yaml)")
-    p.add_argument("--storage", default=None, help="overrides storage_path (a shared folder, s3:// or gs://)")
-    p.add_argument("--num-samples", type=int, default=None, help="overrides num_samples")
-    p.add_argument("--target-length", type=int, default=None, help="overrides target_length")
-    p.add_argument(
-        "--fresh", action="store_true", help="start over even if the experiment folder holds a search"
-    )
-    args = p.parse_args(argv)
-    try:
-        cfg = load_config(
-            args.config,
-            YarnSearchConfig,
-            {
-                "storage_path": args.storage,
-                "num_samples": args.num_samples,
-                "target_length": args.target_length,
-            },
-        )
-        run(cfg, args.fresh)
-    except (SearchError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}")
-        return 2
-    return 0
