@@ -1,8 +1,8 @@
 """The Tune searches end to end on a local Ray cluster, as users run them (the scripts).
 
 Tiny configs, a handful of trials each: the merge search must beat uniform `linear` weights on
-the zoo experts, the YaRN search must beat no scaling at 4x the base's context, and each
-reported best must equal a re-evaluation of its config.
+the zoo experts (its trials merged in memory score as on disk), the YaRN search must beat no
+scaling at 4x the base's context, and each reported best must equal a re-evaluation of its config.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -55,6 +56,22 @@ def test_merge_search_beats_uniform_linear_and_its_best_rescores_the_same(tmp_pa
     assert (out / "search.png").stat().st_size > 0 and (out / "trials.csv").exists()
     again = run_script("merge_search.py", config, tmp_path)  # the experiment is there: resumed, not redone
     assert again.returncode == 0 and "resuming" in again.stdout, again.stdout[-2000:] + again.stderr[-2000:]
+
+
+def test_in_memory_trials_score_as_on_disk_ones(tmp_path):
+    """The same seeded trials, merged in memory and on disk: the same scores, trial by trial."""
+    config = yaml.safe_load((ROOT / "tune" / "configs" / "merge-zoo.yaml").read_text())
+    config |= {"num_samples": 3, "problems": [10], "max_concurrent_trials": 1}
+    trials = {}
+    for in_memory in (True, False):
+        name = f"tiny-merge-{'memory' if in_memory else 'disk'}"
+        config |= {"name": name, "in_memory": in_memory, "storage_path": str(tmp_path / "tune")}
+        run = run_script("merge_search.py", config, tmp_path)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        trials[in_memory] = pd.read_csv(tmp_path / "tune" / name / "trials.csv")
+    for column in ("config/method", "objective"):
+        assert trials[True][column].tolist() == trials[False][column].tolist(), column
+    assert (trials[True]["merge_s"] > 0).all() and (trials[True]["score_s"] > 0).all()
 
 
 def test_yarn_search_beats_no_scaling_at_4x_and_its_best_reevaluates_the_same(tmp_path):

@@ -1,7 +1,8 @@
 """Execute a merge plan tensor by tensor, in this process or as parallel Ray tasks.
 
-    from nexus_ray.merge.run import merge
+    from nexus_ray.merge.run import merge, merge_into
     merge("config.yaml", "out/merged", workers=4)       # or a dict config
+    merge_into(model, "config.yaml")                    # into a loaded transformers model, no file
 
 With ``workers > 1`` each output tensor is one Ray task (1 CPU) that reads its inputs from the
 memory-mapped checkpoints itself and returns the merged bytes; the driver writes them into the
@@ -65,6 +66,26 @@ def merge_tensor(plan: Plan, tp: TensorPlan, seed: int) -> torch.Tensor:
         return base  # integer buffers (e.g. position ids) are copied from the base
     out = methods.call(plan.method, base, inputs, tp.model_params, tp.global_params, seed, tp.name)
     return out.to(tp.out_dtype)
+
+
+def merge_into(model: torch.nn.Module, config: dict | str | Path, seed: int = 0) -> int:
+    """Merge a config's tensors straight into a loaded model's weights, in place, writing nothing.
+
+    The tensors are ``merge_tensor``'s, so the model ends up holding exactly what loading
+    ``merge``'s output would give it (tied weights follow their storage): a merge search whose
+    trial scores the merge itself skips the safetensors round trip. Shapes are checked before
+    any weight changes; a NaN/Inf input (MergeError) leaves the model partly merged.
+    Returns the number of tensors merged.
+    """
+    plan = build(config)
+    state = model.state_dict()
+    for tp in plan.tensors:
+        if tp.name not in state or tuple(state[tp.name].shape) != tp.shape:
+            raise MergeError(f"tensor {tp.name!r} {list(tp.shape)} has no weight of that shape in the model")
+    with torch.no_grad():
+        for tp in plan.tensors:
+            state[tp.name].copy_(merge_tensor(plan, tp, seed))
+    return len(plan.tensors)
 
 
 def _merge_bytes(plan: Plan, name: str, seed: int):

@@ -110,15 +110,18 @@ def fit(
     search_alg: Any = None,
     scheduler: Any = None,
     fresh: bool = False,
+    reuse_actors: bool = False,
 ):
-    """Run the search, or resume it when its experiment folder already holds one."""
+    """Run the search, or resume it when its experiment folder already holds one; with
+    ``reuse_actors`` a trial process runs trial after trial (what it loaded stays loaded)."""
     from ray import tune
 
     root = storage_uri(settings.storage_path)
     path = f"{root.rstrip('/')}/{settings.name}"
     wrapped = tune.with_resources(trainable, {"cpu": settings.resources.cpu, "gpu": settings.resources.gpu})
     with ray_session():
-        return _fit(wrapped, path, root, settings, param_space, metric, search_alg, scheduler, fresh), path
+        args = (param_space, metric, search_alg, scheduler, fresh, reuse_actors)
+        return _fit(wrapped, path, root, settings, *args), path
 
 
 def _fit(
@@ -131,6 +134,7 @@ def _fit(
     search_alg: Any,
     scheduler: Any,
     fresh: bool,
+    reuse_actors: bool,
 ):
     from ray import tune
 
@@ -150,6 +154,7 @@ def _fit(
                 search_alg=search_alg,
                 scheduler=scheduler,
                 max_concurrent_trials=settings.max_concurrent_trials,
+                reuse_actors=reuse_actors,
             ),
             run_config=tune.RunConfig(name=settings.name, storage_path=root, verbose=1),
         )

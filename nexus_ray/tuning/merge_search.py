@@ -3,14 +3,19 @@
     python tune/merge_search.py --config tune/configs/merge-zoo.yaml
     ray job submit --working-dir . -- python tune/merge_search.py --config tune/configs/merge-zoo.yaml
 
-Each trial merges the experts into its own trial folder (``nexus_ray.merge``) and scores the
+Each trial merges the experts straight into the weights of its scoring engine, in memory
+(``in_memory: true``, the default: ``nexus_ray.merge.run.merge_into``, the numerics of the
+on-disk merge; the trial process and its engine are kept from trial to trial), or with
+``in_memory: false`` into node-local scratch space, loaded back from disk; then it scores the
 merged model by greedy decoding on held-out problems of every sub-task, on growing subsets
 (``problems``: the ASHA rungs), so ASHA stops poor trials after the first few dozen problems.
 The searcher is Optuna's TPE, seeded, its first trial the default TIES merge; the methods it
-chooses among are ties, dare_ties and della by default (linear and task_arithmetic on request). At the end the
-best config is merged again and re-scored on the full set (the reported best must match), and
-the search writes ``best-merge.yaml`` (mergekit-compatible), ``trials.csv``, ``summary.json``
-and ``search.png`` next to the experiment. Run the same command again to resume it.
+chooses among are ties, dare_ties and della by default (linear and task_arithmetic on request).
+At the end the best config is merged again, on disk whatever ``in_memory`` says, and re-scored
+on the full set (the reported best must match), and the search writes ``best-merge.yaml``
+(mergekit-compatible), ``trials.csv`` (with each trial's ``merge_s`` and ``score_s``),
+``summary.json`` and ``search.png`` next to the experiment. Run the same command again to
+resume it.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -53,6 +60,11 @@ class MergeSearchConfig(SearchSettings):
         default_factory=lambda: [25, 50, 100], description="ASHA rungs, problems per sub-task"
     )
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    in_memory: bool = Field(
+        True,
+        description="merge into the trial's scoring engine in place (no files; bit-equal to false), "
+        "or false: merge to disk and load it, as a scorer in another process would",
+    )
 
     @model_validator(mode="after")
     def _ranges(self) -> MergeSearchConfig:
@@ -125,18 +137,54 @@ def score_engine(engine, rungs: list[int], weights: dict[str, float] | None, rep
     return metrics
 
 
+_ENGINES: dict[Path, object] = {}
+
+
+def _trial_engine(base_model: str):
+    """The scoring engine of this trial process, built from the base once: trials merge into it
+    in place, and Tune's reused actors keep it (and the memory-mapped checkpoints) loaded."""
+    from nexus_ray.engines.hf import HFPolicyEngine
+
+    path = _resolve(base_model)
+    if path not in _ENGINES:
+        _ENGINES[path] = HFPolicyEngine(path)
+    return _ENGINES[path]
+
+
+def _score_timed(engine, cfg: MergeSearchConfig, merge_s: float, report: Callable) -> None:
+    """``score_engine`` reporting, with each rung, the trial's merge + load seconds and its scoring
+    seconds so far, both timed inside the trial (so in-memory and on-disk trials compare)."""
+    start = time.perf_counter()
+
+    def timed(metrics: dict) -> None:
+        report(metrics | {"merge_s": merge_s, "score_s": time.perf_counter() - start})
+
+    score_engine(engine, cfg.problems, cfg.objective, report=timed)
+
+
 def trial(point: dict, search: dict) -> None:
-    """One Tune trial: merge into node-local scratch space (not the trial folder, which Tune
-    uploads to storage on every report), score rung by rung, clean up."""
+    """One Tune trial: merge (in memory, or into node-local scratch space, not the trial folder,
+    which Tune uploads to storage on every report), score rung by rung, clean up."""
     from ray import tune
 
-    from nexus_ray.merge.run import merge
+    from nexus_ray.engines.hf import HFPolicyEngine
+    from nexus_ray.merge.run import merge, merge_into
 
     cfg = MergeSearchConfig.model_validate(search)
+    start = time.perf_counter()
+    if cfg.in_memory:
+        engine = _trial_engine(cfg.base_model)
+        merge_into(engine.model, merge_config(cfg, point), seed=cfg.seed)
+        _score_timed(engine, cfg, time.perf_counter() - start, tune.report)
+        return
     with tempfile.TemporaryDirectory(prefix=f"nexus-merge-{tune.get_context().get_trial_id()}-") as scratch:
         out = Path(scratch) / "merged"
         merge(merge_config(cfg, point), out, workers=1, seed=cfg.seed, progress=False)
-        score(out, cfg.problems, cfg.objective, report=tune.report)
+        engine = HFPolicyEngine(out)
+        try:
+            _score_timed(engine, cfg, time.perf_counter() - start, tune.report)
+        finally:
+            engine.shutdown()
 
 
 def evaluate_merge(merge_cfg: dict, out: Path, cfg: MergeSearchConfig) -> dict:
@@ -176,7 +224,7 @@ def run(cfg: MergeSearchConfig, fresh: bool = False) -> dict:
     rungs = len(cfg.problems)
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=rungs, grace_period=1, reduction_factor=2)
     trainable = tune.with_parameters(trial, search=cfg.model_dump(by_alias=True))
-    results, _ = fit(trainable, cfg, space, "objective", searcher, scheduler, fresh)
+    results, _ = fit(trainable, cfg, space, "objective", searcher, scheduler, fresh, cfg.in_memory)
 
     finished = [r for r in trials_in_order(results) if r.metrics.get("problems") == cfg.problems[-1]]
     if not finished:
