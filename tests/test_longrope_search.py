@@ -3,11 +3,16 @@ the zoo base at 4x its context beats no scaling, with a best that re-evaluates t
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 from test_tune import tiny_rope_search
 
+from nexus_ray.config import RopeConfig
+from nexus_ray.rope.apply import config_overrides, load_config
 from nexus_ray.tuning.longrope_search import rescale_factors
+from nexus_ray.zoo.registry import resolve
 
 
 @pytest.mark.parametrize(
@@ -36,3 +41,8 @@ def test_longrope_search_beats_no_scaling_at_4x_and_its_best_reevaluates_the_sam
     assert params["rope_type"] == "longrope" and block["max_position_embeddings"] == 512
     assert len(params["long_factor"]) == 16 and params["short_factor"] == [1.0] * 16
     assert params["long_factor"] == sorted(params["long_factor"])
+    # The summary's scaling is an engine's `rope:`; vLLM gets the attention factor as its mscales.
+    rope = RopeConfig.model_validate(json.loads((out / "summary.json").read_text())["best"]["rope"])
+    vllm = config_overrides(rope, load_config(resolve("rope-base"), None), "vllm")["rope_parameters"]
+    assert vllm["long_factor"] == params["long_factor"]
+    assert vllm["short_mscale"] == vllm["long_mscale"] == params["attention_factor"]
