@@ -91,6 +91,12 @@ def test_yarn_search_beats_no_scaling_at_4x_and_its_best_reevaluates_the_same(tm
         ("merge_search.py", {"base_model": "arith-policy", "models": ["arith-expert-mul", "nope"]}, "nope"),
         ("yarn_search.py", {"target_length": 512, "beta_slow": [1, 64]}, "beta_slow"),
         ("yarn_search.py", {"target_length": 64}, "within the model's trained"),
+        (
+            "longrope_search.py",
+            {"target_length": 512, "unscaled_pairs": [0, 16]},
+            "below the model's 16 pairs",
+        ),
+        ("longrope_search.py", {"target_length": 512, "unscaled_pairs": [4, 2]}, "unscaled_pairs"),
     ],
 )
 def test_bad_search_configs_are_clear_errors(tmp_path, script, bad, message):

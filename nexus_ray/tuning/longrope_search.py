@@ -27,12 +27,13 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from nexus_ray.config import RopeConfig
-from nexus_ray.tuning.common import SearchError, search_main
+from nexus_ray.tuning.common import SearchError
 from nexus_ray.tuning.rope_search import (
     RopeSearchConfig,
     for_target,
     measure,
     model_base,
+    rope_search_main,
     search,
     trained_length,
 )
@@ -136,12 +137,4 @@ def run(cfg: LongRopeSearchConfig, fresh: bool = False) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return search_main(
-        argv,
-        "tune/longrope_search.py",
-        __doc__,
-        LongRopeSearchConfig,
-        run,
-        "tune/configs/longrope-zoo.yaml",
-        {"target_length": (int, "overrides target_length")},
-    )
+    return rope_search_main(argv, "longrope", __doc__, LongRopeSearchConfig, run)

@@ -29,6 +29,7 @@ from nexus_ray.tuning.common import (
     fit,
     output_dir,
     plot_search,
+    search_main,
     trials_in_order,
     trials_to_reach,
 )
@@ -210,3 +211,16 @@ def search(
     )
     print(f"wrote {local / 'best-rope.yaml'}, trials.csv, summary.json, search.png")
     return summary
+
+
+def rope_search_main(argv: list[str] | None, kind: str, doc: str | None, model: type, run: Callable) -> int:
+    """The command line of ``tune/<kind>_search.py``: the common flags plus ``--target-length``."""
+    return search_main(
+        argv,
+        f"tune/{kind}_search.py",
+        doc,
+        model,
+        run,
+        f"tune/configs/{kind}-zoo.yaml",
+        {"target_length": (int, "overrides target_length")},
+    )

@@ -16,12 +16,12 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from nexus_ray.config import RopeConfig
-from nexus_ray.tuning.common import search_main
 from nexus_ray.tuning.rope_search import (
     RopeSearchConfig,
     for_target,
     measure,
     model_base,
+    rope_search_main,
     search,
     trained_length,
 )
@@ -96,12 +96,4 @@ def run(cfg: YarnSearchConfig, fresh: bool = False) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return search_main(
-        argv,
-        "tune/yarn_search.py",
-        __doc__,
-        YarnSearchConfig,
-        run,
-        "tune/configs/yarn-zoo.yaml",
-        {"target_length": (int, "overrides target_length")},
-    )
+    return rope_search_main(argv, "yarn", __doc__, YarnSearchConfig, run)
