@@ -74,22 +74,29 @@ def test_in_memory_trials_score_as_on_disk_ones(tmp_path):
     assert (trials[True]["merge_s"] > 0).all() and (trials[True]["score_s"] > 0).all()
 
 
-def test_yarn_search_beats_no_scaling_at_4x_and_its_best_reevaluates_the_same(tmp_path):
-    config = yaml.safe_load((ROOT / "tune" / "configs" / "yarn-zoo.yaml").read_text())
+def tiny_rope_search(script: str, config_file: str, name: str, tmp_path: Path) -> tuple[Path, dict]:
+    """A RoPE search at 4x with few trials and short measures: it must beat no scaling, and its
+    best must re-evaluate the same. Returns the experiment folder and the config it ran."""
+    config = yaml.safe_load((ROOT / "tune" / "configs" / config_file).read_text())
     config |= {
-        "name": "tiny-yarn",
+        "name": name,
         "num_samples": 5,
         "documents": 2,
         "passkey_trials": 4,
         "storage_path": str(tmp_path / "tune"),
     }
-    run = run_script("yarn_search.py", config, tmp_path)
+    run = run_script(script, config, tmp_path)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    out = tmp_path / "tune" / "tiny-yarn-512"
+    out = tmp_path / "tune" / f"{name}-512"
     summary = json.loads((out / "summary.json").read_text())
     best = summary["best"]
     assert best["metrics"]["objective"] == pytest.approx(best["recheck"]["objective"])
     assert best["metrics"]["objective"] > summary["baselines"]["no scaling"]["objective"]
+    return out, config
+
+
+def test_yarn_search_beats_no_scaling_at_4x_and_its_best_reevaluates_the_same(tmp_path):
+    out, _ = tiny_rope_search("yarn_search.py", "yarn-zoo.yaml", "tiny-yarn", tmp_path)
     block = yaml.safe_load((out / "best-rope.yaml").read_text())
     assert block["rope_parameters"]["rope_type"] == "yarn" and block["max_position_embeddings"] == 512
 
@@ -101,6 +108,12 @@ def test_yarn_search_beats_no_scaling_at_4x_and_its_best_reevaluates_the_same(tm
         ("merge_search.py", {"base_model": "arith-policy", "models": ["arith-expert-mul", "nope"]}, "nope"),
         ("yarn_search.py", {"target_length": 512, "beta_slow": [1, 64]}, "beta_slow"),
         ("yarn_search.py", {"target_length": 64}, "within the model's trained"),
+        (
+            "longrope_search.py",
+            {"target_length": 512, "unscaled_pairs": [0, 16]},
+            "below the model's 16 pairs",
+        ),
+        ("longrope_search.py", {"target_length": 512, "unscaled_pairs": [4, 2]}, "unscaled_pairs"),
     ],
 )
 def test_bad_search_configs_are_clear_errors(tmp_path, script, bad, message):
