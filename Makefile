@@ -60,7 +60,7 @@ lint: setup  ## ruff: lint rules and formatting, over the repository
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-zoo: setup  ## retrain every zoo model from scratch (about 4.5 hours on 2 cores; chat-policy ~100 min, arith-prm ~80 min)
+zoo: setup  ## retrain every zoo model from scratch (about 5 hours on 2 cores; chat-policy ~100 min, arith-prm ~80 min)
 	$(BIN)/python -m nexus_ray.training all
 
 clean:  ## remove the virtual environment and caches
