@@ -156,12 +156,7 @@ def record_pools(args, path: Path, tables: list[PlanTable]) -> list[replay.Recor
     wanted = {e.problem for e in examples}
     recs = [r for r in replay.load_pools(path) if r.pool.problem in wanted]
     temperatures, runs = replay.needs(tables)
-    lacking = [
-        r
-        for r in recs
-        if any(t not in r.pool.tempered for t in temperatures)
-        or any(o.label not in r.pool.runs for o in runs)
-    ]
+    lacking = replay.lacking(recs, temperatures, runs)
     if lacking:
         side = path.with_name(path.stem + "-completing.jsonl")
         finished = {r["problem"] for r in load_records(side)}

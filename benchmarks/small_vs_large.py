@@ -72,12 +72,7 @@ def pools(args, policy: str, table: PlanTable, path: Path) -> list[replay.Record
         run_local(models.policy, models.prm, solver, work, path, args.concurrency)
     wanted = {e.problem for e in examples}
     recs = [r for r in replay.load_pools(path) if r.pool.problem in wanted]
-    lacking = [
-        r
-        for r in recs
-        if any(t not in r.pool.tempered for t in temperatures)
-        or any(o.label not in r.pool.runs for o in runs)
-    ]
+    lacking = replay.lacking(recs, temperatures, runs)
     if lacking:
         raise SystemExit(
             f"{path}: {len(lacking)} pools lack what {policy}'s table can choose "

@@ -106,6 +106,18 @@ def needs(tables: list[PlanTable]) -> tuple[tuple[float, ...], tuple[PlanOption,
     return temperatures, tuple(sorted((o for o in options if not o.sampled), key=lambda o: o.label))
 
 
+def lacking(
+    recs: list[Recorded], temperatures: tuple[float, ...], runs: tuple[PlanOption, ...]
+) -> list[Recorded]:
+    """The pools without samples at one of ``temperatures`` or without one of ``runs``."""
+    return [
+        r
+        for r in recs
+        if any(t not in r.pool.tempered for t in temperatures)
+        or any(o.label not in r.pool.runs for o in runs)
+    ]
+
+
 def load_pools(path: Path) -> list[Recorded]:
     out = []
     for line in path.read_text().splitlines():
