@@ -1,14 +1,22 @@
 """Merge speed and peak memory: nexus_ray vs. mergekit, side by side, same checkpoints, CPU.
 
-    python benchmarks/merge_speed.py                       # ~0.5 B params, ties / dare_ties / linear
-    python benchmarks/merge_speed.py --layers 2 --methods ties   # a quick check
+    python benchmarks/merge_speed.py --layers 3            # 0.27 B params: ties / dare_ties / della / linear
+    python benchmarks/merge_speed.py                       # 0.49 B params
+    python benchmarks/merge_speed.py --layers 2 --methods ties --repeats 1   # a quick check
 
 Generates (once, seeded, under --data) a random Llama-shaped bf16 base and three "fine-tunes"
-(base + small noise), then for each method runs ``mergekit-yaml`` (from .venv-mergekit, with
-``--lazy-unpickle``) and ``python -m nexus_ray.jobs.merge`` with --workers 1 and 2 as separate
-processes, each on the same config. Wall time is the process's; peak memory is the highest sum
-of RSS over the process and all its children (Ray workers included), sampled every 0.1 s.
-Writes benchmarks/results/merge/merge_speed.json and prints a Markdown table.
+(base + small noise), then runs ``mergekit-yaml`` (from .venv-mergekit, with ``--lazy-unpickle``)
+and ``python -m nexus_ray.jobs.merge`` with --workers 1 and 2 as separate processes, each on the
+same config (weights 0.5/0.3/0.2, density 0.5), interleaved: every repeat runs every method and
+tool in turn, so load that comes and goes hits them alike; a cell is the median over repeats.
+Wall time is the process's (start-up included); peak memory is the highest sum of RSS over the
+process and all its children, sampled every 0.1 s (memory-mapped input pages count, for both).
+
+The I/O floor, measured in each repeat too: reading every input byte from the page cache and
+writing the output's bytes with fsync, in one process. Before timing, one untimed nexus_ray merge
+per method compiles the fused kernels into numba's cache (a fresh clone's first merge pays this
+once); its time is recorded as ``first_run_s``. Writes benchmarks/results/merge/merge_speed.json
+(or --out) and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -145,14 +154,37 @@ def measure(cmd: list[str], env: dict | None = None) -> dict:
     return {"wall_s": round(wall, 2), "peak_rss_gb": round(peak / 1e9, 3)}
 
 
+def io_floor(dirs: list[Path], out_bytes: int, scratch: Path) -> float:
+    """Seconds to read every input safetensors from the page cache and write ``out_bytes`` + fsync."""
+    start = time.perf_counter()
+    buf = bytearray(1 << 24)
+    for d in dirs:
+        with open(d / "model.safetensors", "rb", buffering=0) as fh:
+            while fh.readinto(buf):
+                pass
+    path = scratch / "io-floor.bin"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        left = out_bytes
+        while left > 0:
+            left -= os.write(fd, memoryview(buf)[: min(left, len(buf))])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    seconds = time.perf_counter() - start
+    path.unlink()
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--layers", type=int, default=8, help="8 -> ~0.5 B parameters")
+    parser.add_argument("--layers", type=int, default=8, help="3 -> 0.27 B parameters, 8 -> 0.49 B")
     parser.add_argument("--hidden", type=int, default=2048)
     parser.add_argument("--intermediate", type=int, default=5632)
     parser.add_argument("--vocab", type=int, default=32000)
-    parser.add_argument("--methods", default="ties,dare_ties,linear")
+    parser.add_argument("--methods", default="ties,dare_ties,della,linear")
     parser.add_argument("--workers", default="1,2", help="nexus_ray --workers values to run")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds; cells are medians")
     parser.add_argument("--data", type=Path, default=Path("/tmp/nexus_merge_bench"))
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -170,24 +202,50 @@ def main() -> None:
         ]
     )
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(ROOT)}
-    rows = []
-    for method in args.methods.split(","):
-        cfg_path = args.data / f"{method}.yaml"
-        cfg_path.write_text(yaml.safe_dump(config_for(method, dirs)))
-        runs = {}
-        out = args.data / "out-mergekit"
+    env.pop("RAY_ADDRESS", None)  # this machine alone
+    methods, workers = args.methods.split(","), args.workers.split(",")
+    configs = {}
+    for method in methods:
+        configs[method] = args.data / f"{method}.yaml"
+        configs[method].write_text(yaml.safe_dump(config_for(method, dirs)))
+
+    def nexus(method: str, w: str) -> dict:
+        out = args.data / f"out-nexus-{w}"
         shutil.rmtree(out, ignore_errors=True)
-        runs["mergekit"] = measure([str(MERGEKIT_YAML), str(cfg_path), str(out), "--lazy-unpickle"])
-        for w in args.workers.split(","):
-            out = args.data / f"out-nexus-{w}"
+        cmd = [sys.executable, "-m", "nexus_ray.jobs.merge", str(configs[method]), str(out), "--workers", w]
+        return measure(cmd, env)
+
+    first_run = {m: nexus(m, "1")["wall_s"] for m in methods}  # compiles the kernels once (cached)
+    print(f"first runs (kernels compiled into numba's cache if not there): {first_run}", flush=True)
+    samples: dict[str, dict[str, list[dict]]] = {m: {} for m in methods}
+    floors = []
+    for r in range(args.repeats):
+        floors.append(round(io_floor(dirs, params * 2, args.data), 2))
+        for method in methods:
+            out = args.data / "out-mergekit"
             shutil.rmtree(out, ignore_errors=True)
-            runs[f"nexus_ray_w{w}"] = measure(
-                [sys.executable, "-m", "nexus_ray.jobs.merge", str(cfg_path), str(out), "--workers", w], env
-            )
-        for r in runs.values():
-            r["speedup_vs_mergekit"] = round(runs["mergekit"]["wall_s"] / r["wall_s"], 2)
-        rows.append({"method": method, **runs})
-        print(json.dumps(rows[-1]), flush=True)
+            runs = {
+                "mergekit": measure([str(MERGEKIT_YAML), str(configs[method]), str(out), "--lazy-unpickle"])
+            }
+            for w in workers:
+                runs[f"nexus_ray_w{w}"] = nexus(method, w)
+            for tool, run in runs.items():
+                samples[method].setdefault(tool, []).append(run)
+            print(json.dumps({"repeat": r, "method": method, **runs}), flush=True)
+    floor = statistics.median(floors)
+    rows = []
+    for method in methods:
+        row = {"method": method}
+        for tool, runs in samples[method].items():
+            row[tool] = {
+                "wall_s": round(statistics.median(r["wall_s"] for r in runs), 2),
+                "peak_rss_gb": round(statistics.median(r["peak_rss_gb"] for r in runs), 3),
+                "runs": runs,
+            }
+        for tool in samples[method]:
+            row[tool]["speedup_vs_mergekit"] = round(row["mergekit"]["wall_s"] / row[tool]["wall_s"], 2)
+            row[tool]["x_io_floor"] = round(row[tool]["wall_s"] / floor, 1)
+        rows.append(row)
     record = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": (
@@ -197,19 +255,29 @@ def main() -> None:
         "parameters": params,
         "checkpoints": "base + 3 experts, bf16, Llama-shaped, random",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "repeats": args.repeats,
+        "io_floor_s": floor,
+        "io_floor_runs_s": floors,
+        "first_run_s": first_run,
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"\n{params / 1e9:.2f} B parameters per checkpoint; wall s / peak RSS GB (speed-up vs. mergekit)\n")
-    workers = args.workers.split(",")
+    print(
+        f"\n{params / 1e9:.2f} B parameters per checkpoint; median wall s / peak RSS GB over {args.repeats} "
+        f"interleaved repeats (speed-up vs. mergekit; x the I/O floor of {floor} s)\n"
+    )
     print("| method | mergekit | " + " | ".join(f"nexus_ray --workers {w}" for w in workers) + " |")
     print("|---|---|" + "---|" * len(workers))
     for r in rows:
-        cells = [f"{r['mergekit']['wall_s']} s / {r['mergekit']['peak_rss_gb']} GB"]
+        m = r["mergekit"]
+        cells = [f"{m['wall_s']} s / {m['peak_rss_gb']} GB ({m['x_io_floor']}x floor)"]
         for w in workers:
             x = r[f"nexus_ray_w{w}"]
-            cells.append(f"{x['wall_s']} s / {x['peak_rss_gb']} GB ({x['speedup_vs_mergekit']}x)")
+            cells.append(
+                f"{x['wall_s']} s / {x['peak_rss_gb']} GB "
+                f"(**{x['speedup_vs_mergekit']}x**; {x['x_io_floor']}x floor)"
+            )
         print(f"| {r['method']} | " + " | ".join(cells) + " |")
 
 

@@ -95,16 +95,40 @@ def test_streaming_equals_in_memory(experts, tmp_path, method):
     assert (tmp_path / "out" / "config.json").exists() and (tmp_path / "out" / "tokenizer.json").exists()
 
 
-def test_sharded_output_and_ray_workers_equal_single_file(experts, tmp_path):
+def test_sharded_output_equals_single_file_and_workers_alone_merge_here(experts, tmp_path):
     cfg = _config("dare_ties", experts)
-    one = merge(cfg, tmp_path / "one", seed=3, progress=False).out
-    sharded = merge(cfg, tmp_path / "sharded", seed=3, shard_bytes=600_000, workers=2, progress=False).out
-    index = json.loads((sharded / "model.safetensors.index.json").read_text())
+    one = merge(cfg, tmp_path / "one", seed=3, progress=False)
+    sharded = merge(cfg, tmp_path / "sharded", seed=3, shard_bytes=600_000, workers=2, progress=False)
+    assert one.where == "this process" and sharded.where.startswith("this process (no Ray cluster")
+    index = json.loads((sharded.out / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1
-    a, b = _load(one), _load(sharded)
+    a, b = _load(one.out), _load(sharded.out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     other_seed = _load(merge(cfg, tmp_path / "seed4", seed=4, progress=False).out)
     assert any(not torch.equal(a[k], other_seed[k]) for k in a)
+
+
+def test_workers_spread_over_the_nodes_of_a_simulated_cluster(experts, tmp_path):
+    """Two Ray nodes on this machine (one CPU each): --workers 2 runs a task per tensor on both,
+    one thread each, and writes the same bytes as a merge in this process."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        cfg = _config("ties", experts)
+        spread = merge(cfg, tmp_path / "spread", workers=2, progress=False)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert spread.where == "2 Ray nodes" and len(spread.per_node) == 2
+    assert sum(c for c, _ in spread.per_node.values()) == spread.tensors
+    assert sum(b for _, b in spread.per_node.values()) == spread.bytes_written
+    here = _load(merge(cfg, tmp_path / "here", progress=False).out)
+    got = _load(spread.out)
+    assert got.keys() == here.keys() and all(torch.equal(got[k], here[k]) for k in here)
 
 
 def test_merged_model_loads_in_transformers(experts, tmp_path):
@@ -125,7 +149,7 @@ def test_nan_input_fails_and_writes_nothing(tmp_path, experts):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad"]  # no output, no partial directory
 
 
-def _merge_subprocess(tmp_path: Path, cfg: dict, patch: str, workers: int = 1) -> subprocess.Popen:
+def _merge_subprocess(tmp_path: Path, cfg: dict, patch: str) -> subprocess.Popen:
     """A real merge to ``tmp_path/out`` in a child process, ``patch`` (code) applied to ``run`` first."""
     cfg_path = tmp_path / "cfg.json"
     cfg_path.write_text(json.dumps(cfg))
@@ -133,7 +157,7 @@ def _merge_subprocess(tmp_path: Path, cfg: dict, patch: str, workers: int = 1) -
         "import json, time; from nexus_ray.merge import run\n"
         f"{patch}\n"
         f"run.merge(json.load(open({str(cfg_path)!r})), {str(tmp_path / 'out')!r}, "
-        f"workers={workers}, progress=False)\n"
+        "progress=False)\n"
     )
     root = Path(__file__).parents[1]
     return subprocess.Popen([sys.executable, "-c", code], cwd=root, stdout=subprocess.PIPE)
@@ -186,15 +210,14 @@ def test_stale_partials_of_dead_processes_only_are_removed(tmp_path):
         live.wait()
 
 
-def test_killed_ray_driver_leaves_no_ray_process(tmp_path, experts):
-    """SIGKILL of a ``--workers 2`` driver: the watchdog stops the Ray processes it started,
-    the raylet's dashboard and runtime-env agents included."""
-    hold = (
-        "real = run._merge_on_ray\n"
-        "def hold(*a):\n    print('ray up', flush=True); time.sleep(120); return real(*a)\n"
-        "run._merge_on_ray = hold"
-    )
-    proc = _merge_subprocess(tmp_path, _config("linear", experts), hold, workers=2)
+def test_killed_ray_driver_leaves_no_ray_process(tmp_path):
+    """SIGKILL of a driver that started a local Ray (``cluster.ray_session``, as eval, calibrate
+    and the Tune searches do): the watchdog stops the Ray processes it started, the raylet's
+    dashboard and runtime-env agents included."""
+    code = "import time\nfrom nexus_ray.cluster import ray_session\nwith ray_session(2):\n"
+    code += "    print('ray up', flush=True); time.sleep(120)\n"
+    root = Path(__file__).parents[1]
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=root, stdout=subprocess.PIPE)
     try:
         assert proc.stdout.readline() == b"ray up\n"
         known: dict[int, int] = {}

@@ -16,9 +16,12 @@ Example (ties of two zoo experts on the zoo base):
 
 Parameters may be numbers, gradients over layers ([0, 0.5, 1]) or {filter, value} lists.
 Everything is checked before anything is written; the output is written to a hidden temp dir
-and renamed when complete. With --workers > 1 tensors are merged as Ray tasks on a fresh local
-Ray, or on the cluster at RAY_ADDRESS (the model paths must then be on a filesystem every node
-sees). Exit status 2 and a one-line message on a bad config or input.
+and renamed when complete. A merge runs in this process on every core (fused kernels).
+--workers N spreads the tensors over the nodes of a Ray cluster (the session of `ray job
+submit`, or RAY_ADDRESS) as tasks of CPUs/N cores each; the driver writes every byte, and the
+model paths must be readable at the same path on every node (a shared filesystem). On one
+machine --workers N merges in this process: Ray would only add start-up on the same cores.
+Exit status 2 and a one-line message on a bad config or input.
 """
 
 from __future__ import annotations
@@ -36,7 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("config", help="mergekit-style YAML: merge_method, base_model, models, parameters")
     parser.add_argument("out", help="output directory (must not exist unless --overwrite)")
-    parser.add_argument("--workers", type=int, default=1, help="tensors merged in parallel as Ray tasks")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="Ray tasks in flight over a cluster's nodes (one machine: in-process)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of dare_* and della* random masks")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     args = parser.parse_args(argv)
@@ -49,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     mb = stats.bytes_written / 1e6
     print(f"merged {stats.tensors} tensors ({mb:.1f} MB) into {stats.out} in {stats.seconds:.1f}s")
+    print(f"in {stats.where}")
+    for node, (count, nbytes) in sorted((stats.per_node or {}).items()):
+        print(f"  node {node}: {count} tensors, {nbytes / 1e6:.1f} MB")
     return 0
 
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import glob
 import json
+import mmap
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 ST_DTYPES = {
     torch.float64: "F64",
@@ -51,39 +51,48 @@ TOKENIZER_FILES = (
 
 class ModelReader:
     """Tensor names, shapes and dtypes of a (possibly sharded) safetensors checkpoint, from the
-    headers; ``get`` returns a tensor memory-mapped from its shard."""
+    headers; ``get`` returns a tensor memory-mapped from its shard, without a copy.
+
+    The shards are mapped copy-on-write (private): a tensor's pages come straight from the page
+    cache as a merge reads them, and nothing written to a tensor could reach the file."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         index = self.path / INDEX
         if index.exists():
-            weight_map = json.loads(index.read_text())["weight_map"]
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         else:
-            weight_map = None
-        self._files: dict[str, object] = {}
-        self._where: dict[str, str] = {}
-        files = sorted(set(weight_map.values())) if weight_map else ["model.safetensors"]
+            files = ["model.safetensors"]
+        self._maps: dict[str, mmap.mmap] = {}
+        self._meta: dict[str, tuple[str, int, tuple[int, ...], torch.dtype]] = {}
         for f in files:
-            handle = safe_open(self.path / f, framework="pt")
-            self._files[f] = handle
-            for name in handle.keys():  # noqa: SIM118 - a safetensors handle is not a dict
-                self._where[name] = f
-        self._meta: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
-        for name, f in self._where.items():
-            sl = self._files[f].get_slice(name)
-            self._meta[name] = (tuple(sl.get_shape()), TORCH_DTYPES[sl.get_dtype()])
+            with open(self.path / f, "rb") as fh:
+                header_len = int.from_bytes(fh.read(8), "little")
+                header = json.loads(fh.read(header_len))
+                size = os.fstat(fh.fileno()).st_size
+                self._maps[f] = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
+            for name, info in header.items():
+                if name == "__metadata__":
+                    continue
+                start = 8 + header_len + info["data_offsets"][0]
+                self._meta[name] = (f, start, tuple(info["shape"]), TORCH_DTYPES[info["dtype"]])
 
     def names(self) -> list[str]:
-        return list(self._where)
+        return list(self._meta)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return self._meta[name][0]
+        return self._meta[name][2]
 
     def dtype(self, name: str) -> torch.dtype:
-        return self._meta[name][1]
+        return self._meta[name][3]
 
     def get(self, name: str) -> torch.Tensor:
-        return self._files[self._where[name]].get_tensor(name)
+        f, start, shape, dtype = self._meta[name]
+        count = _numel(shape)
+        if count == 0:
+            return torch.empty(shape, dtype=dtype)
+        raw = torch.frombuffer(self._maps[f], dtype=torch.uint8, count=count * dtype.itemsize, offset=start)
+        return raw.view(dtype).reshape(shape)
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from nexus_ray.merge.sparsify import SPARSIFIERS, tensor_generator
+from nexus_ray.merge import fused
+from nexus_ray.merge.sparsify import SPARSIFIERS, stream_key
 
 EPS_WEIGHT_SUM = 1e-8  # |sum of weights| below this divides by 1
 SLERP_DOT_THRESHOLD = 0.9995  # nearly colinear tensors are interpolated linearly
@@ -83,6 +84,22 @@ def generalized_task_arithmetic(
     float64, as the float64 reference does: bf16 deltas often cancel exactly, and a float32 sum
     of rounded products would give such elements a sign of its own.
     """
+    if fused.takes([base, *models], sparsification):
+        out = fused.family(
+            fused.as_array(base),
+            [fused.as_array(m) for m in models],
+            base.dtype == torch.bfloat16,
+            list(weight),
+            {key: list(values) for key, values in params.items()},
+            sparsification=sparsification,
+            consensus=consensus,
+            normalize=normalize,
+            rescale=rescale,
+            lambda_=lambda_,
+            keys=[stream_key(seed, tensor_name, i) for i in range(len(models))],
+            rows=base.shape[0] if base.dim() >= 2 else 1,
+        )
+        return fused.as_tensor(out, base.dtype, base.shape)
     sparsifier = SPARSIFIERS[sparsification] if sparsification is not None else None
     dtype = _work_dtype(base)
     b = base.to(dtype)
@@ -93,7 +110,7 @@ def generalized_task_arithmetic(
         if sparsifier is not None:
             kwargs: dict[str, Any] = {key: params[key][i] for key in sparsifier.params}
             if sparsifier.random:
-                kwargs["gen"] = tensor_generator(seed, tensor_name, i)
+                kwargs["key"] = stream_key(seed, tensor_name, i)
             d = sparsifier.fn(d, rescale=rescale, **kwargs)
         if consensus:
             total.add_(d, alpha=weight[i])
@@ -211,6 +228,10 @@ def linear(
     base: Tensor | None, models: Sequence[Tensor], weight: Sequence[float], *, normalize: bool = True
 ) -> Tensor:
     """Model soup: sum_i w_i theta_i, divided by sum_i w_i when ``normalize``."""
+    if fused.takes(list(models)):
+        bf16 = models[0].dtype == torch.bfloat16
+        out = fused.soup([fused.as_array(m) for m in models], bf16, list(weight), normalize)
+        return fused.as_tensor(out, models[0].dtype, models[0].shape)
     dtype = _work_dtype(models[0])
     out = torch.zeros(models[0].shape, dtype=dtype)
     for m, w in zip(models, weight):

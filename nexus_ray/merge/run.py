@@ -1,20 +1,29 @@
-"""Execute a merge plan tensor by tensor, in this process or as parallel Ray tasks.
+"""Execute a merge plan tensor by tensor, in this process or as Ray tasks over a cluster's nodes.
 
     from nexus_ray.merge.run import merge, merge_into
     merge("config.yaml", "out/merged", workers=4)       # or a dict config
     merge_into(model, "config.yaml")                    # into a loaded transformers model, no file
 
-With ``workers > 1`` each output tensor is one Ray task (1 CPU) that reads its inputs from the
-memory-mapped checkpoints itself and returns the merged bytes; the driver writes them into the
-pre-laid-out shards. At most ``2 * workers`` tasks are in flight, so memory stays bounded by
-a few tensors per worker whatever the model size. On a cluster the model paths must be
-visible to every node (a shared filesystem).
+In this process, each tensor is merged by the fused kernels on every core while the previous
+one is written. ``workers > 1`` pays only across machines: on a Ray cluster of several nodes
+(the session this process runs in, or ``RAY_ADDRESS``), each output tensor is one Ray task that
+reads its inputs from the memory-mapped checkpoints on its node and returns the merged bytes;
+each task holds ``threads`` CPUs (the cluster's CPUs split between the workers, so the kernels'
+threads never oversubscribe a node) and the driver writes every byte into the pre-laid-out
+shards, so only the driver's node needs to reach the output. The model paths must be readable
+at the same path on every node (a shared filesystem); a task that cannot read one fails the merge
+with the node and the path named. On one machine, or with no cluster to join, ``workers > 1``
+merges in this process: Ray would only add start-up and copies on the same cores. At most
+``2 * workers`` tasks are in flight, so memory stays bounded by a few tensors per worker.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from nexus_ray.cluster import ray_session
-from nexus_ray.merge import methods
+from nexus_ray.merge import fused, methods
 from nexus_ray.merge.io import ModelReader, ShardedWriter, commit, copy_side_files, temp_dir_for, tensor_bytes
 from nexus_ray.merge.plan import Plan, TensorPlan, build
 
@@ -39,6 +48,8 @@ class MergeStats:
     tensors: int
     bytes_written: int
     seconds: float
+    where: str = "this process"  # or the Ray nodes and what each merged
+    per_node: dict[str, tuple[int, int]] | None = None  # "IP (node id)" -> (tensors, bytes), on Ray
 
 
 _READERS: dict[Path, ModelReader] = {}
@@ -57,7 +68,7 @@ def merge_tensor(plan: Plan, tp: TensorPlan, seed: int) -> torch.Tensor:
     loaded = {}
     for p in paths:
         t = _reader(p).get(tp.name)
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        if t.is_floating_point() and not _finite(t):
             raise MergeError(f"tensor {tp.name!r} of {p} contains NaN or Inf")
         loaded[p] = t.to(plan.work_dtype) if plan.work_dtype is not None else t
     base = loaded[plan.base] if plan.base is not None else None
@@ -66,6 +77,12 @@ def merge_tensor(plan: Plan, tp: TensorPlan, seed: int) -> torch.Tensor:
         return base  # integer buffers (e.g. position ids) are copied from the base
     out = methods.call(plan.method, base, inputs, tp.model_params, tp.global_params, seed, tp.name)
     return out.to(tp.out_dtype)
+
+
+def _finite(t: torch.Tensor) -> bool:
+    if fused.takes([t]):
+        return bool(fused.all_finite(fused.as_array(t), t.dtype == torch.bfloat16))
+    return bool(torch.isfinite(t).all())
 
 
 def merge_into(model: torch.nn.Module, config: dict | str | Path, seed: int = 0) -> int:
@@ -88,10 +105,24 @@ def merge_into(model: torch.nn.Module, config: dict | str | Path, seed: int = 0)
     return len(plan.tensors)
 
 
-def _merge_bytes(plan: Plan, name: str, seed: int):
+def _merge_bytes(plan: Plan, name: str, seed: int, threads: int) -> tuple:
+    """One Ray task: merge tensor ``name`` with ``threads`` threads on this node; its bytes and
+    the node (IP and id)."""
+    import numba
+    import ray
+
+    node = f"{ray.util.get_node_ip_address()} ({ray.get_runtime_context().get_node_id()[:8]})"
+    torch.set_num_threads(threads)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     tp = next(t for t in plan.tensors if t.name == name)
-    torch.set_num_threads(1)
-    return tensor_bytes(merge_tensor(plan, tp, seed)).obj  # a uint8 numpy array: zero-copy in Ray
+    try:
+        out = merge_tensor(plan, tp, seed)
+    except OSError as err:
+        raise MergeError(
+            f"node {node} cannot read {err.filename or err}: with --workers on a cluster the models must "
+            "be at the same path on every node (a shared filesystem)"
+        ) from None
+    return tensor_bytes(out).obj, node  # a uint8 numpy array: zero-copy in Ray
 
 
 def merge(
@@ -117,13 +148,20 @@ def merge(
         bar = tqdm(
             total=total, unit="B", unit_scale=True, desc=f"merge {plan.method.name}", disable=not progress
         )
-        if workers <= 1:
-            for tp in plan.tensors:
-                writer.write(tp.name, tensor_bytes(merge_tensor(plan, tp, seed)))
-                bar.update(tp.nbytes)
+        where, per_node = "this process", None
+        if workers > 1 and _cluster_to_join():
+            with ray_session():
+                nodes = _cpu_nodes()
+                if len(nodes) > 1:
+                    per_node = _merge_on_ray(plan, writer, workers, seed, bar, sum(nodes.values()))
+                    where = f"{len(per_node)} Ray nodes"
+                else:
+                    _merge_here(plan, writer, seed, bar)
+                    where = "this process (the cluster has one node)"
         else:
-            with ray_session(num_cpus=workers):
-                _merge_on_ray(plan, writer, workers, seed, bar)
+            _merge_here(plan, writer, seed, bar)
+            if workers > 1:
+                where = "this process (no Ray cluster to join: Ray on these cores would only add start-up)"
         bar.close()
         copy_side_files(plan.config_source, plan.tokenizer_source, tmp, plan.out_dtype)
         writer.close()  # the headers, last: the partial output loads only from here to the rename
@@ -131,32 +169,73 @@ def merge(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return MergeStats(out, len(plan.tensors), total, time.perf_counter() - start)
+    return MergeStats(out, len(plan.tensors), total, time.perf_counter() - start, where, per_node)
 
 
-def _merge_on_ray(plan: Plan, writer: ShardedWriter, workers: int, seed: int, bar: tqdm) -> None:
+def _cluster_to_join() -> bool:
+    """A Ray session is running in this process, or RAY_ADDRESS names a cluster."""
+    if os.environ.get("RAY_ADDRESS"):
+        return True
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+
+
+def _cpu_nodes() -> dict[str, float]:
+    """The alive nodes with CPUs: node id -> CPUs."""
     import ray
 
-    task = ray.remote(num_cpus=1, max_retries=0)(_merge_bytes)
+    return {
+        n["NodeID"]: n["Resources"]["CPU"]
+        for n in ray.nodes()
+        if n["Alive"] and n["Resources"].get("CPU", 0) > 0
+    }
+
+
+def _merge_here(plan: Plan, writer: ShardedWriter, seed: int, bar: tqdm) -> None:
+    """Merge tensor by tensor in this process (the kernels use every core), writing each merged
+    tensor from a second thread while the next one merges."""
+    with ThreadPoolExecutor(max_workers=1) as io:
+        pending: list[Future] = []
+        for tp in plan.tensors:
+            out = merge_tensor(plan, tp, seed)
+            pending.append(io.submit(writer.write, tp.name, tensor_bytes(out)))
+            bar.update(tp.nbytes)
+            while len(pending) > 1:  # at most one tensor waits for the disk: memory stays bounded
+                pending.pop(0).result()
+        for f in pending:
+            f.result()
+
+
+def _merge_on_ray(
+    plan: Plan, writer: ShardedWriter, workers: int, seed: int, bar: tqdm, cpus: float
+) -> dict[str, tuple[int, int]]:
+    """Tensors as Ray tasks of ``cpus / workers`` CPUs each; returns per node (tensors, bytes)."""
+    import ray
+
+    threads = max(1, int(cpus // workers))
+    task = ray.remote(num_cpus=threads, max_retries=0)(_merge_bytes)
     plan_ref = ray.put(plan)
     todo = sorted(plan.tensors, key=lambda t: -t.nbytes)  # big tensors first: no long tail
     sizes = {t.name: t.nbytes for t in todo}
     in_flight: dict = {}
+    per_node: dict[str, tuple[int, int]] = {}
     try:
         while todo or in_flight:
             while todo and len(in_flight) < 2 * workers:
                 tp = todo.pop(0)
-                in_flight[task.remote(plan_ref, tp.name, seed)] = tp.name
+                in_flight[task.remote(plan_ref, tp.name, seed, threads)] = tp.name
             done, _ = ray.wait(list(in_flight), num_returns=1)
             for ref in done:
                 name = in_flight.pop(ref)
                 try:
-                    data = ray.get(ref)
+                    data, node = ray.get(ref)
                 except ray.exceptions.RayTaskError as err:
                     raise (err.cause if isinstance(err.cause, Exception) else err) from None
                 writer.write(name, memoryview(data))
                 del data
+                count, nbytes = per_node.get(node, (0, 0))
+                per_node[node] = (count + 1, nbytes + sizes[name])
                 bar.update(sizes[name])
     finally:
         for ref in in_flight:
             ray.cancel(ref)
+    return per_node

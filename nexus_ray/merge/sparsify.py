@@ -7,8 +7,9 @@ Each takes a delta and returns the kept (possibly L1-rescaled) delta, in place w
 - ``random`` (DARE): each element kept with probability ``density``;
 - ``della_magprune`` (DELLA): a keep probability that rises with the magnitude rank.
 
-Random masks come from a generator seeded per (seed, tensor, model) (``tensor_generator``),
-so a merge is reproducible and independent of the order in which workers process tensors.
+Random masks draw from a counter-based stream per (seed, tensor, model) (``stream_key``,
+``fused.uniforms``), the same draws as the fused kernels', so a merge is reproducible and
+independent of the order, the threads and the workers that compute it.
 """
 
 from __future__ import annotations
@@ -21,13 +22,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from nexus_ray.merge.fused import uniforms
+
 EPS_NORM = 1e-7  # below this L1 norm a sparsified delta is not rescaled
 
 
-def tensor_generator(seed: int, tensor_name: str, model_index: int) -> torch.Generator:
-    """A CPU generator for one model's mask of one tensor, independent of processing order."""
+def stream_key(seed: int, tensor_name: str, model_index: int) -> int:
+    """The random stream of one model's mask of one tensor, independent of processing order."""
     digest = hashlib.blake2b(f"{seed}/{tensor_name}/{model_index}".encode(), digest_size=8).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
+    return int.from_bytes(digest, "little")
+
+
+def _uniforms(key: int, shape: torch.Size) -> Tensor:
+    return torch.from_numpy(uniforms(np.uint64(key), int(np.prod(shape, dtype=np.int64)))).reshape(shape)
 
 
 def _l1_rescaled(delta: Tensor, kept: Tensor) -> Tensor:
@@ -118,16 +125,16 @@ def trim_outliers(delta: Tensor, density: float, gamma: float, rescale: bool = F
     return _masked(delta, keep_ranks(delta.abs(), low, low + keep_n), rescale)
 
 
-def drop_random(delta: Tensor, density: float, rescale: bool, gen: torch.Generator) -> Tensor:
+def drop_random(delta: Tensor, density: float, rescale: bool, key: int) -> Tensor:
     """DARE: keep each element with probability ``density``; L1-rescale the survivors."""
     if density >= 1:
         return delta
-    keep = torch.rand(delta.shape, generator=gen, dtype=delta.dtype) < density
+    keep = _uniforms(key, delta.shape) < density
     kept = delta * keep
     return _l1_rescaled(delta, kept) if rescale else kept
 
 
-def magprune(delta: Tensor, density: float, epsilon: float, rescale: bool, gen: torch.Generator) -> Tensor:
+def magprune(delta: Tensor, density: float, epsilon: float, rescale: bool, key: int) -> Tensor:
     """DELLA MagPrune: per row, keep probability rises linearly with magnitude rank from
     ``density - epsilon`` (smallest) to ``density + epsilon`` (largest); L1-rescale over the tensor."""
     if density >= 1:
@@ -140,12 +147,12 @@ def magprune(delta: Tensor, density: float, epsilon: float, rescale: bool, gen: 
         )
     rows = delta.reshape(1, -1) if delta.dim() < 2 else delta.reshape(delta.shape[0], -1)
     width = rows.shape[1]
-    order = rows.abs().argsort(dim=1)
+    order = rows.abs().argsort(dim=1, stable=True)  # ties by index, as the fused kernel ranks them
     ranks = torch.empty_like(rows)  # 0-based ascending rank; mergekit's (r - min)/(max - min)
     ranks.scatter_(1, order, torch.arange(width, dtype=rows.dtype).expand_as(rows).contiguous())
     unit = ranks.div_(max(1, width - 1)).clamp_(0, 1)
     probs = unit.mul_(2 * epsilon).add_(density - epsilon)
-    keep = torch.rand(rows.shape, generator=gen, dtype=rows.dtype) < probs
+    keep = _uniforms(key, rows.shape) < probs
     kept = (rows * keep).reshape(delta.shape)
     return _l1_rescaled(delta, kept) if rescale else kept
 
@@ -154,9 +161,9 @@ def magprune(delta: Tensor, density: float, epsilon: float, rescale: bool, gen: 
 class Sparsifier:
     """One kind of sparsification: its function, its per-model parameters, its randomness."""
 
-    fn: Callable[..., Tensor]  # fn(delta, **params, rescale=..., [gen=...]) -> the kept delta
+    fn: Callable[..., Tensor]  # fn(delta, **params, rescale=..., [key=...]) -> the kept delta
     params: dict[str, float]  # per-model parameters besides the weight, with mergekit's defaults
-    random: bool  # takes a generator (``tensor_generator``)
+    random: bool  # takes a stream key (``stream_key``)
 
 
 SPARSIFIERS: dict[str, Sparsifier] = {

@@ -3,23 +3,24 @@
 The reference is each method's math in float64 on the same input values (the float32 or bf16
 inputs of the row, exact in float64): nexus_ray's implementation run on float64 tensors, which the
 ``float64`` rows check against mergekit's own float64 result. DARE and DELLA use the same masks
-in every run: both tools compare their keep probabilities with one given uniform tensor per
-model (float32-exact values) instead of their generators' draws, so the errors measure the
-arithmetic, not the sampling. Errors are of the outputs as stored (bf16 inputs give bf16 outputs).
+in every run: mergekit compares its keep probabilities with nexus_ray's own draws for the tensor
+(``fused.uniforms`` of each model's stream, float32-exact values) instead of drawing, so the
+errors measure the arithmetic, not the sampling. Errors are of the outputs as stored (bf16
+inputs give bf16 outputs).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from nexus_ray.merge import methods
+from nexus_ray.merge import fused, methods
+from nexus_ray.merge.sparsify import stream_key
 from nexus_ray.zoo.registry import ZOO_DIR
 from tests.merge_oracle.oracle import run_cases
 
@@ -81,40 +82,26 @@ def checkpoint_tensors() -> dict[str, dict[str, Tensor]]:
 
 
 def uniforms(tensors: dict[str, dict[str, Tensor]], seed: int = 0) -> dict[str, list[Tensor]]:
-    """One uniform tensor per model and tensor, float32-exact values held in float64."""
-    g = torch.Generator().manual_seed(seed)
+    """Per tensor, the uniforms nexus_ray's masks draw for each of its two models (as float64)."""
     return {
-        name: [torch.rand(t["base"].shape, generator=g).double() for _ in range(2)]
+        name: [
+            torch.from_numpy(fused.uniforms(np.uint64(stream_key(seed, name, i)), t["base"].numel()))
+            .reshape(t["base"].shape)
+            .double()
+            for i in range(2)
+        ]
         for name, t in tensors.items()
     }
 
 
-@contextmanager
-def drawing(given: list[Tensor]) -> Iterator[None]:
-    """nexus_ray's random masks compare the ``given`` uniforms (one per model, in order) instead
-    of their generators' draws, as mergekit_oracle.py makes mergekit's Bernoulli draws do."""
-    queue = list(given)
-    real = torch.rand
-
-    def rand(shape, generator=None, dtype=None):
-        return queue.pop(0).reshape(shape).to(dtype)
-
-    torch.rand = rand
-    try:
-        yield
-    finally:
-        torch.rand = real
-
-
-def ours(method: str, inputs: dict[str, Tensor], dtype: torch.dtype, given: list[Tensor]) -> Tensor:
-    """nexus_ray's merge of one tensor, inputs cast to ``dtype``."""
+def ours(method: str, inputs: dict[str, Tensor], dtype: torch.dtype, tensor: str) -> Tensor:
+    """nexus_ray's merge of one tensor, inputs cast to ``dtype`` (masks drawn for ``tensor``)."""
     cast = {k: inputs[k].to(dtype) for k in uses(method)}
     params = PARAMS[method]
     per_model = {k: v for k, v in params.items() if isinstance(v, list)}
     shared = {k: v for k, v in params.items() if not isinstance(v, list)}
     models = [cast[k] for k in uses(method) if k != "base"]
-    with drawing(given):
-        return methods.call(methods.get(method), cast.get("base"), models, per_model, shared)
+    return methods.call(methods.get(method), cast.get("base"), models, per_model, shared, 0, tensor)
 
 
 def mergekit_outputs(
@@ -150,9 +137,9 @@ def errors(
         for method in names:
             for dname, dtype in DTYPES.items():
                 same = {k: v.to(dtype) for k, v in inputs.items()}  # the reference's inputs: these values
-                ref = ours(method, same, torch.float64, given[tensor])
+                ref = ours(method, same, torch.float64, tensor)
                 result.setdefault((method, dname, "nexus_ray"), Errors()).add(
-                    ours(method, inputs, dtype, given[tensor]), ref
+                    ours(method, inputs, dtype, tensor), ref
                 )
                 if theirs:
                     result.setdefault((method, dname, "mergekit"), Errors()).add(
