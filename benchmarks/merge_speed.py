@@ -232,7 +232,7 @@ def main() -> None:
             for tool, run in runs.items():
                 samples[method].setdefault(tool, []).append(run)
             print(json.dumps({"repeat": r, "method": method, **runs}), flush=True)
-    floor = statistics.median(floors)
+    floor = round(statistics.median(floors), 2)
     rows = []
     for method in methods:
         row = {"method": method}

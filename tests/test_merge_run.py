@@ -108,11 +108,14 @@ def test_sharded_output_equals_single_file_and_workers_alone_merge_here(experts,
     assert any(not torch.equal(a[k], other_seed[k]) for k in a)
 
 
-def test_workers_spread_over_the_nodes_of_a_simulated_cluster(experts, tmp_path):
+def test_workers_spread_over_the_nodes_of_a_simulated_cluster(experts, tmp_path, monkeypatch):
     """Two Ray nodes on this machine (one CPU each): --workers 2 runs a task per tensor on both,
-    one thread each, and writes the same bytes as a merge in this process."""
+    one thread each, and writes the same bytes as a merge in this process. A model path the
+    nodes cannot read fails the merge with the node and the path named, leaving nothing."""
     import ray
     from ray.cluster_utils import Cluster
+
+    from nexus_ray.merge import run
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1)
@@ -120,6 +123,19 @@ def test_workers_spread_over_the_nodes_of_a_simulated_cluster(experts, tmp_path)
         ray.init(address=cluster.address, log_to_driver=False)
         cfg = _config("ties", experts)
         spread = merge(cfg, tmp_path / "spread", workers=2, progress=False)
+        gone = shutil.copytree(experts[0], tmp_path / "gone")
+        real_build = run.build
+
+        def build_then_remove(config):  # the driver sees the model, then the nodes do not
+            plan = real_build(config)
+            shutil.rmtree(gone)
+            return plan
+
+        unreadable = r"node .* cannot read .*gone.*same path on every node"
+        with monkeypatch.context() as m, pytest.raises(MergeError, match=unreadable):
+            m.setattr(run, "build", build_then_remove)
+            merge(_config("ties", [gone, *experts[1:]]), tmp_path / "unreadable", workers=2, progress=False)
+        assert not list(tmp_path.glob("*unreadable*"))
     finally:
         ray.shutdown()
         cluster.shutdown()
