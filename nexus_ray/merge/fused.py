@@ -63,6 +63,15 @@ def _decode(src, s, e, bf16, buf):
 
 
 @njit(inline="always")
+def _delta(base, m, s, e, bf16, bbuf, dbuf):
+    """m - base over [s, e) into ``dbuf`` as float32 (the base's block left in ``bbuf``)."""
+    _decode(base, s, e, bf16, bbuf)
+    _decode(m, s, e, bf16, dbuf)
+    for j in range(e - s):
+        dbuf[j] = dbuf[j] - bbuf[j]
+
+
+@njit(inline="always")
 def _encode(buf, dst, s, e, bf16):
     """``buf`` (float32) into ``dst[s:e]``: bf16 bits rounded to nearest even, as torch rounds."""
     if bf16:
@@ -130,10 +139,7 @@ def _abs_delta_histogram(base, m, bf16, shift, high):
         for b in range(p * nb // parts, (p + 1) * nb // parts):
             s = b * BLOCK
             e = min(n, s + BLOCK)
-            _decode(base, s, e, bf16, bbuf)
-            _decode(m, s, e, bf16, mbuf)
-            for j in range(e - s):
-                mbuf[j] = mbuf[j] - bbuf[j]
+            _delta(base, m, s, e, bf16, bbuf, mbuf)
             u = mbuf.view(np.uint32)
             for j in range(e - s):
                 a = u[j] & np.uint32(0x7FFFFFFF)
@@ -155,10 +161,7 @@ def _ties_per_block(base, m, bf16, cut):
         e = min(n, s + BLOCK)
         bbuf = np.empty(BLOCK, np.float32)
         mbuf = np.empty(BLOCK, np.float32)
-        _decode(base, s, e, bf16, bbuf)
-        _decode(m, s, e, bf16, mbuf)
-        for j in range(e - s):
-            mbuf[j] = mbuf[j] - bbuf[j]
+        _delta(base, m, s, e, bf16, bbuf, mbuf)
         u = mbuf.view(np.uint32)
         c = 0
         for j in range(e - s):
@@ -232,10 +235,7 @@ def _della_mask(base, m, bf16, width, density, epsilon, key):
         s = r * width
         bbuf = np.empty(width, np.float32)
         mbuf = np.empty(width, np.float32)
-        _decode(base, s, s + width, bf16, bbuf)
-        _decode(m, s, s + width, bf16, mbuf)
-        for j in range(width):
-            mbuf[j] = mbuf[j] - bbuf[j]
+        _delta(base, m, s, s + width, bf16, bbuf, mbuf)
         keys = mbuf.view(np.uint32)
         for j in range(width):
             keys[j] = keys[j] & np.uint32(0x7FFFFFFF)  # |d|'s bits order as |d| does
@@ -282,10 +282,7 @@ def l1_norms(base, m, bf16, kind, cut, keep_ties, tie_before, density, key, mask
         e = min(n, s + BLOCK)
         bbuf = np.empty(BLOCK, np.float32)
         mbuf = np.empty(BLOCK, np.float32)
-        _decode(base, s, e, bf16, bbuf)
-        _decode(m, s, e, bf16, mbuf)
-        for j in range(e - s):
-            mbuf[j] = mbuf[j] - bbuf[j]
+        _delta(base, m, s, e, bf16, bbuf, mbuf)
         x = 0.0
         for j in range(e - s):
             x += np.float64(abs(mbuf[j]))
