@@ -2,10 +2,13 @@
 
     python benchmarks/t3_merge.py                       # the T3 search's best rule, 100 + 100 problems
     python benchmarks/t3_merge.py --gamma -100 --lambda-max 2 --no-normalize
+    python benchmarks/t3_merge.py --modulate none    # without the rows over the static merge
 
 The held-out problems of both sub-tasks (``nexus_ray.tasks.subtasks``), shuffled together
 (seeded) and sent in engine batches of ``--batch-size``, as a service would see them: ``t3``
-merges per prompt, ``t3_batch`` once per (mixed) batch. Greedy, exact step check. The static
+merges per prompt, ``t3_batch`` once per (mixed) batch; both again with the rule's coefficients
+modulating the best static merge (``--modulate``: expert i's weight in it times lambda_i /
+mean(lambda)), beside that static merge served as it is. Greedy, exact step check. The static
 rows (the Tune search's best merge, the soup, each expert, oracle routing = each sub-task to its
 expert) are read from the merge search's summary (same problems, same scorer). Latency per
 request: a batch's wall time over its size, T3 against the plain engine on the base (any static
@@ -25,6 +28,7 @@ from pathlib import Path
 from nexus_ray.config import EngineConfig
 from nexus_ray.engines import build_policy_engine
 from nexus_ray.engines.base import GenerationParams
+from nexus_ray.merge.run import merge_into
 from nexus_ray.tasks import arith
 from nexus_ray.tasks.subtasks import SUBTASKS, eval_set
 
@@ -136,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--static", default="benchmarks/results/tune/merge-zoo/summary.json", help="merge search summary"
     )
+    p.add_argument(
+        "--modulate",
+        default="benchmarks/results/tune/merge-zoo/best-merge.yaml",
+        help="a static merge for the coefficients to modulate (rows 'over the static merge'); none: skip",
+    )
     p.add_argument("--out", default="benchmarks/results/t3", help="output folder")
     p.add_argument("--seed", type=int, default=0, help="the shuffle of the mixed problems")
     args = p.parse_args(argv)
@@ -155,13 +164,24 @@ def main(argv: list[str] | None = None) -> int:
             EngineConfig(model=BASE, experts=EXPERTS, merge=rule | {"method": method})
         )
         results[method] = run_engine(engine, items, args.batch_size)
+    if args.modulate != "none":
+        served = build_policy_engine(EngineConfig(model=BASE, enable_prefix_caching=False))
+        merge_into(served.model, args.modulate)
+        results["best static merge, served in this run"] = run_engine(served, items, args.batch_size)
+        for method in ("t3", "t3_batch"):
+            engine = build_policy_engine(
+                EngineConfig(
+                    model=BASE, experts=EXPERTS, merge=rule | {"method": method, "static": args.modulate}
+                )
+            )
+            results[f"{method} over the static merge"] = run_engine(engine, items, args.batch_size)
     static = static_rows(Path(args.static))
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     plot({m: results[m]["coefficients"] for m in ("t3", "t3_batch")}, out / "coefficients.png")
     for r in results.values():
-        r.pop("coefficients")
+        r.pop("coefficients", None)
     report = {
         "rule": rule,
         "n": args.n,

@@ -115,13 +115,20 @@ class T3MergeConfig(_Strict):
     Jensen-Shannon divergence (bits) between the base's and expert i's next-token distributions
     on the prompt; the weights are base + sum_i lambda_i * (expert_i - base), divided by
     sum_i lambda_i when ``normalize`` (a per-prompt soup). gamma < 0 gives an expert that
-    disagrees with the base less weight (see ``nexus_ray.merge.t3``)."""
+    disagrees with the base less weight (see ``nexus_ray.merge.t3``). With ``static``, the
+    coefficients modulate a searched static merge instead: its method and parameters, expert i's
+    weight times lambda_i / mean(lambda) (equal coefficients serve exactly that merge)."""
 
     method: Literal["t3", "t3_batch"] = "t3"
     lambda_min: float = 0.0
     lambda_max: float = 1.0
     gamma: float = Field(0.5, description="the sigmoid's slope on JS (bits); the paper's default 0.5")
     normalize: bool = Field(True, description="divide the task vectors by the sum of the coefficients")
+    static: str | None = Field(
+        None,
+        description="a mergekit YAML over the same base and experts (e.g. the merge search's "
+        "best-merge.yaml) whose per-expert weights the coefficients scale; normalize is then its own",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> T3MergeConfig:

@@ -9,13 +9,21 @@ import math
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from nexus_ray.config import ConfigError, EngineConfig, RewardConfig, ServiceConfig
 from nexus_ray.engines import build_policy_engine
 from nexus_ray.engines.base import GenerationParams
-from nexus_ray.merge.run import merge
-from nexus_ray.merge.t3 import coefficients, divergences, js_divergence, merge_weights, t3_lambda
+from nexus_ray.merge.run import merge, merge_into
+from nexus_ray.merge.t3 import (
+    coefficients,
+    divergences,
+    js_divergence,
+    merge_weights,
+    scaled_static,
+    t3_lambda,
+)
 from nexus_ray.search import registry
 from nexus_ray.search.base import SearchContext
 from nexus_ray.tasks.format import ARITH
@@ -123,6 +131,58 @@ def test_a_t3_batch_engine_merges_once_per_batch():
     results = engine.generate_sync(prompts, GenerationParams(n=2, temperature=1.0, max_tokens=4, seed=3))
     assert engine.merges == 1 and len(set(engine.coefficients(prompts))) == 1
     assert [r.merge_probe_tokens for r in results] == [3 * r.prompt_tokens for r in results]
+
+
+STATIC = {
+    "merge_method": "dare_ties",
+    "base_model": "arith-policy",
+    "models": [
+        {"model": e, "parameters": {"weight": w, "density": d}}
+        for e, w, d in zip(EXPERTS, [0.3, 0.2], [0.5, 0.8])
+    ],
+    "dtype": "float32",
+    "parameters": {"lambda": 1.2},
+}
+
+
+def test_coefficients_modulate_a_static_merge(tmp_path):
+    """With ``static``, the served weights are that merge with expert i's weight times lambda_i /
+    mean(lambda): equal coefficients (gamma 0) serve the static merge itself, bit for bit."""
+    path = tmp_path / "static.yaml"
+    path.write_text(yaml.safe_dump(STATIC))
+    prompts = ["Q: 12+7*3\n", "Q: 5-3+8-1+9-2\n"]
+    params = GenerationParams(n=1, temperature=0.0, max_tokens=4, seed=0)
+    reference = build_policy_engine(EngineConfig(model="arith-policy", enable_prefix_caching=False))
+    for gamma in (0.0, -100.0):
+        merge = {"method": "t3", "gamma": gamma, "static": str(path)}
+        engine = build_policy_engine(EngineConfig(model="arith-policy", experts=EXPERTS, merge=merge))
+        [lambdas] = engine.coefficients(prompts[:1])
+        engine.generate_sync(prompts[:1], params)
+        merge_into(reference.model, scaled_static(STATIC, lambdas))
+        want, served = reference.model.state_dict(), engine.served.model.state_dict()
+        assert all(torch.equal(served[k], want[k]) for k in want)
+        if gamma == 0:
+            merge_into(reference.model, STATIC)
+            assert all(torch.equal(served[k], t) for k, t in reference.model.state_dict().items())
+    weights = [m["parameters"]["weight"] for m in scaled_static(STATIC, [0.9, 0.1])["models"]]
+    assert weights == pytest.approx([0.3 * 1.8, 0.2 * 0.2])
+
+
+def test_a_static_merge_of_other_models_is_refused(tmp_path):
+    path = tmp_path / "static.yaml"
+    path.write_text(yaml.safe_dump({**STATIC, "models": STATIC["models"][::-1]}))
+    with pytest.raises(ValueError, match="same models, same order"):
+        build_policy_engine(
+            EngineConfig(model="arith-policy", experts=EXPERTS, merge={"method": "t3", "static": str(path)})
+        )
+    with pytest.raises(ValueError, match="merge.static .*missing"):
+        build_policy_engine(
+            EngineConfig(
+                model="arith-policy",
+                experts=EXPERTS,
+                merge={"method": "t3", "static": str(tmp_path / "missing")},
+            )
+        )
 
 
 def test_the_config_refuses_what_it_cannot_run():

@@ -31,7 +31,8 @@ from nexus_ray.engines.base import GenerationParams, GenerationResult, prompt_se
 from nexus_ray.engines.batching import MicroBatcher
 from nexus_ray.engines.hf import HFPolicyEngine, left_padded
 from nexus_ray.engines.tokens import prompt_ids
-from nexus_ray.merge.t3 import coefficients, divergences, merge_weights
+from nexus_ray.merge.run import merge_into
+from nexus_ray.merge.t3 import coefficients, divergences, merge_weights, scaled_static
 
 
 class T3PolicyEngine:
@@ -65,6 +66,7 @@ class T3PolicyEngine:
         for path, w in zip(expert_paths, self.weights[1:]):
             if {n: t.shape for n, t in w.items()} != {n: p.shape for n, p in names.items()}:
                 raise ValueError(f"expert {path} does not have the base's parameters and shapes")
+        self.static = _static_config(merge.static, Path(base_path), expert_paths) if merge.static else None
         self.current: tuple[float, ...] | None = None  # the coefficients the served weights hold
         self.timings: Counter[str] = Counter()
         self.merges = 0
@@ -105,9 +107,12 @@ class T3PolicyEngine:
         if lambdas == self.current:
             return
         start = time.perf_counter()
-        merged = merge_weights(self.weights[0], self.weights[1:], lambdas, self.merge.normalize)
-        for name, p in self.served.model.named_parameters():
-            p.data.copy_(merged[name])
+        if self.static is not None:
+            merge_into(self.served.model, scaled_static(self.static, lambdas))
+        else:
+            merged = merge_weights(self.weights[0], self.weights[1:], lambdas, self.merge.normalize)
+            for name, p in self.served.model.named_parameters():
+                p.data.copy_(merged[name])
         self.current = lambdas
         self.merges += 1
         self.timings["merge"] += time.perf_counter() - start
@@ -141,6 +146,25 @@ class T3PolicyEngine:
             charged.add(r.prompt)
             final.append(replace(r, merge_probe_tokens=probe))
         return final
+
+
+def _static_config(path: str, base: Path, experts: list[Path]) -> dict:
+    """The static merge's config, checked to merge this engine's base and experts in its order."""
+    from nexus_ray.merge.plan import MergeConfigError, build, load_config
+
+    try:
+        config = load_config(path)
+        plan = build(config)
+    except (MergeConfigError, OSError) as err:
+        raise ValueError(f"merge.static {path}: {err}") from None
+    want = (base.resolve(), [e.resolve() for e in experts])
+    got = (plan.base.resolve() if plan.base else None, [m.resolve() for m in plan.models])
+    if got != want:
+        raise ValueError(
+            f"merge.static {path} merges {got[0]} with {[str(m) for m in got[1]]}, but this engine's base "
+            f"is {want[0]} and its experts {[str(e) for e in want[1]]} (same models, same order)"
+        )
+    return config
 
 
 def _last_logits(model, encoded: list[list[int]], tokenizer, device: torch.device) -> torch.Tensor:

@@ -10,11 +10,18 @@ Several experts: expert i gets its own coefficient from JS_i, its divergence fro
 the prompt, i.e. the paper's two-model rule applied to each (base, expert) pair. JS_i says how
 far fine-tuning moved expert i on this very input, which is what separates the experts; a
 generalized JS across all the models would give one number for the prompt and could not say
-which expert to weight. The merged weights are task arithmetic, base + sum_i lambda_i *
-(expert_i - base); with ``normalize`` the task vectors are divided by sum_i lambda_i (mergekit's
-``normalize``), so the merge is a soup of the experts whose shares follow the coefficients
-(all coefficients equal: exactly the uniform soup). JS is in bits (0 for identical
-distributions, 1 for disjoint ones), so gamma's scale does not depend on the vocabulary. The
+which expert to weight.
+
+With a static merge (``scaled_static``), the coefficients modulate a searched merge instead of
+replacing it: expert i's weight in that merge's config is multiplied by lambda_i / mean(lambda),
+so equal coefficients give exactly the static merge and a prompt the rule routes to one expert
+gets that expert's share of the merge raised and the others' lowered, with the static merge's
+method (e.g. DARE-TIES), densities and lambda kept. Otherwise the merged weights are task
+arithmetic, base + sum_i lambda_i * (expert_i - base); with ``normalize`` the task vectors are
+divided by sum_i lambda_i (mergekit's ``normalize``), so the merge is a soup of the experts whose
+shares follow the coefficients (all coefficients equal: exactly the uniform soup). JS is in bits
+(0 for identical distributions, 1 for disjoint ones), so gamma's scale does not depend on the
+vocabulary. The
 sign of gamma is a choice the paper leaves implicit: gamma > 0 weights an expert more where it
 disagrees with the base, gamma < 0 less (on the zoo experts the one on its own sub-task agrees
 with the base at the first answer token and the other drifts; ``benchmarks/t3_merge.py``).
@@ -58,6 +65,18 @@ def coefficients(js: Tensor, lambda_min: float, lambda_max: float, gamma: float,
     if per_batch:
         js = js.mean(dim=0, keepdim=True).expand_as(js)
     return t3_lambda(js, lambda_min, lambda_max, gamma)
+
+
+def scaled_static(config: dict, lambdas: Sequence[float]) -> dict:
+    """The static merge ``config`` (a mergekit-style dict, its ``models`` in the experts' order)
+    with expert i's weight multiplied by lambdas[i] / mean(lambdas) (by 1 when they sum to 0)."""
+    mean = sum(lambdas) / len(lambdas)
+    models = []
+    for entry, lam in zip(config["models"], lambdas):
+        params = dict(entry.get("parameters") or {})
+        params["weight"] = float(params.get("weight", 1.0)) * (lam / mean if mean > 0 else 1.0)
+        models.append({**entry, "parameters": params})
+    return {**config, "models": models}
 
 
 def merge_weights(
