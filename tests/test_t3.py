@@ -26,6 +26,7 @@ from nexus_ray.merge.t3 import (
 )
 from nexus_ray.search import registry
 from nexus_ray.search.base import SearchContext
+from nexus_ray.search.ledger import ComputeLedger, worst_case_round
 from nexus_ray.tasks.format import ARITH
 
 EXPERTS = ["arith-expert-addsub", "arith-expert-mul"]
@@ -121,6 +122,16 @@ def test_the_ledger_charges_every_model_reading_the_prompt(t3_engine):
     spent = ledger.policy_prefill_tokens + ledger.policy_generated_tokens + ledger.merge_probe_tokens
     assert ledger.policy_token_equivalents == pytest.approx(spent)
     assert ledger.to_dict()["merge_probe_tokens"] == 3 * prompt_tokens
+    # budgets hold: the bound a strategy checks before a round counts the coefficient passes
+    assert ledger.merge_probe_models == 3
+    bound = worst_case_round(
+        ctx.new_ledger(), [prompt_tokens], 1, result.ledger.policy_generated_tokens, False
+    )
+    assert bound >= spent and bound - worst_case_round(ComputeLedger(1), [prompt_tokens], 1, 1, False) > 0
+    plain = worst_case_round(
+        ComputeLedger(1), [prompt_tokens], 1, result.ledger.policy_generated_tokens, False
+    )
+    assert bound == plain + 3 * prompt_tokens
 
 
 def test_a_t3_batch_engine_merges_once_per_batch():

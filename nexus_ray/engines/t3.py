@@ -54,6 +54,7 @@ class T3PolicyEngine:
         self.num_parameters = self.served.num_parameters
         self.tokenizer = self.served.tokenizer
         self.prefix_caching = False
+        self.merge_probe_models = 1 + len(expert_paths)  # read every prompt for the coefficients
         torch_dtype = self.served.model.dtype
         self.models = [
             AutoModelForCausalLM.from_pretrained(p, config=self.served.model.config, dtype=torch_dtype)

@@ -76,6 +76,7 @@ class SearchContext:
             self.prm.num_parameters if self.prm else 0,
             prefix_caching=self.prefix_caching,
             prm_prefix_caching=bool(getattr(self.prm, "prefix_caching", False)),
+            merge_probe_models=int(getattr(self.policy, "merge_probe_models", 0)),
         )
 
     def require_prm(self, strategy: str) -> RewardEngine:

@@ -28,6 +28,7 @@ class CappedPolicy:
         self.policy, self.prompt, self.cap = policy, prompt, cap
         self.model_name = policy.model_name
         self.num_parameters = policy.num_parameters
+        self.merge_probe_models = getattr(policy, "merge_probe_models", 0)
         self._prompt_tokens = policy.count_tokens(prompt)
 
     def count_tokens(self, text: str) -> int:

@@ -34,6 +34,7 @@ class ComputeLedger:
     prm_parameters: int = 0
     prefix_caching: bool = False
     prm_prefix_caching: bool = False
+    merge_probe_models: int = 0  # a T3 policy: models that read each prompt for its coefficients
     policy_generated_tokens: int = 0
     policy_prefill_tokens: int = 0
     prm_tokens: int = 0
@@ -131,12 +132,13 @@ def worst_case_round(
     max_tokens: int,
     scored: bool,
 ) -> float:
-    """Upper bound, in policy-token equivalents, of one round: prefill every prompt, sample
+    """Upper bound, in policy-token equivalents, of one round: prefill every prompt (and, for a
+    T3 policy, its coefficient passes: ``merge_probe_models`` models read each prompt), sample
     ``samples_each`` x ``max_tokens`` per prompt, and (if ``scored``) have the PRM read every
     resulting path in full (a few tokens of slack per path for step separators)."""
     prefill = sum(prompt_tokens)
     generated = len(prompt_tokens) * samples_each * max_tokens
-    cost = float(prefill + generated)
+    cost = float(prefill * (1 + ledger.merge_probe_models) + generated)
     if scored:
         prm_read = sum((p + max_tokens + 8) * samples_each for p in prompt_tokens)
         cost += prm_read * ledger.prm_token_cost

@@ -57,6 +57,7 @@ class WorkerInfo:
     gpu_ids: tuple[str, ...]
     placement_group: str | None
     prefix_caching: bool = False  # whether the engine reuses prompt prefixes' KV (the ledger's mode)
+    merge_probe_models: int = 0  # models that read each prompt for test-time merge coefficients (T3)
 
 
 class _Worker:
@@ -72,6 +73,7 @@ class _Worker:
             tuple(str(g) for g in ray.get_gpu_ids()),
             pg,
             getattr(engine, "prefix_caching", False),
+            getattr(engine, "merge_probe_models", 0),
         )
         self._serial = None if batching else asyncio.Lock()
 
@@ -217,6 +219,7 @@ class _Remote:
         self.model_name = info.model_name
         self.num_parameters = info.num_parameters
         self.prefix_caching = info.prefix_caching  # the ledger charges what the engine computes
+        self.merge_probe_models = info.merge_probe_models
         self.failover = failover
         self.counts: Counter[str] = Counter()  # lost calls "retried", and given up as "unavailable"
 
