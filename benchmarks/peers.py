@@ -16,8 +16,9 @@ What runs, at each budget N (generations, Snell et al.'s unit):
     majority, weighted   N full samples: majority vote, PRM-weighted vote
     beam                 N beams, width 4 (N/4 kept, 4 next steps each), weighted vote at the end
     particles            N particles, multinomial resampling by logit(PRM), weighted vote
-    planner              the built-in table (--table) online, at a mean budget of N x the price
-                         of one PRM-scored sample on its calibration set
+    planner              the built-in table (--table) online; its mean budget at N is the mean
+                         compute weighted@N has spent so far in this run (weighted runs first
+                         in every block), so the planner is paced to weighted's measured cost
 
 Both libraries sample at nexus_ray's defaults (full samples: temperature 1, 256 tokens;
 stepwise: temperature 0.8, 64 tokens a step, 40 steps) and are charged to a ComputeLedger by
@@ -43,7 +44,7 @@ import random
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
@@ -94,6 +95,7 @@ class Setup:
     fmt: TaskFormat
     table: PlanTable
     seed: int
+    planner_budgets: dict[int, float] = field(default_factory=dict)  # N -> weighted@N's mean compute
 
 
 Answer = tuple[str | None, ComputeLedger]
@@ -143,25 +145,27 @@ async def run_its_hub(setup: Setup, method: str, problem: str, budget: int) -> A
 
 
 async def run_nexus_ray(setup: Setup, method: str, problem: str, budget: int) -> Answer:
-    """A registry strategy, or the planner at ``budget`` x its table's price of a sample."""
+    """A registry strategy, or the planner at weighted@``budget``'s measured mean compute."""
     ctx = SearchContext.for_problem(setup.policy, setup.prm, setup.fmt, problem, None, setup.seed)
     if method != "planner":
         result = await registry.run(method, ctx, budget)
         return result.answer, result.ledger
     ledger = ctx.new_ledger()
-    allocation = setup.table.allocate(budget * sample_price(setup.table))
+    allocation = setup.table.allocate(setup.planner_budgets[budget])
     planned = await solve(EngineSampler(ctx), problem, setup.table, allocation, ledger)
     return planned.outcome.answer, ledger
 
 
-def sample_price(table: PlanTable) -> float:
-    """Policy-token equivalents of one PRM-scored sample on the table's calibration set: the
-    weighted plans' compute per sample, averaged over bins by their share of problems."""
-    price = 0.0
-    for b in table.bins:
-        weighted = [o for o in b.options if o.option.strategy == "weighted" and o.option.temperature is None]
-        price += b.weight * sum(o.compute / o.option.n for o in weighted) / len(weighted)
-    return price
+def weighted_compute(records: Path, budget: int) -> float:
+    """Mean ledger compute of the weighted@``budget`` records so far: the planner's budget."""
+    spent = [
+        r["ledger"]["policy_token_equivalents"]
+        for r in load_records(records)
+        if r["method"] == "weighted" and r["budget"] == budget
+    ]
+    if not spent:
+        raise RuntimeError(f"no weighted@{budget} records yet to pace the planner by")
+    return float(np.mean(spent))
 
 
 async def solve_one(setup: Setup, method: str, example: Example, budget: int) -> dict:
@@ -169,6 +173,7 @@ async def solve_one(setup: Setup, method: str, example: Example, budget: int) ->
     run = run_its_hub if library == "its_hub" else run_nexus_ray
     start = time.perf_counter()
     answer, ledger = await run(setup, method, example.problem, budget)
+    paced = {"mean_budget": round(setup.planner_budgets[budget], 1)} if method == "planner" else {}
     return {
         "problem": example.problem,
         "gold": example.answer,
@@ -180,6 +185,7 @@ async def solve_one(setup: Setup, method: str, example: Example, budget: int) ->
         "correct": is_equivalent(answer, example.answer, setup.fmt.answer_kind),
         "ledger": ledger.to_dict(),
         "seconds": round(time.perf_counter() - start, 3),
+        **paced,
     }
 
 
@@ -219,6 +225,8 @@ async def run_all(setup: Setup, args: argparse.Namespace, examples: list[Example
                 todo = [e for e in block if (e.problem, method, budget) not in done]
                 if not todo:
                     continue
+                if method == "planner":
+                    setup.planner_budgets[budget] = weighted_compute(records, budget)
                 seconds = await wave(
                     lambda e, m=method, b=budget: solve_one(setup, m, e, b), todo, args.in_flight, records
                 )
@@ -340,7 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": args.dataset,
         "problems": len(examples),
         "in_flight": args.in_flight,
-        "planner_sample_price": sample_price(table),
+        "planner_budgets": {
+            str(n): round(weighted_compute(args.out / "records.jsonl", n), 1) for n in args.budgets
+        },
         "command": " ".join(["python", "benchmarks/peers.py", *(argv if argv is not None else sys.argv[1:])]),
         "budgets": summary,
     }
