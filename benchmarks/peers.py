@@ -44,6 +44,7 @@ import random
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -217,6 +218,13 @@ def block_order(block_index: int) -> list[str]:
 
 
 async def run_all(setup: Setup, args: argparse.Namespace, examples: list[Example], done: set) -> None:
+    # its_hub's orchestrator (its default, 32 calls at a time per problem) parks one thread of
+    # the loop's default executor per call waiting for its semaphore, and nexus_ray's engines
+    # run their batches on that executor too: with the default's min(32, CPUs + 4) threads the
+    # parked waits take them all at budget 64 and nothing runs again. Room for every wait:
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=args.in_flight * max(args.budgets) + 8)
+    )
     records, timings = args.out / "records.jsonl", args.out / "timings.jsonl"
     for k in range(0, len(examples), args.block):
         block = examples[k : k + args.block]

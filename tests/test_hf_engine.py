@@ -163,30 +163,6 @@ def test_an_engine_error_reaches_every_caller(prm_engine, monkeypatch):
     assert all(isinstance(r, RuntimeError) for r in results)
 
 
-def test_batches_run_when_the_loops_default_executor_is_full():
-    """its_hub's orchestrator parks a default-executor thread per request waiting for its
-    semaphore; the batches those requests wait on must not need one of those threads."""
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
-    from nexus_ray.engines.batching import MicroBatcher
-
-    ran = threading.Event()
-
-    def run(_key, items):
-        ran.set()
-        return items
-
-    async def main():
-        loop = asyncio.get_running_loop()
-        loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
-        parked = loop.run_in_executor(None, ran.wait, 30)  # the only default thread, until a batch ran
-        batched = await asyncio.wait_for(MicroBatcher(run).submit(None, [1, 2]), timeout=20)
-        return batched, await parked
-
-    assert asyncio.run(main()) == ([1, 2], True)
-
-
 def _cached_engine(tokens: int = 65536):
     from nexus_ray.engines.hf import HFPolicyEngine
     from nexus_ray.zoo.registry import resolve

@@ -4,11 +4,6 @@ Many solves run at once (a batch eval, a server); each asks the engine for a few
 A transformers model is far faster on one batch of 64 than on 64 batches of one, so calls
 that arrive while the model is busy, or in the same event-loop tick, are queued, grouped by
 key (calls that can share a forward pass), and run together on a worker thread.
-
-The worker threads are the batcher's own, not the event loop's default executor: a caller
-that fills that executor with blocking waits (its_hub's orchestrator parks one thread per
-request waiting for its concurrency semaphore) would otherwise starve the very batches those
-requests wait on, and deadlock.
 """
 
 from __future__ import annotations
@@ -16,7 +11,6 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Callable, Hashable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -29,8 +23,6 @@ class MicroBatcher:
         self._run = run
         self._queues: dict[asyncio.AbstractEventLoop, list[tuple[Hashable, list[Any], asyncio.Future]]] = {}
         self._draining: set[asyncio.AbstractEventLoop] = set()
-        # One drain per event loop runs a batch at a time; a few threads serve several loops.
-        self._threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="micro-batch")
 
     async def submit(self, key: Hashable, items: list[Any]) -> list[Any]:
         loop = asyncio.get_running_loop()
@@ -51,7 +43,7 @@ class MicroBatcher:
                 for key, calls in groups.items():
                     merged = [item for items, _ in calls for item in items]
                     try:
-                        results = await loop.run_in_executor(self._threads, self._run, key, merged)
+                        results = await asyncio.to_thread(self._run, key, merged)
                     except Exception as err:  # noqa: BLE001 - every caller of the batch sees the error
                         for _, future in calls:
                             if not future.done():
