@@ -31,8 +31,10 @@ libraries alternating which goes first, so the machine's load falls on both alik
 
 Writes --out/records.jsonl (one line per problem x method x budget, appended as each
 finishes), --out/timings.jsonl (one line per method x budget x block: problems and seconds),
---out/peers.json (the summary) and prints a Markdown table. --resume keeps what a previous run
-wrote and does the rest; without it a run refuses an --out that already holds records.
+--out/peers.json (the summary; peers-per-level-K.json for a --per-level run) and prints a
+Markdown table. --resume keeps what a previous run wrote and does the rest; without it a run
+refuses an --out that already holds records. --controls adds nexus_ray's PRM strategies with
+its_hub's selection rule (the single best-scored candidate), to tell the two apart.
 """
 
 from __future__ import annotations
@@ -87,6 +89,13 @@ PAIRS = [
 ]
 ITS_HUB = [a for a, _ in PAIRS if a]
 NEXUS_RAY = [b for _, b in PAIRS]
+# --controls: nexus_ray's strategies picking the single best-scored candidate, as its_hub's
+# best-of-N, beam search and particle filtering do, instead of a PRM-weighted vote.
+CONTROLS = [
+    ("best_of_n", "weighted/argmax"),
+    ("beam_search", "beam/argmax"),
+    ("particle_filtering", "particles/argmax"),
+]
 
 
 @dataclass
@@ -149,7 +158,8 @@ async def run_nexus_ray(setup: Setup, method: str, problem: str, budget: int) ->
     """A registry strategy, or the planner at weighted@``budget``'s measured mean compute."""
     ctx = SearchContext.for_problem(setup.policy, setup.prm, setup.fmt, problem, None, setup.seed)
     if method != "planner":
-        result = await registry.run(method, ctx, budget)
+        strategy, _, selection = method.partition("/")
+        result = await registry.run(strategy, ctx, budget, {"selection": selection} if selection else None)
         return result.answer, result.ledger
     ledger = ctx.new_ledger()
     allocation = setup.table.allocate(setup.planner_budgets[budget])
@@ -208,13 +218,14 @@ async def wave(
     return time.perf_counter() - start
 
 
-def block_order(block_index: int) -> list[str]:
-    """Every method once, the pairs side by side, the library that goes first alternating."""
+def block_order(block_index: int, controls: bool = False) -> list[str]:
+    """Every method once, the pairs side by side, the library that goes first alternating;
+    the controls last."""
     order = []
     for its, ours in PAIRS:
         pair = [m for m in (its, ours) if m]
         order += pair if block_index % 2 == 0 else pair[::-1]
-    return order
+    return order + ([ours for _, ours in CONTROLS] if controls else [])
 
 
 async def run_all(setup: Setup, args: argparse.Namespace, examples: list[Example], done: set) -> None:
@@ -229,7 +240,7 @@ async def run_all(setup: Setup, args: argparse.Namespace, examples: list[Example
     for k in range(0, len(examples), args.block):
         block = examples[k : k + args.block]
         for budget in args.budgets:
-            for method in block_order(k // args.block):
+            for method in block_order(k // args.block, args.controls):
                 todo = [e for e in block if (e.problem, method, budget) not in done]
                 if not todo:
                     continue
@@ -255,7 +266,7 @@ def summarize(records: list[dict], timings: list[dict], budgets: list[int]) -> d
     out: dict = {}
     for budget in budgets:
         row = {}
-        for method in [*ITS_HUB, *NEXUS_RAY]:
+        for method in [*ITS_HUB, *NEXUS_RAY, *(ours for _, ours in CONTROLS)]:
             rs = [r for r in records if r["method"] == method and r["budget"] == budget]
             ts = [t for t in timings if t["method"] == method and t["budget"] == budget]
             if not rs:
@@ -268,8 +279,23 @@ def summarize(records: list[dict], timings: list[dict], budgets: list[int]) -> d
                 "compute": float(np.mean([r["ledger"]["policy_token_equivalents"] for r in rs])),
                 "solves_per_s": sum(t["problems"] for t in ts) / seconds if seconds else None,
             }
+        for its, ours in [*PAIRS, *CONTROLS]:
+            if its in row and ours in row:
+                row[ours]["vs_its_hub"] = paired_gap(records, its, ours, budget)
         out[str(budget)] = row
     return out
+
+
+def paired_gap(records: list[dict], its: str, ours: str, budget: int) -> list[float] | None:
+    """nexus_ray's accuracy minus its_hub's on the problems both solved at ``budget``, with a
+    90% interval from a paired bootstrap over problems (2,000 resamples, seeded)."""
+    right = {(r["method"], r["problem"]): r["correct"] for r in records if r["budget"] == budget}
+    both = [p for (m, p) in right if m == its and (ours, p) in right]
+    if not both:
+        return None
+    diff = np.array([float(right[ours, p]) - float(right[its, p]) for p in both])
+    means = np.random.default_rng(0).choice(diff, (2000, diff.size)).mean(axis=1)
+    return [float(diff.mean()), float(np.quantile(means, 0.05)), float(np.quantile(means, 0.95))]
 
 
 def _cell(row: dict, method: str | None, key: str, fmt: str) -> str:
@@ -278,17 +304,23 @@ def _cell(row: dict, method: str | None, key: str, fmt: str) -> str:
 
 
 def markdown(summary: dict) -> str:
+    header = "| N | its_hub | nexus_ray | accuracy (its_hub / nexus_ray) | nexus_ray - its_hub (90% CI) |"
     lines = [
-        "| N | its_hub | nexus_ray | accuracy (its_hub / nexus_ray) | compute | solves/s | speed-up |",
-        "|---|---|---|---|---|---|---|",
+        header + " compute | solves/s | speed-up |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for budget, row in summary.items():
-        for its, ours in PAIRS:
+        for its, ours in [*PAIRS, *CONTROLS]:
+            if ours not in row:
+                continue
             a, b = _cell(row, its, "solves_per_s", ".2f"), _cell(row, ours, "solves_per_s", ".2f")
             speedup = "-" if "-" in (a, b) else f"{float(b) / float(a):.1f}x"
+            gap = row[ours].get("vs_its_hub")
+            gap_cell = "-" if gap is None else f"{gap[0]:+.3f} [{gap[1]:+.3f}, {gap[2]:+.3f}]"
             lines.append(
                 f"| {budget} | {its or '-'} | {ours} "
                 f"| {_cell(row, its, 'accuracy', '.3f')} / {_cell(row, ours, 'accuracy', '.3f')} "
+                f"| {gap_cell} "
                 f"| {_cell(row, its, 'compute', '.0f')} / {_cell(row, ours, 'compute', '.0f')} "
                 f"| {a} / {b} | {speedup} |"
             )
@@ -316,6 +348,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/peers"))
     p.add_argument(
         "--resume", action="store_true", help="keep the records a previous run wrote and do the rest"
+    )
+    p.add_argument(
+        "--controls",
+        action="store_true",
+        help="also run weighted, beam and particles picking the best-scored candidate (argmax), "
+        "as its_hub's PRM methods do: tells a difference of selection rule from one of search",
     )
     models.add_arguments(p)
     args = p.parse_args(argv)
@@ -362,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python", "benchmarks/peers.py", *(argv if argv is not None else sys.argv[1:])]),
         "budgets": summary,
     }
-    (args.out / "peers.json").write_text(json.dumps(report, indent=1) + "\n")
+    name = "peers.json" if args.per_level is None else f"peers-per-level-{args.per_level}.json"
+    (args.out / name).write_text(json.dumps(report, indent=1) + "\n")
     print(markdown(summary))
     return 0
 
