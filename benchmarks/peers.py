@@ -45,6 +45,7 @@ import json
 import random
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -286,14 +287,28 @@ def summarize(records: list[dict], timings: list[dict], budgets: list[int]) -> d
     return out
 
 
+def of_examples(records: list[dict], examples: list[Example]) -> list[dict]:
+    """The records of these examples: a problem the set holds k times (arith-test repeats six
+    easy ones) keeps its first k records per method and budget, each tagged with its copy."""
+    wanted = Counter(e.problem for e in examples)
+    seen: Counter = Counter()
+    out = []
+    for r in records:
+        key = (r["problem"], r["method"], r["budget"])
+        if seen[key] < wanted[r["problem"]]:
+            out.append({**r, "copy": seen[key]})
+            seen[key] += 1
+    return out
+
+
 def paired_gap(records: list[dict], its: str, ours: str, budget: int) -> list[float] | None:
     """nexus_ray's accuracy minus its_hub's on the problems both solved at ``budget``, with a
     90% interval from a paired bootstrap over problems (2,000 resamples, seeded)."""
-    right = {(r["method"], r["problem"]): r["correct"] for r in records if r["budget"] == budget}
-    both = [p for (m, p) in right if m == its and (ours, p) in right]
+    right = {(r["method"], r["problem"], r["copy"]): r["correct"] for r in records if r["budget"] == budget}
+    both = [(p, c) for (m, p, c) in right if m == its and (ours, p, c) in right]
     if not both:
         return None
-    diff = np.array([float(right[ours, p]) - float(right[its, p]) for p in both])
+    diff = np.array([float(right[ours, p, c]) - float(right[its, p, c]) for p, c in both])
     means = np.random.default_rng(0).choice(diff, (2000, diff.size)).mean(axis=1)
     return [float(diff.mean()), float(np.quantile(means, 0.05)), float(np.quantile(means, 0.95))]
 
@@ -384,8 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         policy.shutdown()
         prm.shutdown()
 
-    wanted = {e.problem for e in examples}
-    records = [r for r in load_records(args.out / "records.jsonl") if r["problem"] in wanted]
+    records = of_examples(load_records(args.out / "records.jsonl"), examples)
     timings = load_records(args.out / "timings.jsonl")
     summary = summarize(records, timings, args.budgets)
     report = {
