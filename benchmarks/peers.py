@@ -262,12 +262,12 @@ async def run_all(setup: Setup, args: argparse.Namespace, examples: list[Example
                 )
 
 
-def summarize(records: list[dict], timings: list[dict], budgets: list[int]) -> dict:
+def summarize(records: list[dict], timings: list[dict], budgets: list[int], controls: bool = False) -> dict:
     """Per budget and method: accuracy, mean compute, solves per second (timed waves only)."""
     out: dict = {}
     for budget in budgets:
         row = {}
-        for method in [*ITS_HUB, *NEXUS_RAY, *(ours for _, ours in CONTROLS)]:
+        for method in [*ITS_HUB, *NEXUS_RAY, *(ours for _, ours in CONTROLS if controls)]:
             rs = [r for r in records if r["method"] == method and r["budget"] == budget]
             ts = [t for t in timings if t["method"] == method and t["budget"] == budget]
             if not rs:
@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
 
     records = of_examples(load_records(args.out / "records.jsonl"), examples)
     timings = load_records(args.out / "timings.jsonl")
-    summary = summarize(records, timings, args.budgets)
+    summary = summarize(records, timings, args.budgets, args.controls)
     report = {
         "date": time.strftime("%Y-%m-%d"),
         "its_hub": version("its_hub"),
