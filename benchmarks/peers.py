@@ -168,11 +168,11 @@ async def run_nexus_ray(setup: Setup, method: str, problem: str, budget: int) ->
     return planned.outcome.answer, ledger
 
 
-def weighted_compute(records: Path, budget: int) -> float:
-    """Mean ledger compute of the weighted@``budget`` records so far: the planner's budget."""
+def weighted_compute(records: list[dict], budget: int) -> float:
+    """Mean ledger compute of the weighted@``budget`` records: the planner's budget."""
     spent = [
         r["ledger"]["policy_token_equivalents"]
-        for r in load_records(records)
+        for r in records
         if r["method"] == "weighted" and r["budget"] == budget
     ]
     if not spent:
@@ -246,7 +246,7 @@ async def run_all(setup: Setup, args: argparse.Namespace, examples: list[Example
                 if not todo:
                     continue
                 if method == "planner":
-                    setup.planner_budgets[budget] = weighted_compute(records, budget)
+                    setup.planner_budgets[budget] = weighted_compute(load_records(records), budget)
                 seconds = await wave(
                     lambda e, m=method, b=budget: solve_one(setup, m, e, b), todo, args.in_flight, records
                 )
@@ -408,9 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": args.dataset,
         "problems": len(examples),
         "in_flight": args.in_flight,
-        "planner_budgets": {
-            str(n): round(weighted_compute(args.out / "records.jsonl", n), 1) for n in args.budgets
-        },
+        "planner_budgets": {str(n): round(weighted_compute(records, n), 1) for n in args.budgets},
         "command": " ".join(["python", "benchmarks/peers.py", *(argv if argv is not None else sys.argv[1:])]),
         "budgets": summary,
     }
