@@ -342,6 +342,17 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def budget_list(text: str) -> list[int]:
+    """``4,16,64`` -> [4, 16, 64]; anything else is an argparse error that says what to give."""
+    try:
+        budgets = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give generations as integers, e.g. 4,16,64") from None
+    if min(budgets) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: every budget must be at least 1")
+    return budgets
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="arith-test", help="problems (never the tables' calibration set)")
@@ -350,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--budgets",
-        type=lambda s: [int(x) for x in s.split(",")],
+        type=budget_list,
         default=[4, 16, 64],
         help="generations, e.g. 4,16,64",
     )
@@ -373,12 +384,15 @@ def main(argv: list[str] | None = None) -> int:
     models.add_arguments(p)
     args = p.parse_args(argv)
 
-    examples = interleave_levels(select_examples(args.dataset, args.per_level))
-    config, fmt = models.resolve_models(args, examples)
+    try:  # a bad dataset, model or table is the user's to fix: one line, no traceback
+        examples = interleave_levels(select_examples(args.dataset, args.per_level))
+        config, fmt = models.resolve_models(args, examples)
+        table = load_table(args.table)
+        table.check_models(config.policy.model, config.prm.model)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from None
     if fmt.name != "arith":
         raise SystemExit("error: its_hub's steps are split at the arith format's lines; use an arith policy")
-    table = load_table(args.table)
-    table.check_models(config.policy.model, config.prm.model)
     args.out.mkdir(parents=True, exist_ok=True)
     done = {(r["problem"], r["method"], r["budget"]) for r in load_records(args.out / "records.jsonl")}
     if done and not args.resume:
