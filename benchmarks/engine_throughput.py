@@ -18,7 +18,7 @@ import platform
 import time
 from pathlib import Path
 
-from nexus_ray.config import EngineConfig
+from nexus_ray.config import CPU_KV_CACHE_BYTES, EngineConfig
 from nexus_ray.engines import build_policy_engine
 from nexus_ray.engines.base import GenerationParams
 from nexus_ray.tasks import datasets
@@ -65,7 +65,8 @@ def main() -> None:
             engine="vllm",
             dtype="float32",
             max_model_len=256,
-            gpu_memory_utilization=0.3 if gpu else 0.1,
+            gpu_memory_utilization=0.3,
+            kv_cache_memory_bytes=None if gpu else CPU_KV_CACHE_BYTES,
             enforce_eager=not gpu,
         )
     )

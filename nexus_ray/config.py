@@ -152,6 +152,13 @@ class EngineConfig(_Strict):
     # vLLM engine options, passed through unchanged.
     max_model_len: int | None = Field(None, ge=16)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    kv_cache_memory_bytes: int | None = Field(
+        None,
+        ge=1 << 20,
+        description="vllm only: the KV cache's size, overriding gpu_memory_utilization; on vLLM's CPU build "
+        "set it, since the utilization there is a share of one NUMA node's RAM and the process's own "
+        "memory is taken off it first",
+    )
     tensor_parallel_size: int = Field(1, ge=1)
     enable_prefix_caching: bool = Field(
         True, description="both engines: reuse the KV of prompt prefixes computed before (tree search)"
@@ -371,15 +378,19 @@ class ServiceConfig(ModelsConfig):
     num_cpus: float = Field(0.25, ge=0, description="CPUs of the ingress replica")
 
 
+CPU_KV_CACHE_BYTES = 256 << 20  # ample for the zoo's 256-token contexts on vLLM's CPU build
+
+
 def local_models(
     engine: Literal["hf", "vllm"] = "hf", policy: str = "arith-policy", prm: str = "arith-prm"
 ) -> ModelsConfig:
     """The embedded default: models on this machine's CPU. vLLM's CPU build runs the zoo in
-    float32, eagerly, with a small KV cache (``gpu_memory_utilization`` is a share of RAM)."""
+    float32, eagerly, with a fixed 256 MiB KV cache: a share of RAM (``gpu_memory_utilization``)
+    fails to start where a NUMA node is small."""
     options: dict[str, Any] = {"engine": engine, "dtype": "float32"}
     prm_options: dict[str, Any] = {}
     if engine == "vllm":
-        options |= {"max_model_len": 256, "gpu_memory_utilization": 0.1, "enforce_eager": True}
+        options |= {"max_model_len": 256, "kv_cache_memory_bytes": CPU_KV_CACHE_BYTES, "enforce_eager": True}
     else:  # on 2 CPU cores the PRM is fastest in chunks of ~16 (0.41 s vs 0.90 s at 128, 256 solutions)
         prm_options["max_batch_size"] = 16
     return ModelsConfig(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from nexus_ray.config import EngineConfig, RewardConfig
+from nexus_ray.config import CPU_KV_CACHE_BYTES, EngineConfig, RewardConfig
 from nexus_ray.engines import build_policy_engine, build_reward_engine
 from nexus_ray.engines.base import GenerationParams, ScoreRequest
 from nexus_ray.tasks.format import chat_math
@@ -16,7 +16,11 @@ from tests.unseen_models import build_policy, build_prm
 pytestmark = pytest.mark.vllm
 
 VLLM = dict(
-    engine="vllm", dtype="float32", max_model_len=512, gpu_memory_utilization=0.05, enforce_eager=True
+    engine="vllm",
+    dtype="float32",
+    max_model_len=512,
+    kv_cache_memory_bytes=CPU_KV_CACHE_BYTES,
+    enforce_eager=True,
 )
 QUESTIONS = ["What is 3/4 of 12 minus 5?", "Start with 7. Add 5, then take 1/3 of it. What is the result?"]
 

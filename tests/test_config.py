@@ -146,6 +146,7 @@ RESOURCE_KEYS = {
     "dtype",
     "max_model_len",
     "gpu_memory_utilization",
+    "kv_cache_memory_bytes",
     "enforce_eager",
     "num_gpus",
     "num_cpus",

@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from nexus_ray.config import EngineConfig, RopeConfig
+from nexus_ray.config import CPU_KV_CACHE_BYTES, EngineConfig, RopeConfig
 from nexus_ray.engines import build_policy_engine
 from nexus_ray.engines.base import GenerationParams
 from nexus_ray.rope import apply
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.vllm
 
 # An explicit attention_factor: the key some vLLM versions drop silently.
 ROPE = RopeConfig(rope_type="yarn", factor=4, attention_factor=1.2)
-OPTIONS = dict(engine="vllm", dtype="float32", gpu_memory_utilization=0.1, enforce_eager=True)
+OPTIONS = dict(engine="vllm", dtype="float32", kv_cache_memory_bytes=CPU_KV_CACHE_BYTES, enforce_eager=True)
 
 
 def test_installed_vllm_honours_every_yarn_key():

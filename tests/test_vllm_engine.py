@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from nexus_ray.config import EngineConfig, RewardConfig
+from nexus_ray.config import CPU_KV_CACHE_BYTES, EngineConfig, RewardConfig
 from nexus_ray.engines import build_policy_engine, build_reward_engine
 from nexus_ray.engines.base import ConfidenceStop, GenerationParams, ScoreRequest
 from nexus_ray.engines.vllm import VLLMUnavailable
@@ -19,7 +19,11 @@ from nexus_ray.tasks.format import ARITH
 pytestmark = pytest.mark.vllm
 
 VLLM_OPTIONS = dict(
-    engine="vllm", dtype="float32", max_model_len=256, gpu_memory_utilization=0.1, enforce_eager=True
+    engine="vllm",
+    dtype="float32",
+    max_model_len=256,
+    kv_cache_memory_bytes=CPU_KV_CACHE_BYTES,
+    enforce_eager=True,
 )
 PROMPTS = [ARITH.prompt(e.problem) for e in datasets.load("arith-test")[::25]]
 

@@ -117,6 +117,8 @@ def _engine_args(api: _API, config: EngineConfig, model_path: Path, **extra: Any
     )
     if config.hf_overrides:
         options["hf_overrides"] = config.hf_overrides
+    if config.kv_cache_memory_bytes is not None:
+        options["kv_cache_memory_bytes"] = config.kv_cache_memory_bytes
     return api.AsyncEngineArgs(**options)
 
 
