@@ -1,6 +1,7 @@
 """The transformers engine's contract: counts, seeds, stops, logprobs, batching."""
 
 import asyncio
+import json
 import math
 
 import pytest
@@ -250,3 +251,30 @@ def test_search_ledger_charges_what_the_caching_engines_computed(strategy, polic
     if strategy != "weighted":  # one generate call: nothing to reuse
         assert b.ledger.policy_prefill_tokens < a.ledger.policy_prefill_tokens
     assert (b.solution, b.ledger.policy_generated_tokens) == (a.solution, a.ledger.policy_generated_tokens)
+
+
+def test_replay_prices_a_pool_as_the_caching_engines_charge_live(tmp_path):
+    """A pool recorded on caching engines keeps each sample's scored steps and the engines'
+    caching modes, so replaying a PRM-scored plan charges what scoring the same samples live
+    charges: a step read once per request, identical samples scored once."""
+    from nexus_ray.engines.hf import HFRewardEngine
+    from nexus_ray.planner.replay import Recorded, load_pools
+    from nexus_ray.planner.sampling import ReplaySampler, record_pool
+    from nexus_ray.search.base import SearchContext
+    from nexus_ray.search.full_samples import score
+    from nexus_ray.zoo.registry import resolve
+
+    prm = HFRewardEngine(resolve("arith-prm"), cache_tokens=65536)
+    problem = "3+4*5-6"
+    ctx = SearchContext.for_problem(_cached_engine(), prm, ARITH, problem, None, 0)
+    pool = asyncio.run(record_pool(ctx, problem, m=8))
+    live = ctx.new_ledger()
+    asyncio.run(score(ctx, live, [s.text for s in pool.samples], "test"))
+    modes = ctx.new_ledger()
+    rec = Recorded(pool, "17", 2, 1, 1, "number", modes.prefix_caching, modes.prm_prefix_caching)
+    (tmp_path / "pools.jsonl").write_text(json.dumps(rec.to_dict()) + "\n")
+    [back] = load_pools(tmp_path / "pools.jsonl")
+    replayed, sampler = back.ledger(), ReplaySampler(back.pool)
+    asyncio.run(sampler.score(asyncio.run(sampler.sample(8, replayed)), replayed))
+    assert back.prm_prefix_caching and back.prefix_caching
+    assert replayed.prm_tokens == live.prm_tokens < sum(s.prm_tokens for s in pool.samples)

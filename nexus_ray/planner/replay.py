@@ -1,7 +1,9 @@
 """Recorded pools, and running plans on them: what calibration and the benchmark measure with.
 
-A pool record (one JSON line) is a ``Pool`` plus the gold answer, the level and the models'
-parameter counts, which the ledger needs to price PRM tokens in policy-token equivalents.
+A pool record (one JSON line) is a ``Pool`` plus the gold answer, the level, the models'
+parameter counts, which the ledger needs to price PRM tokens in policy-token equivalents, and
+whether the engines that recorded it cache prompts and scored steps, so that replay charges
+what those engines compute (records from before the flags replay without caches).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ class Recorded:
     policy_parameters: int
     prm_parameters: int
     answer_kind: str
+    prefix_caching: bool = False
+    prm_prefix_caching: bool = False
     verdicts: dict[str | None, bool] = field(default_factory=dict, compare=False, repr=False)
 
     def correct(self, answer: str | None) -> bool:
@@ -47,7 +51,12 @@ class Recorded:
         return self.pool.pass_at_1(self.correct)
 
     def ledger(self) -> ComputeLedger:
-        return ComputeLedger(self.policy_parameters, self.prm_parameters)
+        return ComputeLedger(
+            self.policy_parameters,
+            self.prm_parameters,
+            prefix_caching=self.prefix_caching,
+            prm_prefix_caching=self.prm_prefix_caching,
+        )
 
     def to_dict(self) -> dict:
         """The pool record's JSON line (``load_pools`` reads it back)."""
@@ -58,6 +67,8 @@ class Recorded:
             "answer_kind": self.answer_kind,
             "policy_parameters": self.policy_parameters,
             "prm_parameters": self.prm_parameters,
+            "prefix_caching": self.prefix_caching,
+            "prm_prefix_caching": self.prm_prefix_caching,
         }
 
 
@@ -75,8 +86,16 @@ async def record_one(
     """A work item for the eval harness's runners: one problem's pool, as a JSON-able record."""
     ctx = SearchContext.for_problem(policy, prm, fmt, example.problem, None, seed)
     pool = await record_pool(ctx, example.problem, samples, temperatures=temperatures, runs=runs)
+    caches = ctx.new_ledger()
     rec = Recorded(
-        pool, example.answer, example.level, policy.num_parameters, prm.num_parameters, fmt.answer_kind
+        pool,
+        example.answer,
+        example.level,
+        policy.num_parameters,
+        prm.num_parameters,
+        fmt.answer_kind,
+        caches.prefix_caching,
+        caches.prm_prefix_caching,
     )
     return rec.to_dict()
 
@@ -132,6 +151,8 @@ def load_pools(path: Path) -> list[Recorded]:
                 d["policy_parameters"],
                 d["prm_parameters"],
                 d["answer_kind"],
+                d.get("prefix_caching", False),
+                d.get("prm_prefix_caching", False),
             )
         )
     return out

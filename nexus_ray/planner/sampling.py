@@ -6,7 +6,8 @@ decode plus M temperature-1 samples, all PRM-scored, with their token counts; op
 more at each other temperature, and the outcome of each tree-search plan run for real) and
 replay it through ``ReplaySampler``, which hands out the recorded samples in order and
 charges the ledger for exactly the calls an online run would make (each ``sample`` call one
-prefill plus its tokens, each scored sample its PRM tokens, a recorded run what it spent). So
+prefill plus its tokens, each scored sample its PRM tokens, or with a step-caching PRM only the
+steps the request had not scored yet, a recorded run what it spent). So
 every plan the table compares is costed as it would be online, and one pool prices every
 sampling plan (Snell et al. subsample their 2048 samples per question the same way).
 """
@@ -17,13 +18,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol
 
-from nexus_ray.engines.base import Completion, GenerationParams, ScoreResult
+from nexus_ray.engines.base import Completion, GenerationParams, ScoreRequest
 from nexus_ray.planner.options import PlanOption
 from nexus_ray.search import registry
 from nexus_ray.search.aggregate import aggregate_steps
 from nexus_ray.search.base import SearchContext
 from nexus_ray.search.full_samples import draw, score
-from nexus_ray.search.ledger import Budget, ComputeLedger
+from nexus_ray.search.ledger import Budget, ComputeLedger, StepKeys, step_keys
 from nexus_ray.search.result import SearchResult
 
 
@@ -37,6 +38,7 @@ class Sample:
     text: str = ""
     prm: float | None = None  # last-step PRM score, once scored
     prm_tokens: int = 0
+    prm_steps: StepKeys = ()  # its scored steps (``step_keys``), so replay dedups them as the ledger does
     ref: int = -1  # replay only: 0 the pool's greedy decode, i its i-th sample
 
 
@@ -148,8 +150,11 @@ class EngineSampler:
         texts = [samples[i].text for i in todo]
         results = await score(self.ctx, ledger, texts, "the planner's PRM-scored plans")
         out = list(samples)
-        for i, r in zip(todo, results):
-            out[i] = replace(samples[i], prm=aggregate_steps(r.scores, "last"), prm_tokens=r.tokens)
+        for i, text, r in zip(todo, texts, results):
+            keys = step_keys(ScoreRequest(self.prompt, self.ctx.fmt.steps(text)), r)
+            out[i] = replace(
+                samples[i], prm=aggregate_steps(r.scores, "last"), prm_tokens=r.tokens, prm_steps=keys
+            )
         return out
 
 
@@ -180,13 +185,16 @@ class Pool:
 
     @classmethod
     def from_dict(cls, d: dict) -> Pool:
+        def sample(s: dict) -> Sample:
+            return Sample(**s | {"prm_steps": tuple((k, t) for k, t in s.get("prm_steps", ()))})
+
         return cls(
             d["problem"],
             d["prompt"],
             d["prompt_tokens"],
-            Sample(**d["greedy"]),
-            tuple(Sample(**s) for s in d["samples"]),
-            {float(t): tuple(Sample(**s) for s in ss) for t, ss in d.get("tempered", {}).items()},
+            sample(d["greedy"]),
+            tuple(sample(s) for s in d["samples"]),
+            {float(t): tuple(sample(s) for s in ss) for t, ss in d.get("tempered", {}).items()},
             {label: Run(**r) for label, r in d.get("runs", {}).items()},
         )
 
@@ -251,7 +259,7 @@ class ReplaySampler:
 
     def _hand(self, s: Sample) -> Sample:
         self._handed.append(s)
-        return replace(s, prm=None, prm_tokens=0, ref=len(self._handed) - 1)
+        return replace(s, prm=None, prm_tokens=0, prm_steps=(), ref=len(self._handed) - 1)
 
     def _recorded(self, s: Sample) -> Sample:
         return self._handed[s.ref]
@@ -290,7 +298,7 @@ class ReplaySampler:
         for s in samples:
             if s.prm is None:
                 rec = self._recorded(s)
-                ledger.charge_scoring([ScoreResult((rec.prm or 0.0,), rec.prm_tokens)])
-                s = replace(s, prm=rec.prm, prm_tokens=rec.prm_tokens)
+                ledger.charge_recorded_scoring(rec.prm_tokens, rec.prm_steps)
+                s = replace(s, prm=rec.prm, prm_tokens=rec.prm_tokens, prm_steps=rec.prm_steps)
             out.append(s)
         return out

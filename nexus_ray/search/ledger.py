@@ -23,9 +23,26 @@ policy's shape), never prefix-cached.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from nexus_ray.engines.base import GenerationResult, ScoreRequest, ScoreResult
+
+StepKeys = tuple[tuple[str, int], ...]  # per step: which (line before, step) it is, and its PRM tokens
+
+
+def step_keys(request: ScoreRequest, result: ScoreResult) -> StepKeys:
+    """Each scored step as (a short hash of the line before it and the step, its PRM tokens):
+    what ``prm_prefix_caching`` dedups on, small enough for a recorded pool to keep; empty when
+    the engine did not split its count by step."""
+    if len(result.step_tokens) != len(request.steps):
+        return ()
+    befores = [request.prompt, *request.steps[:-1]]
+    return tuple(
+        (hashlib.blake2b(f"{b}\x00{s}".encode(), digest_size=6).hexdigest(), t)
+        for b, s, t in zip(befores, request.steps, result.step_tokens)
+    )
 
 
 @dataclass
@@ -41,7 +58,7 @@ class ComputeLedger:
     merge_probe_tokens: int = 0
     generations: int = 0
     _cached_prompts: dict[str, int] = field(default_factory=dict, repr=False)
-    _scored_steps: set[tuple[str, str]] = field(default_factory=set, repr=False)
+    _scored_steps: set[str] = field(default_factory=set, repr=False)
 
     def charge_generation(self, results: list[GenerationResult]) -> None:
         """Charge a generate call: each prompt's prefill once, every sampled token, and the
@@ -71,14 +88,18 @@ class ComputeLedger:
             self.prm_tokens += sum(r.tokens for r in results)
             return
         for request, result in zip(requests, results):
-            if len(result.step_tokens) != len(request.steps):  # nothing to split by: all of it
-                self.prm_tokens += result.tokens
-                continue
-            for i, tokens in enumerate(result.step_tokens):
-                key = (request.steps[i - 1] if i else request.prompt, request.steps[i])
-                if key not in self._scored_steps:
-                    self._scored_steps.add(key)
-                    self.prm_tokens += tokens
+            self.charge_recorded_scoring(result.tokens, step_keys(request, result))
+
+    def charge_recorded_scoring(self, tokens: int, keys: Sequence[tuple[str, int]]) -> None:
+        """One scored path from its counts (a replayed score charges this too): all ``tokens``,
+        or with ``prm_prefix_caching`` and its ``keys`` (``step_keys``) only its unread steps."""
+        if not self.prm_prefix_caching or not keys:
+            self.prm_tokens += tokens
+            return
+        for key, step_tokens in keys:
+            if key not in self._scored_steps:
+                self._scored_steps.add(key)
+                self.prm_tokens += step_tokens
 
     @property
     def prm_token_cost(self) -> float:
