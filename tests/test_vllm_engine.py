@@ -12,7 +12,7 @@ import pytest
 from nexus_ray.config import CPU_KV_CACHE_BYTES, EngineConfig, RewardConfig
 from nexus_ray.engines import build_policy_engine, build_reward_engine
 from nexus_ray.engines.base import ConfidenceStop, GenerationParams, ScoreRequest
-from nexus_ray.engines.vllm import VLLMUnavailable
+from nexus_ray.engines.vllm import VLLMStartFailed, VLLMUnavailable
 from nexus_ray.tasks import arith, datasets
 from nexus_ray.tasks.format import ARITH
 
@@ -156,3 +156,11 @@ def test_cli_solve_on_vllm_prints_clean_json():
     out = json.loads(r.stdout)  # vLLM's logs go to stderr, not into the JSON
     assert out["gold"] == "17" and out["ledger"]["prm_tokens"] > 0
     assert "Traceback" not in r.stderr
+
+
+def test_an_engine_that_cannot_start_says_what_to_change():
+    """A KV cache larger than the machine: vLLM's engine process dies at start-up, and the
+    error names the option to change instead of vLLM's bare "see root cause above"."""
+    too_big = VLLM_OPTIONS | {"kv_cache_memory_bytes": 1 << 44}
+    with pytest.raises(VLLMStartFailed, match="kv_cache_memory_bytes"):
+        build_policy_engine(EngineConfig(model="arith-policy", **too_big))

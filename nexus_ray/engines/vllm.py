@@ -49,6 +49,10 @@ class VLLMUnavailable(RuntimeError):
     """vLLM is missing or lacks an API this engine needs; the message names the version."""
 
 
+class VLLMStartFailed(RuntimeError):
+    """vLLM's engine process did not start; the message says what to change most often."""
+
+
 @dataclass(frozen=True)
 class _API:
     version: str
@@ -151,7 +155,16 @@ class _VLLMBase:
         self._ids = itertools.count()
         self._loop = _LoopThread()
         args = _engine_args(self.api, config, self.model_path, **engine_extra)
-        self.engine = self._loop.run(self._start(args))
+        try:
+            self.engine = self._loop.run(self._start(args))
+        except RuntimeError as err:  # vLLM logs the cause above its one-line "see root cause above"
+            self._loop.stop()
+            raise VLLMStartFailed(
+                f"vLLM could not start {self.model_name} ({err}). Most often its KV cache does not "
+                "fit: set kv_cache_memory_bytes (on vLLM's CPU build gpu_memory_utilization is a share "
+                "of one NUMA node's RAM, less the process's own memory), or lower "
+                "gpu_memory_utilization or max_model_len"
+            ) from err
         self.num_parameters = _count_parameters(self.model_path)
 
     async def _start(self, args: Any) -> Any:
