@@ -48,7 +48,7 @@ demo: setup  ## greedy vs. best-of-8 + PRM by difficulty; the HTTP service answe
 	NEXUS_API_KEYS=demo-key $(BIN)/nexus-ray serve --config deployments/local-cpu-chat-hf.yaml --smoke
 
 test: setup-vllm setup-mergekit  ## run the whole test suite, vLLM engine and mergekit-oracle tests included
-	NEXUS_REQUIRE_MERGEKIT=1 $(BIN)/python -m pytest -q
+	NEXUS_REQUIRE_MERGEKIT=1 $(BIN)/python -m pytest -q --durations=25  # the slowest tests, to keep the suite under 30 min
 
 test-fast: setup  ## the test suite without the vLLM engine tests (local iteration)
 	$(BIN)/python -m pytest -q -m "not vllm"
