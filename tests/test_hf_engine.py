@@ -261,7 +261,7 @@ def test_replay_prices_a_pool_as_the_caching_engines_charge_live(tmp_path):
     from nexus_ray.planner.replay import Recorded, load_pools
     from nexus_ray.planner.sampling import ReplaySampler, record_pool
     from nexus_ray.search.base import SearchContext
-    from nexus_ray.search.full_samples import score
+    from nexus_ray.search.full_samples import score, score_requests
     from nexus_ray.zoo.registry import resolve
 
     prm = HFRewardEngine(resolve("arith-prm"), cache_tokens=65536)
@@ -269,7 +269,7 @@ def test_replay_prices_a_pool_as_the_caching_engines_charge_live(tmp_path):
     ctx = SearchContext.for_problem(_cached_engine(), prm, ARITH, problem, None, 0)
     pool = asyncio.run(record_pool(ctx, problem, m=8))
     live = ctx.new_ledger()
-    asyncio.run(score(ctx, live, [s.text for s in pool.samples], "test"))
+    asyncio.run(score(ctx, live, score_requests(ctx, [s.text for s in pool.samples]), "test"))
     modes = ctx.new_ledger()
     rec = Recorded(pool, "17", 2, 1, 1, "number", modes.prefix_caching, modes.prm_prefix_caching)
     (tmp_path / "pools.jsonl").write_text(json.dumps(rec.to_dict()) + "\n")

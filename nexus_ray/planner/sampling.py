@@ -18,12 +18,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol
 
-from nexus_ray.engines.base import Completion, GenerationParams, ScoreRequest
+from nexus_ray.engines.base import Completion, GenerationParams
 from nexus_ray.planner.options import PlanOption
 from nexus_ray.search import registry
 from nexus_ray.search.aggregate import aggregate_steps
 from nexus_ray.search.base import SearchContext
-from nexus_ray.search.full_samples import draw, score
+from nexus_ray.search.full_samples import draw, score, score_requests
 from nexus_ray.search.ledger import Budget, ComputeLedger, StepKeys, step_keys
 from nexus_ray.search.result import SearchResult
 
@@ -147,11 +147,11 @@ class EngineSampler:
         todo = [i for i, s in enumerate(samples) if s.prm is None]
         if not todo:
             return samples
-        texts = [samples[i].text for i in todo]
-        results = await score(self.ctx, ledger, texts, "the planner's PRM-scored plans")
+        requests = score_requests(self.ctx, [samples[i].text for i in todo])
+        results = await score(self.ctx, ledger, requests, "the planner's PRM-scored plans")
         out = list(samples)
-        for i, text, r in zip(todo, texts, results):
-            keys = step_keys(ScoreRequest(self.prompt, self.ctx.fmt.steps(text)), r)
+        for i, request, r in zip(todo, requests, results):
+            keys = step_keys(request, r)
             out[i] = replace(
                 samples[i], prm=aggregate_steps(r.scores, "last"), prm_tokens=r.tokens, prm_steps=keys
             )

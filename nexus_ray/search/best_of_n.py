@@ -16,7 +16,7 @@ import math
 from nexus_ray.engines.base import Completion, GenerationParams
 from nexus_ray.search.aggregate import aggregate_steps, select
 from nexus_ray.search.base import ScoredSearchParams, SearchContext
-from nexus_ray.search.full_samples import affordable, draw, score
+from nexus_ray.search.full_samples import affordable, draw, score, score_requests
 from nexus_ray.search.ledger import ComputeLedger
 from nexus_ray.search.registry import register
 from nexus_ray.search.result import Candidate, SearchResult
@@ -52,7 +52,7 @@ async def sample_and_select(
     answers = [ctx.fmt.answer(t) for t in texts]
     if params.selection == "majority":
         return [Candidate(t, a) for t, a in zip(texts, answers)]
-    scored = await score(ctx, ledger, texts, "best_of_n")
+    scored = await score(ctx, ledger, score_requests(ctx, texts), "best_of_n")
     return [
         Candidate(t, a, aggregate_steps(s.scores, params.aggregation) * least_likely(c, params), s.scores)
         for c, t, a, s in zip(drawn, texts, answers, scored)

@@ -41,16 +41,20 @@ async def draw(ctx: SearchContext, ledger: ComputeLedger, params: GenerationPara
     return list(result.completions)
 
 
+def score_requests(ctx: SearchContext, solutions: list[str]) -> list[ScoreRequest]:
+    """The PRM's requests for whole solutions: the prompt, each solution's steps, the turns."""
+    return [ScoreRequest(ctx.prompt, ctx.fmt.steps(s), ctx.messages) for s in solutions]
+
+
 async def score(
     ctx: SearchContext,
     ledger: ComputeLedger,
-    solutions: list[str],
+    requests: list[ScoreRequest],
     strategy: str,
 ) -> list[ScoreResult]:
-    """PRM step scores of whole solutions in one call, charged to the ledger (``strategy``
-    names who needs the PRM when the context has none)."""
+    """PRM step scores of whole solutions (their ``score_requests``) in one call, charged to the
+    ledger (``strategy`` names who needs the PRM when the context has none)."""
     prm = ctx.require_prm(strategy)
-    requests = [ScoreRequest(ctx.prompt, ctx.fmt.steps(s), ctx.messages) for s in solutions]
     results = await prm.score(requests)
     ledger.charge_scoring(results, requests)
     return results
