@@ -13,7 +13,7 @@ step score by the policy's own confidence in the sample, the probability of its 
 token (free: the sampler returns the logprobs): a check of the PRM by the policy's
 certainty. ``deepconf`` uses no PRM: DeepConf's lowest group confidence of the sample
 (``search/confidence.py``, the defaults of the ``deepconf`` strategy) as the selection signal.
-Writes benchmarks/results/zoo_eval[-chat].json and prints Markdown tables.
+Writes benchmarks/results/zoo_eval[-chat][-<dataset>][-<prm>].json and prints Markdown tables.
 """
 
 from __future__ import annotations
@@ -55,10 +55,10 @@ def chat_labeller(dataset: str):
     return lambda problem, solution: [int(ok) for ok in mathchat.step_labels(gold[problem], solution)]
 
 
-def pair(name: str, dataset: str) -> tuple[object, object, TaskFormat, object]:
+def pair(name: str, dataset: str, prm: str) -> tuple[object, object, TaskFormat, object]:
     """Policy and PRM engines, the task format, and the step labeller of a zoo pair."""
     if name == "arith":
-        models = local_models("hf")
+        models = local_models("hf", prm=prm)
         return build_policy_engine(models.policy), build_reward_engine(models.prm), ARITH, arith_labels
     models = local_models("hf", "chat-policy", "chat-prm")
     models.prm.format = "qwen-prm"
@@ -73,10 +73,13 @@ def main() -> None:
     parser.add_argument("--dataset", default=None, help="default: arith-test or chat-test")
     parser.add_argument("--per-level", type=int, default=None, help="only the first N problems of each level")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--prm", default="arith-prm", help="arith pair: another step checker (zoo name or directory)"
+    )
     args = parser.parse_args()
     start = time.time()
     dataset = args.dataset or f"{args.pair}-test"
-    policy, prm, fmt, labeller = pair(args.pair, dataset)
+    policy, prm, fmt, labeller = pair(args.pair, dataset, args.prm)
     examples = select_examples(dataset, args.per_level)
     k = args.samples
     conf = DeepConfOfflineParams()
@@ -158,6 +161,7 @@ def main() -> None:
     }
     name = "zoo_eval" + ("" if args.pair == "arith" else f"-{args.pair}")
     name += "" if dataset == f"{args.pair}-test" else f"-{dataset}"
+    name += "" if args.prm == "arith-prm" or args.pair != "arith" else f"-{Path(args.prm).name}"
     path = RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n")

@@ -8,7 +8,10 @@ Three formats, the same in every engine:
 - ``local``: one sequence per step: the line before it (the prompt for the first step)
   written as the model's ``prm_local_prompt`` says, then the step and its separator, read at
   the separator. A step checker scores a step given the line it rewrites; the engine
-  multiplies the scores into P(still correct after step i) (``chain``). The zoo's arith-prm.
+  multiplies the scores into P(still correct after step i) (``chain``). A model whose config
+  says ``prm_local_view: rewrite`` reads instead what the step rewrote in that line
+  (``rewrite_view``: ``12+[7*3=12]-5``), the line of the first step taken from the prompt
+  written as ``prm_local_prompt`` says. The zoo's arith-prm.
 - ``qwen-prm``: Qwen2.5-Math-PRM's. The conversation goes through the PRM tokenizer's chat
   template with the PRM's own system prompt and the user's turns; the assistant turn is the
   steps joined and ended by the step tag (``<extra_0>``); a step's score is read at its tag.
@@ -22,9 +25,11 @@ from pathlib import Path
 
 from nexus_ray.config import QWEN_MATH_SYSTEM_PROMPT, PrmFormat, RewardConfig
 from nexus_ray.engines.base import ScoreRequest, ScoreResult
+from nexus_ray.engines.rewrite_view import rewrite_view
 from nexus_ray.engines.tokens import prompt_ids
 
 STEP_POOLER_ARCHITECTURES = ("Qwen2ForProcessRewardModel",)
+LOCAL_VIEWS = ("line", "rewrite")
 
 
 class PrmFormatError(ValueError):
@@ -44,6 +49,7 @@ class StepEncoder:
     step_tag: str = "<extra_0>"
     system_prompt: str = QWEN_MATH_SYSTEM_PROMPT
     local_prompt: str = "{previous}\n"
+    local_view: str = "line"
 
     @property
     def step_tag_id(self) -> int:
@@ -53,8 +59,18 @@ class StepEncoder:
         """The sequences an engine runs for one request: one, or one per step (``local``)."""
         if self.format != "local":
             return [self.encode(request)]
+        if self.local_view == "rewrite":
+            lines = [self.prompt_line(request.prompt), *request.steps]
+            views = [rewrite_view(a, b) for a, b in zip(lines, request.steps)]
+            return [self.encode(ScoreRequest("", (view,))) for view in views]
         previous = [request.prompt, *(self.local_prompt.format(previous=s) for s in request.steps)]
         return [self.encode(ScoreRequest(p, (step,))) for p, step in zip(previous, request.steps)]
+
+    def prompt_line(self, prompt: str) -> str:
+        """The line a prompt holds, read back through ``local_prompt`` (``Q: 12+7*3\\n`` -> ``12+7*3``)."""
+        head, _, tail = self.local_prompt.partition("{previous}")
+        line = prompt.removeprefix(head) if head else prompt
+        return (line.removesuffix(tail) if tail else line).strip()
 
     def chain(self, scores: list[float]) -> tuple[float, ...]:
         """Per-step scores as P(still correct after the step): ``local`` scores multiply."""
@@ -162,7 +178,12 @@ def build_encoder(
             f"{model_dir}/config.json: format local needs prm_local_prompt, the text a step's "
             "previous line is written as (e.g. 'Q: {previous}\\n')"
         )
-    encoder = StepEncoder(tokenizer, fmt, separator, step_tag, system_prompt, local_prompt or "{previous}\n")
+    view = getattr(model_config, "prm_local_view", None) or "line"
+    if view not in LOCAL_VIEWS:
+        raise PrmFormatError(f"{model_dir}/config.json: prm_local_view {view!r} is not one of {LOCAL_VIEWS}")
+    encoder = StepEncoder(
+        tokenizer, fmt, separator, step_tag, system_prompt, local_prompt or "{previous}\n", view
+    )
     check_format(encoder, model_config, model_dir, positive_label)
     return encoder
 

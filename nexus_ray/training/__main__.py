@@ -49,6 +49,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prm-problems-per-level", type=int, default=600)
     parser.add_argument("--prm-samples", type=int, default=8, help="policy samples per problem")
     parser.add_argument("--prm-steps", type=int, default=4000)
+    parser.add_argument(
+        "--prm-view",
+        choices=["line", "rewrite"],
+        default="line",
+        help="how the step checker reads a step: line (the shipped arith-prm: Q: <previous line>, "
+        "then the step) or rewrite (an experiment: the operation beside its result, 12+[7*3=12]-5)",
+    )
     parser.add_argument("--rope-base-steps", type=int, default=2000)
     parser.add_argument("--expert-steps", type=int, default=200)
     parser.add_argument("--expert-batch-size", type=int, default=32)
@@ -79,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
             args.prm_steps,
             args.seed,
             resume=args.resume,
+            view=args.prm_view,
         )
         print(f"arith-prm on held-out policy samples: {meta['heldout']}")
     if args.which in ("rope-base", "all"):

@@ -1,14 +1,23 @@
 """arith-prm: a step checker that scores each step of a solution against the line before it.
 
 Why local: a step of the arith task is a function of the line before it only, so the checker
-reads ``Q: <previous line>`` then the step (format ``local`` of ``engines.prm_format``), and
-the engine multiplies the step scores into P(still correct after step i). The previous PRM
-read whole solutions on top of the frozen policy and learned little more than the policy's own
+reads one step at a time (format ``local`` of ``engines.prm_format``), and the engine
+multiplies the step scores into P(still correct after step i). The previous PRM read whole
+solutions on top of the frozen policy and learned little more than the policy's own
 confidence (within-problem AUROC 0.64): a verifier made of the policy cannot catch the
-policy's mistakes. This one is the policy's weights *unfrozen* under two fresh layers, trained
-on short step pairs, which are cheap enough to see hundreds of thousands of: the policy's own
-steps (its real mistakes, hard negatives) and fresh gold steps, most made wrong the ways the
-policy errs (one digit of the computed number, a copied number, the wrong operation first).
+policy's mistakes. It trains on short step pairs, cheap enough to see hundreds of thousands
+of: the policy's own steps (its real mistakes, hard negatives) and fresh gold steps, most made
+wrong the ways the policy errs (one digit of the computed number, a copied number, the wrong
+operation first), with a next-token loss on right characters (the arithmetic itself) beside
+the step labels. Two views of a step (``--prm-view``):
+
+- ``line`` (the shipped arith-prm): ``Q: <previous line>`` then the step, read by the policy's
+  weights *unfrozen* under two fresh layers.
+- ``rewrite`` (an experiment, see RESULTS): what the step rewrote, the operation beside its
+  result with digits least significant first (``12+[7*3=12]-5``, ``engines.rewrite_view``),
+  read by a model of the same shape trained from scratch (the view is not text the policy
+  reads). Smaller to learn than a whole rewritten line, but it must learn all of the
+  arithmetic itself: on 2 CPU cores it had not caught up with ``line`` in 3000 steps.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, LlamaForTokenClassificat
 from nexus_ray.config import EngineConfig
 from nexus_ray.engines import build_policy_engine
 from nexus_ray.engines.base import GenerationParams
+from nexus_ray.engines.rewrite_view import reversed_digits, rewrite_spans, rewrite_view
 from nexus_ray.tasks import arith
 from nexus_ray.training.batches import ProblemStream, right_padded
 from nexus_ray.training.loop import fit, resumable, save, set_seed, warmup_cosine
@@ -33,11 +43,13 @@ PRM_EXTRA_LAYERS = 2
 PRM_BATCH_SIZE = 128
 PRM_POLICY_SHARE = 0.5  # of each batch: steps from the policy's own samples, half of them wrong
 PRM_PROBE_EVERY = 500  # steps between two held-out probes (and one at the end)
-PRM_LM_WEIGHT = 1.0  # next-token loss on right steps, beside the step labels
-LOCAL_PROMPT = arith.QUESTION_PREFIX + "{previous}" + arith.STEP_DELIMITER
+PRM_LM_WEIGHT = 1.0  # next-token loss on right characters, beside the step labels
+LOCAL_PROMPT = arith.QUESTION_PREFIX + "{previous}" + arith.STEP_DELIMITER  # how a prompt holds its line
+VIEWS = ("line", "rewrite")
+IGNORE = -100
 SYNTHETIC_LEVELS = (1, 2, 3, 4, 4, 5, 5, 5)  # fresh steps lean to the levels where the policy errs
 
-Pair = tuple[str, str, tuple[int, ...]]  # previous line, step, a label per character of step + "\n"
+Pair = tuple[str, str, int]  # previous line, step, 1 if the step is the one right line after it
 
 
 def policy_samples(
@@ -66,20 +78,51 @@ def next_line(previous: str) -> str | None:
 
 
 def step_pair(previous: str, step: str) -> Pair:
-    """A step after its previous line, with a label per character (and the newline ending it).
+    """A step after its previous line, with its verdict."""
+    return previous, step, int(step == next_line(previous))
 
-    A character is labelled 1 while the step still agrees with the one right line, 0 from the
-    first character that departs from it; the label at the newline is the step's verdict.
-    Dense labels teach a tiny model where an error is, far faster than one label per step.
-    """
+
+def line_labels(previous: str, step: str) -> tuple[str, list[int], list[bool]]:
+    """View ``line``: ``Q: <previous>``, the step and its newline; a label per character of the
+    step (1 while it agrees with the one right line, 0 from the first character that departs;
+    the newline's is the verdict); a right step's characters are next-token targets."""
+    context = LOCAL_PROMPT.format(previous=previous)
     target = next_line(previous)
     target = "" if target is None else target + arith.STEP_DELIMITER
-    ok = True
-    labels = []
+    ok, labels = True, []
     for i, ch in enumerate(step + arith.STEP_DELIMITER):
         ok = ok and i < len(target) and target[i] == ch
         labels.append(int(ok))
-    return previous, step, tuple(labels)
+    predicted = [False] * len(context) + [labels[-1] == 1] * len(labels)
+    return context + step + arith.STEP_DELIMITER, [IGNORE] * len(context) + labels, predicted
+
+
+def rewrite_labels(previous: str, step: str) -> tuple[str, list[int], list[bool]]:
+    """View ``rewrite``: the step's ``rewrite_view`` and its newline. The replacement's
+    characters (and the closing bracket) are labelled 1 while they agree with the rewritten
+    span's value, 0 from the first that departs, and are next-token targets while they agree;
+    the newline carries the step's verdict (a right value at the wrong place is a wrong step)."""
+    prefix, span, replacement, suffix = rewrite_spans(previous, step)
+    value = next_line(span)  # the span's reduction, or the answer line after a lone number
+    target = "" if value is None else reversed_digits(value) + "]"
+    written = reversed_digits(replacement) + "]"
+    labels = [IGNORE] * (len(prefix) + len(span) + 2)  # prefix, "[", span, "="
+    ok = True
+    for i, ch in enumerate(written):
+        ok = ok and i < len(target) and target[i] == ch
+        labels.append(int(ok))
+    predicted = [label == 1 for label in labels]
+    labels += [IGNORE] * len(suffix) + [step_pair(previous, step)[2]]
+    text = rewrite_view(previous, step) + arith.STEP_DELIMITER
+    assert len(text) == len(labels), (previous, step)
+    return text, labels, predicted + [False] * (len(suffix) + 1)
+
+
+def view_labels(previous: str, step: str, view: str) -> tuple[str, list[int], list[bool]]:
+    """The checker's text for a step in ``view``, a label per character (-100: not judged),
+    and which characters the next-token loss predicts. Dense labels teach a tiny model where
+    an error is, far faster than one label per step."""
+    return line_labels(previous, step) if view == "line" else rewrite_labels(previous, step)
 
 
 def solution_pairs(expression: str, solution: str) -> list[Pair]:
@@ -142,16 +185,20 @@ def synthetic_pairs(stream: ProblemStream, n: int, rng: random.Random) -> list[P
     return out
 
 
-def pair_batch(pairs: list[Pair], tok) -> dict[str, torch.Tensor]:
-    """``Q: <previous>`` then the step; labels on the step's characters only."""
-    seqs, labs = [], []
-    for previous, step, labels in pairs:
-        ids = list(tok(LOCAL_PROMPT.format(previous=previous)).input_ids)
-        piece = tok(step + arith.STEP_DELIMITER, add_special_tokens=False).input_ids
-        assert len(piece) == len(labels), "the zoo tokenizer is one token per character"
-        seqs.append(ids + piece)
-        labs.append([-100] * len(ids) + list(labels))
-    return right_padded(seqs, labs, tok.pad_token_id)
+def pair_batch(pairs: list[Pair], tok, view: str) -> dict[str, torch.Tensor]:
+    """``<s>`` then each step in ``view`` (``view_labels``): classification labels, and
+    next-token targets (``lm_labels``, at the position before each predicted character)."""
+    seqs, labs, lm = [], [], []
+    for previous, step, _ in pairs:
+        text, labels, predicted = view_labels(previous, step, view)
+        ids = list(tok(text).input_ids)
+        assert len(ids) == len(labels) + 1, "the zoo tokenizer is <s> then one token per character"
+        seqs.append(ids)
+        labs.append([IGNORE, *labels])
+        lm.append([ids[i + 1] if predicted[i] else IGNORE for i in range(len(predicted))] + [IGNORE])
+    batch = right_padded(seqs, labs, tok.pad_token_id)
+    batch["lm_labels"] = right_padded(seqs, lm, tok.pad_token_id)["labels"]
+    return batch
 
 
 def auroc(scores: list[float], labels: list[int]) -> float:
@@ -184,10 +231,10 @@ def within_problem_auroc(groups: list[tuple[list[float], list[bool]]]) -> tuple[
     return won / max(1, n), n
 
 
-def prm_from_policy(policy_dir: Path, extra_layers: int, seed: int) -> LlamaForTokenClassification:
-    """A token classifier made of the policy's layers (trainable) under ``extra_layers`` fresh
-    ones; its config declares the input format it reads (``local``, ``Q: <previous line>``)."""
-    policy = LlamaForCausalLM.from_pretrained(policy_dir)
+def build_prm(policy_dir: Path, extra_layers: int, seed: int, view: str) -> LlamaForTokenClassification:
+    """A token classifier of the policy's shape plus ``extra_layers`` fresh layers: its layers
+    the policy's (trainable) for view ``line``, random for ``rewrite`` (not text the policy
+    reads). Its config declares the input it reads (format ``local``, the view)."""
     config = LlamaConfig.from_pretrained(policy_dir)
     config.num_hidden_layers += extra_layers
     config.num_labels = 2
@@ -195,27 +242,31 @@ def prm_from_policy(policy_dir: Path, extra_layers: int, seed: int) -> LlamaForT
     config.label2id = {"wrong": 0, "correct": 1}
     config.prm_format = "local"
     config.prm_local_prompt = LOCAL_PROMPT
+    if view != "line":
+        config.prm_local_view = view
     torch.manual_seed(seed)
     model = LlamaForTokenClassification(config)
-    missing, unexpected = model.model.load_state_dict(policy.model.state_dict(), strict=False)
-    assert not unexpected and all(k.startswith("layers.") for k in missing), (missing, unexpected)
+    if view == "line":
+        policy = LlamaForCausalLM.from_pretrained(policy_dir)
+        missing, unexpected = model.model.load_state_dict(policy.model.state_dict(), strict=False)
+        assert not unexpected and all(k.startswith("layers.") for k in missing), (missing, unexpected)
     return model
 
 
 Scorer = Callable[[list[Pair]], list[float]]
 
 
-def step_scorer(model, tok) -> Scorer:
+def step_scorer(model, tok, view: str) -> Scorer:
     """P(correct) at the newline ending each pair's step."""
 
     def score(pairs: list[Pair]) -> list[float]:
         out: list[float] = []
         for start in range(0, len(pairs), 256):
-            batch = pair_batch(pairs[start : start + 256], tok)
+            batch = pair_batch(pairs[start : start + 256], tok, view)
             with torch.inference_mode():
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             probs = torch.softmax(logits, -1)[..., 1]
-            ends = (batch["labels"] != -100).long().cumsum(1).argmax(1)  # last labelled position
+            ends = batch["attention_mask"].sum(1) - 1  # the newline ending the step
             out += probs[torch.arange(len(ends)), ends].tolist()
         return out
 
@@ -252,7 +303,7 @@ def heldout_probe(score: Scorer, samples: list[tuple[arith.Problem, str]]) -> di
             s = next(scores)
             product *= s
             step_scores.append(s)
-            step_labels.append(pair[2][-1])
+            step_labels.append(pair[2])
         scores_, correct = groups.setdefault(p.expression, ([], []))
         scores_.append(product)
         correct.append(arith.check(p.expression, text).correct)
@@ -273,11 +324,13 @@ def train_prm(
     seed: int,
     lr: float = 1e-3,
     resume: bool = False,
+    view: str = "line",
 ) -> dict:
-    """Sample the policy, label its steps with the checker, train the step checker on them and
-    on fresh corrupted gold steps. A tenth of the sampled problems is held out (``heldout_probe``),
-    and separate held-out problems give the gold-vs-corrupted probe. ``resume``: continue from
-    the run's last checkpoint (the sampling, seeded, is redone)."""
+    """Sample the policy, label its steps with the checker, train the step checker (reading
+    steps in ``view``) on them and on fresh corrupted gold steps. A tenth of the sampled
+    problems is held out (``heldout_probe``), and separate held-out problems give the
+    gold-vs-corrupted probe. ``resume``: continue from the run's last checkpoint (the
+    sampling, seeded, is redone)."""
     set_seed(seed)
     probe_problems = [p for level in (2, 3, 4, 5) for p in ProblemStream(seed + 2).batch(level, 50)]
     stream = ProblemStream(seed + 1)
@@ -292,35 +345,32 @@ def train_prm(
     train = [
         pair for p, t in sampled if p.expression not in heldout for pair in solution_pairs(p.expression, t)
     ]
-    right = [pair for pair in train if pair[2][-1] == 1]
-    wrong = [pair for pair in train if pair[2][-1] == 0]
+    right = [pair for pair in train if pair[2] == 1]
+    wrong = [pair for pair in train if pair[2] == 0]
 
     tok = build_tokenizer()
-    model = prm_from_policy(policy_dir, PRM_EXTRA_LAYERS, seed)
+    model = build_prm(policy_dir, PRM_EXTRA_LAYERS, seed, view)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     rng = random.Random(seed)
     n_policy = int(PRM_BATCH_SIZE * PRM_POLICY_SHARE)
 
     def loss_at(step: int) -> torch.Tensor:
-        """Classification of every step character, plus next-token prediction on right steps:
-        the arithmetic a checker needs is learned far faster from the tokens than from bits."""
+        """Classification of the labelled characters, plus next-token prediction of the right
+        ones: the arithmetic a checker needs is learned far faster from the tokens than from bits."""
         rows = rng.sample(wrong, n_policy // 2) + rng.sample(right, n_policy - n_policy // 2)
         rows += synthetic_pairs(stream, PRM_BATCH_SIZE - n_policy, rng)
-        batch = pair_batch(rows, tok)
+        batch = pair_batch(rows, tok, view)
         hidden = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         hidden = hidden.last_hidden_state
-        labels = batch["labels"]
-        cls = torch.nn.functional.cross_entropy(model.score(hidden).flatten(0, 1), labels.flatten())
-        step_right = ((labels == 0).sum(1) == 0).unsqueeze(1)  # every labelled character right
-        targets = batch["input_ids"][:, 1:].masked_fill(~(step_right & (labels[:, 1:] != -100)), -100)
-        lm_logits = hidden[:, :-1] @ model.model.embed_tokens.weight.T
+        cls = torch.nn.functional.cross_entropy(model.score(hidden).flatten(0, 1), batch["labels"].flatten())
+        lm_logits = hidden @ model.model.embed_tokens.weight.T
         return cls + PRM_LM_WEIGHT * torch.nn.functional.cross_entropy(
-            lm_logits.flatten(0, 1), targets.flatten()
+            lm_logits.flatten(0, 1), batch["lm_labels"].flatten()
         )
 
     def probe() -> dict:
         model.eval()
-        score = step_scorer(model, tok)
+        score = step_scorer(model, tok, view)
         record = heldout_probe(score, eval_samples) | corruption_probe(score, probe_problems, seed)
         model.train()
         return record
@@ -345,6 +395,7 @@ def train_prm(
     meta = {
         "kind": "prm",
         "format": "local",
+        "view": view,
         "policy": policy_dir.name,
         "extra_layers": PRM_EXTRA_LAYERS,
         "problems_per_level": problems_per_level,
