@@ -86,9 +86,27 @@ def test_engines_read_the_ids_the_checker_was_trained_on(view):
         assert ends == [len(ids) - 1]  # scored at the newline, where the verdict is trained
 
 
+def test_a_rederive_checker_is_scored_at_the_tokens_it_re_derives():
+    tok = build_tokenizer()
+    encoder = StepEncoder(
+        tok, "local", "\n", local_prompt=LOCAL_PROMPT, local_view="rewrite", local_score="rederive"
+    )
+    [(ids, ends)] = encoder.pieces(ScoreRequest("Q: 12+7*3-5\n", ("12+21-5",)))
+    assert tok.decode(ids, skip_special_tokens=True) == "12+[7*3=12]-5\n"
+    assert tok.decode([ids[e] for e in ends]) == "12]"  # the replacement, reversed, and "]"
+
+
 def test_an_unknown_view_is_a_clear_error():
     config = LlamaConfig(
         num_labels=2, prm_format="local", prm_local_prompt=LOCAL_PROMPT, prm_local_view="diff"
     )
     with pytest.raises(PrmFormatError, match="prm_local_view 'diff'"):
+        build_encoder(build_tokenizer(), config, "some-prm", "auto", "\n", "<extra_0>", "", 1)
+
+
+def test_rederive_needs_the_rewrite_view():
+    config = LlamaConfig(
+        num_labels=2, prm_format="local", prm_local_prompt=LOCAL_PROMPT, prm_local_score="rederive"
+    )
+    with pytest.raises(PrmFormatError, match="rederive needs prm_local_view: rewrite"):
         build_encoder(build_tokenizer(), config, "some-prm", "auto", "\n", "<extra_0>", "", 1)

@@ -20,6 +20,7 @@ from nexus_ray.zoo.registry import list_models, resolve
         ("arith-policy", AutoModelForCausalLM),
         ("arith-policy-small", AutoModelForCausalLM),
         ("arith-prm", AutoModelForTokenClassification),
+        ("arith-prm-rewrite", AutoModelForTokenClassification),
     ],
 )
 def test_loads_with_transformers_auto_classes(name, auto_class):
@@ -37,6 +38,7 @@ def test_zoo_list_reports_built_models():
         "arith-policy",
         "arith-policy-small",
         "arith-prm",
+        "arith-prm-rewrite",
         "arith-expert-addsub",
         "arith-expert-mul",
         "rope-base",
@@ -94,6 +96,33 @@ def test_prm_scores_correct_steps_above_corrupted_ones(prm_engine):
     b = [r.scores[-1] for r in prm_engine.score_sync(bad)]
     assert sum(g) / len(g) > sum(b) / len(b) + 0.15
     assert sum(x > y for x, y in zip(g, b)) / len(g) >= 0.7
+
+
+def test_rederiving_checker_scores_correct_steps_far_above_corrupted_ones():
+    """arith-prm-rewrite re-derives what a step rewrote: the same step with one number nudged
+    is one it would rarely write. The engine's score is the training probe's (same model, same
+    ids), and the gap is far wider than the classifier's above."""
+    from nexus_ray.engines.hf import HFRewardEngine
+    from nexus_ray.training.prm import step_pair, step_scorer
+    from nexus_ray.zoo.tokenizer import build_tokenizer
+
+    engine = HFRewardEngine(resolve("arith-prm-rewrite"))
+    assert engine.encoder.local_view == "rewrite" and engine.encoder.local_score == "rederive"
+    rng = random.Random(0)
+    problems = [p for p in arith.generate_set(150, seed=99) if p.level >= 2]
+    gold, bad, pairs = [], [], []
+    for p in problems:
+        i = rng.randrange(len(p.steps))
+        gold.append(ScoreRequest(p.prompt, p.steps[: i + 1]))
+        bad.append(ScoreRequest(p.prompt, tuple(arith.corrupt_step(p, i, rng)[: i + 1])))
+        pairs.append(step_pair(p.expression if i == 0 else p.steps[i - 1], bad[-1].steps[-1]))
+    g = [r.scores[-1] / (r.scores[-2] if len(r.scores) > 1 else 1.0) for r in engine.score_sync(gold)]
+    b_results = engine.score_sync(bad)
+    b = [r.scores[-1] / (r.scores[-2] if len(r.scores) > 1 else 1.0) for r in b_results]
+    assert sum(g) / len(g) > sum(b) / len(b) + 0.5
+    assert sum(x > y for x, y in zip(g, b)) / len(g) >= 0.9
+    probe = step_scorer(engine.model, build_tokenizer(), "rewrite")(pairs)
+    assert probe == pytest.approx(b, rel=1e-4, abs=1e-6)
 
 
 def test_prm_ranks_held_out_policy_steps(prm_engine, policy_engine):
@@ -208,3 +237,13 @@ def test_the_builtin_chat_zoo_table_plans_the_chat_pair():
     result, ran = asyncio.run(run_plan(plan, ctx, question, table))
     assert ran.source == "table" and 0 <= ran.difficulty < len(table.bins)
     assert result.answer == "4" and result.ledger.generations >= 1
+
+
+def test_rederiving_checker_on_vllm_is_a_clear_error_before_any_engine_starts():
+    from nexus_ray.config import RewardConfig
+    from nexus_ray.engines.prm_format import PrmFormatError
+    from nexus_ray.engines.vllm import VLLMRewardEngine
+
+    path = resolve("arith-prm-rewrite")
+    with pytest.raises(PrmFormatError, match="transformers engine only: set engine: hf"):
+        VLLMRewardEngine(RewardConfig(model=str(path), engine="vllm"), path)

@@ -357,12 +357,23 @@ def _eos_ids(model, tokenizer) -> list[int]:
     return eos if isinstance(eos, list) else [eos]
 
 
+def rederive_probabilities(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """P(token t | tokens before it) under a token classifier's own language-model reading
+    (its final hidden states times its tied embedding table); 1 at the first position."""
+    hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+    logp = torch.log_softmax((hidden @ model.get_input_embeddings().weight.T).float(), dim=-1)
+    written = logp[:, :-1].gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1).exp()
+    return torch.cat([torch.ones_like(written[:, :1]), written], dim=1)
+
+
 class HFRewardEngine:
     """A PRM in either format of ``prm_format``: P(positive) where each step is scored.
 
     ``token``: a ``*ForTokenClassification`` model read at the separator ending each step (the
     zoo PRM; what vLLM's token-classify pooling returns). ``qwen-prm``: Qwen2.5-Math-PRM's
     chat-templated input read at every ``<extra_0>`` (what vLLM's step pooler returns).
+    ``local``: a sequence per step; with ``prm_local_score: rederive``, a step's score is the
+    product of ``rederive_probabilities`` over the tokens the checker re-derives.
     """
 
     def __init__(
@@ -392,6 +403,9 @@ class HFRewardEngine:
         )
         self.positive_label = positive_label
         self.max_batch_size = max_batch_size
+        self.rederive = self.encoder.local_score == "rederive"
+        if self.rederive:  # it also runs the output projection (the tied embedding table)
+            self.num_parameters += self.model.get_input_embeddings().weight.numel()
         # Format local only: its sequences are whole steps, exact to reuse (``PieceCache``).
         local = self.encoder.format == "local" and cache_tokens > 0
         self.piece_cache = PieceCache(cache_tokens) if local else None
@@ -440,6 +454,11 @@ class HFRewardEngine:
             for r, (row, _) in enumerate(chunk):
                 ids[r, : len(row)] = torch.tensor(row)
                 mask[r, : len(row)] = 1
+            if self.rederive:
+                written = rederive_probabilities(self.model, ids.to(self.device), mask.to(self.device)).cpu()
+                for r, (i, (_, ends)) in enumerate(zip(positions, chunk)):
+                    into[i][:] = [float(written[r, ends].prod())]
+                continue
             logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
             probs = torch.softmax(logits.float(), dim=-1)[..., self.positive_label].cpu()
             for r, (i, (_, ends)) in enumerate(zip(positions, chunk)):

@@ -11,7 +11,10 @@ Three formats, the same in every engine:
   multiplies the scores into P(still correct after step i) (``chain``). A model whose config
   says ``prm_local_view: rewrite`` reads instead what the step rewrote in that line
   (``rewrite_view``: ``12+[7*3=12]-5``), the line of the first step taken from the prompt
-  written as ``prm_local_prompt`` says. The zoo's arith-prm.
+  written as ``prm_local_prompt`` says; with ``prm_local_score: rederive`` a step's score is
+  the model's own probability of writing the replacement it reads (a generative check: the
+  checker re-derives the step; the tokens it re-derives are the piece's scored positions),
+  not its classifier head. The zoo's arith-prm (``line``) and arith-prm-rewrite.
 - ``qwen-prm``: Qwen2.5-Math-PRM's. The conversation goes through the PRM tokenizer's chat
   template with the PRM's own system prompt and the user's turns; the assistant turn is the
   steps joined and ended by the step tag (``<extra_0>``); a step's score is read at its tag.
@@ -25,11 +28,12 @@ from pathlib import Path
 
 from nexus_ray.config import QWEN_MATH_SYSTEM_PROMPT, PrmFormat, RewardConfig
 from nexus_ray.engines.base import ScoreRequest, ScoreResult
-from nexus_ray.engines.rewrite_view import rewrite_view
+from nexus_ray.engines.rewrite_view import reversed_digits, rewrite_spans
 from nexus_ray.engines.tokens import prompt_ids
 
 STEP_POOLER_ARCHITECTURES = ("Qwen2ForProcessRewardModel",)
 LOCAL_VIEWS = ("line", "rewrite")
+LOCAL_SCORES = ("head", "rederive")
 
 
 class PrmFormatError(ValueError):
@@ -50,6 +54,7 @@ class StepEncoder:
     system_prompt: str = QWEN_MATH_SYSTEM_PROMPT
     local_prompt: str = "{previous}\n"
     local_view: str = "line"
+    local_score: str = "head"
 
     @property
     def step_tag_id(self) -> int:
@@ -61,10 +66,21 @@ class StepEncoder:
             return [self.encode(request)]
         if self.local_view == "rewrite":
             lines = [self.prompt_line(request.prompt), *request.steps]
-            views = [rewrite_view(a, b) for a, b in zip(lines, request.steps)]
-            return [self.encode(ScoreRequest("", (view,))) for view in views]
+            return [self.encode_rewrite(a, b) for a, b in zip(lines, request.steps)]
         previous = [request.prompt, *(self.local_prompt.format(previous=s) for s in request.steps)]
         return [self.encode(ScoreRequest(p, (step,))) for p, step in zip(previous, request.steps)]
+
+    def encode_rewrite(self, previous: str, step: str) -> Piece:
+        """``rewrite_view(previous, step)`` and the separator, scored at the separator, or at
+        the replacement's tokens (and the closing bracket) for a ``rederive`` score."""
+        prefix, span, replacement, suffix = rewrite_spans(previous, step)
+        head = prompt_ids(self.tokenizer, f"{prefix}[{reversed_digits(span)}=")
+        body = self.tokenizer(reversed_digits(replacement) + "]", add_special_tokens=False).input_ids
+        tail = self.tokenizer(suffix + self.separator, add_special_tokens=False).input_ids
+        ids = head + body + tail
+        if self.local_score == "rederive":
+            return ids, list(range(len(head), len(head) + len(body)))
+        return ids, [len(ids) - 1]
 
     def prompt_line(self, prompt: str) -> str:
         """The line a prompt holds, read back through ``local_prompt`` (``Q: 12+7*3\\n`` -> ``12+7*3``)."""
@@ -181,8 +197,14 @@ def build_encoder(
     view = getattr(model_config, "prm_local_view", None) or "line"
     if view not in LOCAL_VIEWS:
         raise PrmFormatError(f"{model_dir}/config.json: prm_local_view {view!r} is not one of {LOCAL_VIEWS}")
+    score = getattr(model_config, "prm_local_score", None) or "head"
+    if score not in LOCAL_SCORES or (score == "rederive" and view != "rewrite"):
+        raise PrmFormatError(
+            f"{model_dir}/config.json: prm_local_score {score!r} is not one of {LOCAL_SCORES} "
+            "(rederive needs prm_local_view: rewrite)"
+        )
     encoder = StepEncoder(
-        tokenizer, fmt, separator, step_tag, system_prompt, local_prompt or "{previous}\n", view
+        tokenizer, fmt, separator, step_tag, system_prompt, local_prompt or "{previous}\n", view, score
     )
     check_format(encoder, model_config, model_dir, positive_label)
     return encoder

@@ -39,7 +39,7 @@ from nexus_ray.engines.base import (
     ScoreResult,
     prompt_seed,
 )
-from nexus_ray.engines.prm_format import encoder_for, results_of
+from nexus_ray.engines.prm_format import PrmFormatError, encoder_for, results_of
 from nexus_ray.engines.tokens import prompt_ids
 
 T = TypeVar("T")
@@ -270,6 +270,12 @@ class VLLMRewardEngine(_VLLMBase):
 
     def __init__(self, config: RewardConfig, model_path: Path) -> None:
         encoder = encoder_for(config, model_path)
+        if encoder.local_score == "rederive":
+            raise PrmFormatError(
+                f"{model_path}: prm_local_score rederive (the checker re-derives each step with its "
+                "own language-model reading) runs on the transformers engine only: set engine: hf "
+                "for this PRM"
+            )
         extra: dict[str, Any] = {"runner": "pooling"}
         if encoder.format == "qwen-prm":  # the step pooler keeps only the rows at this token
             extra["pooler_config"] = _vllm_api().PoolerConfig(step_tag_id=encoder.step_tag_id)

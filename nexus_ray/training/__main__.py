@@ -3,6 +3,7 @@
     python -m nexus_ray.training policy     # arith-policy: a tiny Llama that solves step by step
     python -m nexus_ray.training policy-small  # arith-policy-small: the same at a quarter of the size
     python -m nexus_ray.training prm        # arith-prm: checks each step against the line before it
+    python -m nexus_ray.training prm-rewrite  # arith-prm-rewrite: re-derives what each step rewrote
     python -m nexus_ray.training rope-base  # rope-base: trained at a 128-token context only
     python -m nexus_ray.training experts    # merge experts: arith-policy fine-tuned per sub-task
     python -m nexus_ray.training chat-policy  # Qwen2 policy with BPE + chat template (free-form math)
@@ -35,27 +36,31 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "which",
-        choices=["policy", "policy-small", "prm", "rope-base", "experts", "chat-policy", "chat-prm", "all"],
+        choices=[
+            "policy",
+            "policy-small",
+            "prm",
+            "prm-rewrite",
+            "rope-base",
+            "experts",
+            "chat-policy",
+            "chat-prm",
+            "all",
+        ],
     )
     parser.add_argument("--out-dir", type=Path, default=registry.ZOO_DIR, help="where models are written")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="policy, policy-small, prm: continue from the last checkpoint (every 500 steps)",
+        help="policy, policy-small, prm, prm-rewrite: continue from the last checkpoint (every 500 steps)",
     )
     parser.add_argument("--policy-steps", type=int, default=7000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--prm-problems-per-level", type=int, default=600)
     parser.add_argument("--prm-samples", type=int, default=8, help="policy samples per problem")
     parser.add_argument("--prm-steps", type=int, default=4000)
-    parser.add_argument(
-        "--prm-view",
-        choices=["line", "rewrite"],
-        default="line",
-        help="how the step checker reads a step: line (the shipped arith-prm: Q: <previous line>, "
-        "then the step) or rewrite (an experiment: the operation beside its result, 12+[7*3=12]-5)",
-    )
+    parser.add_argument("--prm-rewrite-steps", type=int, default=3000)
     parser.add_argument("--rope-base-steps", type=int, default=2000)
     parser.add_argument("--expert-steps", type=int, default=200)
     parser.add_argument("--expert-batch-size", type=int, default=32)
@@ -77,18 +82,23 @@ def main(argv: list[str] | None = None) -> None:
             out, args.policy_steps, args.batch_size, 1.5e-3, args.seed, SMALL_POLICY_ARCH, args.resume
         )
         print(f"arith-policy-small: {meta['parameters']} parameters, {meta['train_seconds']} s -> {out}")
-    if args.which in ("prm", "all"):
+    for which, view, steps in (
+        ("prm", "line", args.prm_steps),
+        ("prm-rewrite", "rewrite", args.prm_rewrite_steps),
+    ):
+        if args.which not in (which, "all"):
+            continue
         meta = train_prm(
             args.out_dir / "arith-policy",
-            args.out_dir / "arith-prm",
+            args.out_dir / ("arith-prm" if view == "line" else "arith-prm-rewrite"),
             args.prm_problems_per_level,
             args.prm_samples,
-            args.prm_steps,
+            steps,
             args.seed,
             resume=args.resume,
-            view=args.prm_view,
+            view=view,
         )
-        print(f"arith-prm on held-out policy samples: {meta['heldout']}")
+        print(f"{which} on held-out policy samples: {meta['heldout']}")
     if args.which in ("rope-base", "all"):
         train_rope_base(args.out_dir / "rope-base", args.rope_base_steps, 32, 1.5e-3, args.seed)
     if args.which in ("experts", "all"):

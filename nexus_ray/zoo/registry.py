@@ -12,6 +12,7 @@ DESCRIPTIONS = {
     "arith-policy": "tiny Llama policy: multi-step arithmetic, one step per line, then 'A: <answer>'",
     "arith-policy-small": "arith-policy's recipe at a quarter of its parameters (small vs. large)",
     "arith-prm": "step checker for the arith policies: each step against the line before it (format local)",
+    "arith-prm-rewrite": "step checker that re-derives what each arith step rewrote (local, view rewrite)",
     "arith-expert-addsub": "merge expert: arith-policy fine-tuned on long +/- chains",
     "arith-expert-mul": "merge expert: arith-policy fine-tuned on multiplication-heavy problems",
     "rope-base": "tiny Llama trained at a 128-token context (arith + passkey), for RoPE extension",
