@@ -28,7 +28,7 @@ from pathlib import Path
 
 from nexus_ray.config import QWEN_MATH_SYSTEM_PROMPT, PrmFormat, RewardConfig
 from nexus_ray.engines.base import ScoreRequest, ScoreResult
-from nexus_ray.engines.rewrite_view import reversed_digits, rewrite_spans
+from nexus_ray.engines.rewrite_view import rewrite_parts
 from nexus_ray.engines.tokens import prompt_ids
 
 STEP_POOLER_ARCHITECTURES = ("Qwen2ForProcessRewardModel",)
@@ -73,10 +73,10 @@ class StepEncoder:
     def encode_rewrite(self, previous: str, step: str) -> Piece:
         """``rewrite_view(previous, step)`` and the separator, scored at the separator, or at
         the replacement's tokens (and the closing bracket) for a ``rederive`` score."""
-        prefix, span, replacement, suffix = rewrite_spans(previous, step)
-        head = prompt_ids(self.tokenizer, f"{prefix}[{reversed_digits(span)}=")
-        body = self.tokenizer(reversed_digits(replacement) + "]", add_special_tokens=False).input_ids
-        tail = self.tokenizer(suffix + self.separator, add_special_tokens=False).input_ids
+        lead, replacement, rest = rewrite_parts(previous, step)
+        head = prompt_ids(self.tokenizer, lead)
+        body = self.tokenizer(replacement, add_special_tokens=False).input_ids
+        tail = self.tokenizer(rest + self.separator, add_special_tokens=False).input_ids
         ids = head + body + tail
         if self.local_score == "rederive":
             return ids, list(range(len(head), len(head) + len(body)))

@@ -51,8 +51,15 @@ def rewrite_spans(previous: str, step: str) -> tuple[str, str, str, str]:
     return prefix, "".join(a[p : len(a) - s]), "".join(b[p : len(b) - s]), suffix
 
 
+def rewrite_parts(previous: str, step: str) -> tuple[str, str, str]:
+    """The view in three parts: what leads to the replacement (``12+[7*3=``), the replacement
+    and its closing bracket (``12]``), and the copied rest (``-5``). A checker that re-derives
+    the step is scored on the middle one."""
+    prefix, span, replacement, suffix = rewrite_spans(previous, step)
+    return f"{prefix}[{reversed_digits(span)}=", f"{reversed_digits(replacement)}]", suffix
+
+
 def rewrite_view(previous: str, step: str) -> str:
     """``previous`` with what ``step`` rewrote shown as ``[span=replacement]``, digits reversed
     inside the brackets: ``rewrite_view("12+7*3-5", "12+21-5") == "12+[7*3=12]-5"``."""
-    prefix, span, replacement, suffix = rewrite_spans(previous, step)
-    return f"{prefix}[{reversed_digits(span)}={reversed_digits(replacement)}]{suffix}"
+    return "".join(rewrite_parts(previous, step))

@@ -36,7 +36,7 @@ from nexus_ray.config import EngineConfig
 from nexus_ray.engines import build_policy_engine
 from nexus_ray.engines.base import GenerationParams
 from nexus_ray.engines.hf import rederive_probabilities
-from nexus_ray.engines.rewrite_view import reversed_digits, rewrite_spans, rewrite_view
+from nexus_ray.engines.rewrite_view import reversed_digits, rewrite_parts, rewrite_spans
 from nexus_ray.tasks import arith
 from nexus_ray.training.batches import ProblemStream, right_padded
 from nexus_ray.training.loop import fit, resumable, save, set_seed, warmup_cosine
@@ -48,7 +48,6 @@ PRM_POLICY_SHARE = 0.5  # of each batch: steps from the policy's own samples, ha
 PRM_PROBE_EVERY = 500  # steps between two held-out probes (and one at the end)
 PRM_LM_WEIGHT = 1.0  # next-token loss on right characters, beside the step labels
 LOCAL_PROMPT = arith.QUESTION_PREFIX + "{previous}" + arith.STEP_DELIMITER  # how a prompt holds its line
-VIEWS = ("line", "rewrite")
 IGNORE = -100
 SYNTHETIC_LEVELS = (1, 2, 3, 4, 4, 5, 5, 5)  # fresh steps lean to the levels where the policy errs
 
@@ -105,20 +104,17 @@ def rewrite_labels(previous: str, step: str) -> tuple[str, list[int], list[bool]
     characters (and the closing bracket) are labelled 1 while they agree with the rewritten
     span's value, 0 from the first that departs, and are next-token targets while they agree;
     the newline carries the step's verdict (a right value at the wrong place is a wrong step)."""
-    prefix, span, replacement, suffix = rewrite_spans(previous, step)
-    value = next_line(span)  # the span's reduction, or the answer line after a lone number
+    lead, written, rest = rewrite_parts(previous, step)
+    value = next_line(rewrite_spans(previous, step)[1])  # the span's reduction, or the answer line
     target = "" if value is None else reversed_digits(value) + "]"
-    written = reversed_digits(replacement) + "]"
-    labels = [IGNORE] * (len(prefix) + len(span) + 2)  # prefix, "[", span, "="
+    labels = [IGNORE] * len(lead)
     ok = True
     for i, ch in enumerate(written):
         ok = ok and i < len(target) and target[i] == ch
         labels.append(int(ok))
-    predicted = [label == 1 for label in labels]
-    labels += [IGNORE] * len(suffix) + [step_pair(previous, step)[2]]
-    text = rewrite_view(previous, step) + arith.STEP_DELIMITER
-    assert len(text) == len(labels), (previous, step)
-    return text, labels, predicted + [False] * (len(suffix) + 1)
+    predicted = [label == 1 for label in labels] + [False] * (len(rest) + 1)
+    labels += [IGNORE] * len(rest) + [step_pair(previous, step)[2]]
+    return lead + written + rest + arith.STEP_DELIMITER, labels, predicted
 
 
 def view_labels(previous: str, step: str, view: str) -> tuple[str, list[int], list[bool]]:
