@@ -41,7 +41,9 @@ def solve(
         8, min=1, max=1024, help=f"Budget in generations (ignored by {', '.join(registry.without_budget())})."
     ),
     policy: str = typer.Option("arith-policy", help="Zoo model name or HF model directory."),
-    prm: str = typer.Option("arith-prm", help="Zoo PRM name or HF model directory (best_of_n)."),
+    prm: str | None = typer.Option(
+        None, help="Zoo PRM name or HF model directory (default: arith-prm-rewrite on hf, arith-prm on vllm)."
+    ),
     seed: int = typer.Option(0, help="Sampling seed."),
     engine: str = typer.Option("hf", help="hf (transformers) or vllm (needs the vllm package)."),
     task: str = typer.Option(

@@ -326,7 +326,7 @@ class PlannerConfig(_Strict):
     table: str | None = Field(
         None,
         description="plan table for requests without strategy and budget: a built-in name "
-        "(arith-zoo, chat-zoo) or the JSON path nexus-ray calibrate wrote; "
+        "(arith-zoo; arith-zoo-line with arith-prm; chat-zoo) or the JSON path nexus-ray calibrate wrote; "
         "none: default_strategy at default_budget",
     )
     mean_budget: float = Field(
@@ -381,12 +381,18 @@ class ServiceConfig(ModelsConfig):
 CPU_KV_CACHE_BYTES = 256 << 20  # ample for the zoo's 256-token contexts on vLLM's CPU build
 
 
+# The zoo's step checker per engine: arith-prm-rewrite re-derives each step from next-token
+# probabilities, which vLLM's pooling runner does not return; on vLLM, arith-prm (a classifier).
+DEFAULT_PRM: dict[str, str] = {"hf": "arith-prm-rewrite", "vllm": "arith-prm"}
+
+
 def local_models(
-    engine: Literal["hf", "vllm"] = "hf", policy: str = "arith-policy", prm: str = "arith-prm"
+    engine: Literal["hf", "vllm"] = "hf", policy: str = "arith-policy", prm: str | None = None
 ) -> ModelsConfig:
-    """The embedded default: models on this machine's CPU. vLLM's CPU build runs the zoo in
-    float32, eagerly, with a fixed 256 MiB KV cache: a share of RAM (``gpu_memory_utilization``)
-    fails to start where a NUMA node is small."""
+    """The embedded default: models on this machine's CPU (``prm``: ``DEFAULT_PRM`` of the
+    engine). vLLM's CPU build runs the zoo in float32, eagerly, with a fixed 256 MiB KV cache:
+    a share of RAM (``gpu_memory_utilization``) fails to start where a NUMA node is small."""
+    prm = prm or DEFAULT_PRM.get(engine, DEFAULT_PRM["hf"])  # a bad engine fails below, by name
     options: dict[str, Any] = {"engine": engine, "dtype": "float32"}
     prm_options: dict[str, Any] = {}
     if engine == "vllm":

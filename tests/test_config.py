@@ -4,7 +4,15 @@ import pytest
 import yaml
 
 from k8s.serve_config import serve_config_errors
-from nexus_ray.config import ConfigError, ModelsConfig, RewardConfig, load_service_config, load_yaml
+from nexus_ray.config import (
+    ConfigError,
+    ModelsConfig,
+    RewardConfig,
+    load_service_config,
+    load_yaml,
+    local_models,
+)
+from nexus_ray.planner.table import load_table
 
 ROOT = Path(__file__).parent.parent
 DEPLOYMENTS = sorted((ROOT / "deployments").glob("*.yaml"))
@@ -20,6 +28,23 @@ def test_deployment_configs_validate(path):
 @pytest.mark.parametrize("path", DEPLOYMENTS, ids=lambda p: p.name)
 def test_deployment_configs_pass_the_strict_serve_check(path):
     assert serve_config_errors(yaml.safe_load(path.read_text())) == []
+
+
+@pytest.mark.parametrize("path", DEPLOYMENTS, ids=lambda p: p.name)
+def test_a_deployments_plan_table_was_calibrated_with_its_models(path):
+    """The service refuses a table calibrated for other models at start-up: every shipped
+    config must name the table of its own models (on vLLM: arith-prm's, ``arith-zoo-line``)."""
+    cfg, _ = load_service_config(path)
+    if cfg.planner.table is not None:
+        load_table(cfg.planner.table).check_models(cfg.policy.model, cfg.prm.model)
+
+
+def test_the_local_default_checker_depends_on_the_engine():
+    """arith-prm-rewrite re-derives steps from next-token probabilities, which vLLM's pooling
+    runner does not return: on vLLM the default is arith-prm."""
+    assert local_models("hf").prm.model == "arith-prm-rewrite"
+    assert local_models("vllm").prm.model == "arith-prm"
+    assert local_models("vllm", prm="chat-prm").prm.model == "chat-prm"
 
 
 def _app(config: dict) -> dict:

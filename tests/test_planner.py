@@ -342,7 +342,7 @@ def test_calibrate_end_to_end_on_the_zoo(tmp_path):
     assert job.main(args) == 0
     for name in ("surprisal", "learned"):
         table = PlanTable.load(tmp_path / f"table-{name}.json")
-        table.check_models("arith-policy", "arith-prm")
+        table.check_models("arith-policy", "arith-prm-rewrite")  # the default checker on hf
         assert table.problems == 10 and sum(b.problems for b in table.bins) == 10
         assert [c.budget for c in table.bins[0].choices] == [1, 2, 4]
         assert (tmp_path / f"curves-{name}.png").stat().st_size > 0

@@ -11,7 +11,16 @@ from nexus_ray.engines.base import ScoreRequest
 from nexus_ray.engines.prm_format import PrmFormatError, StepEncoder, build_encoder
 from nexus_ray.engines.rewrite_view import rewrite_spans, rewrite_view
 from nexus_ray.tasks import arith
-from nexus_ray.training.prm import LOCAL_PROMPT, corrupt_line, next_line, pair_batch, step_pair, view_labels
+from nexus_ray.training.batches import ProblemStream
+from nexus_ray.training.prm import (
+    LOCAL_PROMPT,
+    corrupt_line,
+    next_line,
+    pair_batch,
+    step_pair,
+    synthetic_pairs,
+    view_labels,
+)
 from nexus_ray.zoo.tokenizer import build_tokenizer
 
 
@@ -61,6 +70,17 @@ def test_corrupted_lines_are_wrong_steps():
         previous = p.expression if i == 0 else p.steps[i - 1]
         assert step_pair(previous, p.steps[i])[2] == 1
         assert step_pair(previous, corrupt_line(p.steps[i], previous, rng))[2] == 0
+
+
+def test_fresh_steps_lean_to_products_only_when_asked():
+    """The rewrite checker's fresh steps reduce a product about half the time; without a
+    share the draws (and so the line checker's batches) are the ones they always were."""
+    plain = synthetic_pairs(ProblemStream(1), 600, random.Random(0))
+    again = synthetic_pairs(ProblemStream(1), 600, random.Random(0), product_share=0.0)
+    leaning = synthetic_pairs(ProblemStream(1), 600, random.Random(0), product_share=0.5)
+    assert plain == again
+    share = [sum("*" in previous for previous, _, _ in pairs) / 600 for pairs in (plain, leaning)]
+    assert share[0] < 0.25 and share[1] > 0.35, share
 
 
 def test_line_view_labels_the_step_after_its_previous_line():

@@ -19,7 +19,7 @@ from nexus_ray.tasks.grading import answer_kind
 from nexus_ray.zoo.registry import resolve
 
 
-def add_arguments(p: argparse.ArgumentParser, policy: str = "arith-policy", prm: str = "arith-prm") -> None:
+def add_arguments(p: argparse.ArgumentParser, policy: str = "arith-policy") -> None:
     p.add_argument(
         "--config",
         type=Path,
@@ -29,7 +29,11 @@ def add_arguments(p: argparse.ArgumentParser, policy: str = "arith-policy", prm:
     )
     p.add_argument("--engine", choices=["hf", "vllm"], default="hf")
     p.add_argument("--policy", default=policy, help="zoo model name or model directory")
-    p.add_argument("--prm", default=prm, help="zoo model name or model directory")
+    p.add_argument(
+        "--prm",
+        default=None,
+        help="zoo model name or model directory (default: arith-prm-rewrite on hf, arith-prm on vllm)",
+    )
     p.add_argument(
         "--task",
         choices=["arith", "chat-math"],

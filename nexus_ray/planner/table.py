@@ -123,7 +123,7 @@ class PlanTable(_Strict):
 
 
 def load_table(name_or_path: str) -> PlanTable:
-    """A built-in table by name (``arith-zoo``, ``chat-zoo``) or a table file."""
+    """A built-in table by name (``arith-zoo``, ``arith-zoo-line``, ``chat-zoo``) or a table file."""
     builtin = TABLES_DIR / f"{name_or_path}.json"
     return PlanTable.load(builtin if builtin.is_file() else Path(name_or_path))
 
