@@ -98,7 +98,7 @@ def test_solve_matches_in_process_search(service):
     assert len(out["candidates"]) == 4 and out["plan"]["source"] == "request"
     ctx = SearchContext.for_problem(  # the service's engines cache; so do these
         HFPolicyEngine(resolve("arith-policy"), prefix_cache_tokens=32768),
-        HFRewardEngine(resolve("arith-prm"), cache_tokens=32768),
+        HFRewardEngine(resolve("arith-prm-rewrite"), cache_tokens=32768),
         ARITH,
         problem,
         seed=0,
