@@ -17,6 +17,7 @@ import random
 import torch
 from transformers import AutoModelForTokenClassification
 
+from nexus_ray.engines.hf import rederive_logits
 from nexus_ray.engines.rewrite_view import rewrite_spans
 from nexus_ray.training.batches import ProblemStream
 from nexus_ray.training.prm import IGNORE, pair_batch
@@ -51,10 +52,7 @@ def exact_by_operator(model_dir: str, steps: list[tuple[str, str]]) -> dict[str,
         chunk = steps[start : start + 256]
         batch = pair_batch([(a, b, 1) for a, b in chunk], tok, "rewrite")
         with torch.inference_mode():
-            hidden = model.base_model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            ).last_hidden_state
-            guess = (hidden @ model.get_input_embeddings().weight.T).argmax(-1)
+            guess = rederive_logits(model, batch["input_ids"], batch["attention_mask"]).argmax(-1)
         targets = batch["lm_labels"]
         ok = ((guess == targets) | (targets == IGNORE)).all(1)
         for (previous, step), good in zip(chunk, ok.tolist()):

@@ -357,11 +357,16 @@ def _eos_ids(model, tokenizer) -> list[int]:
     return eos if isinstance(eos, list) else [eos]
 
 
-def rederive_probabilities(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """P(token t | tokens before it) under a token classifier's own language-model reading
-    (its final hidden states times its tied embedding table); 1 at the first position."""
+def rederive_logits(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A token classifier's own language-model reading: its final hidden states times its
+    tied embedding table, the next-token logits at every position."""
     hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
-    logp = torch.log_softmax((hidden @ model.get_input_embeddings().weight.T).float(), dim=-1)
+    return hidden @ model.get_input_embeddings().weight.T
+
+
+def rederive_probabilities(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """P(token t | tokens before it) under ``rederive_logits``; 1 at the first position."""
+    logp = torch.log_softmax(rederive_logits(model, ids, mask).float(), dim=-1)
     written = logp[:, :-1].gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1).exp()
     return torch.cat([torch.ones_like(written[:, :1]), written], dim=1)
 
