@@ -237,16 +237,16 @@ def test_killed_ray_driver_leaves_no_ray_process(tmp_path):
     try:
         assert proc.stdout.readline() == b"ray up\n"
         known: dict[int, int] = {}
+        seen: set[str] = set()  # names read while the driver lives: a reaped agent reads '' later
         deadline = time.time() + 120  # the agents start late on a busy machine
-        while time.time() < deadline and not {"ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= {
-            _cmdline(pid) for pid in known
-        }:
+        while time.time() < deadline and not {"ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= seen:
             time.sleep(0.5)
             ray_reaper.record([proc.pid], known)
+            seen |= {_cmdline(pid) for pid in known}
     finally:
         proc.kill()
         proc.wait()
-    assert {"ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= {_cmdline(pid) for pid in known}
+    assert {"ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= seen
     deadline = time.time() + 30
     while ray_reaper.alive(known) and time.time() < deadline:
         time.sleep(0.5)
