@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nexus_ray.config import local_models
+from nexus_ray.config import DEFAULT_PRM, local_models
 from nexus_ray.jobs.eval import interleave_levels, load_records, run_local, select_examples
 from nexus_ray.planner import replay
 from nexus_ray.planner.table import PlanTable
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--small", default="arith-policy-small")
     p.add_argument("--large", default="arith-policy")
-    p.add_argument("--prm", default="arith-prm")
+    p.add_argument("--prm", default=DEFAULT_PRM["hf"], help="the checker both policies share (%(default)s)")
     p.add_argument(
         "--small-tables", type=Path, default=Path("benchmarks/results/calibration/arith-calib-small")
     )

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from nexus_ray.config import local_models
+from nexus_ray.config import DEFAULT_PRM, local_models
 from nexus_ray.engines import build_policy_engine, build_reward_engine
 from nexus_ray.engines.base import GenerationParams, ScoreRequest
 from nexus_ray.jobs.eval import select_examples
@@ -74,7 +74,9 @@ def main() -> None:
     parser.add_argument("--per-level", type=int, default=None, help="only the first N problems of each level")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--prm", default="arith-prm", help="arith pair: another step checker (zoo name or directory)"
+        "--prm",
+        default=DEFAULT_PRM["hf"],
+        help="arith pair: the step checker (zoo name or directory; default: %(default)s, the default's)",
     )
     args = parser.parse_args()
     start = time.time()
