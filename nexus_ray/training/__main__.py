@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prm-problems-per-level", type=int, default=600)
     parser.add_argument("--prm-samples", type=int, default=8, help="policy samples per problem")
     parser.add_argument("--prm-steps", type=int, default=4000)
-    parser.add_argument("--prm-rewrite-steps", type=int, default=3000)
+    parser.add_argument("--prm-rewrite-steps", type=int, default=5000)
     parser.add_argument("--rope-base-steps", type=int, default=2000)
     parser.add_argument("--expert-steps", type=int, default=200)
     parser.add_argument("--expert-batch-size", type=int, default=32)
