@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument(
         "--prm",
         default=DEFAULT_PRM["hf"],
-        help="arith pair: the step checker (zoo name or directory; default: %(default)s, the default's)",
+        help="arith pair: the step checker, a zoo name or directory (default: %(default)s)",
     )
     args = parser.parse_args()
     start = time.time()
