@@ -317,6 +317,29 @@ def test_table_round_trips_and_refuses_stale_or_missing(tmp_path):
         PlanTable.load(path)
 
 
+def test_a_table_refuses_the_same_model_retrained(tmp_path):
+    """Same architecture, same file sizes, other weights (a retrained checkpoint): the table
+    calibrated with the old weights is stale."""
+    import shutil
+
+    from nexus_ray.zoo.registry import resolve
+
+    model = tmp_path / "prm"
+    shutil.copytree(resolve("arith-prm"), model)
+    table = make_table(prm=str(model))
+    table.check_models("arith-policy", str(model))
+    (weights,) = model.glob("*.safetensors")
+    size = weights.stat().st_size
+    with weights.open("r+b") as fh:  # one byte of the last tensor
+        fh.seek(size - 5)
+        byte = fh.read(1)[0]
+        fh.seek(size - 5)
+        fh.write(bytes([byte ^ 0xFF]))
+    assert weights.stat().st_size == size
+    with pytest.raises(TableError, match="fingerprints differ"):
+        table.check_models("arith-policy", str(model))
+
+
 def test_calibrate_end_to_end_on_the_zoo(tmp_path):
     """Real zoo models: pools, tables for two estimators, plots; then the refusals."""
     from nexus_ray.jobs import calibrate as job

@@ -3,8 +3,8 @@ those choices came from. A versioned JSON artifact; ``nexus-ray calibrate`` writ
 service plans from it.
 
 A table is tied to the models it was calibrated with: ``check_models`` compares fingerprints
-(config and weight-file sizes) so a service started with other models fails at start-up, not
-at its first request.
+(config, and each weight file's size, head and tail) so a service started with other models, or
+with the same model retrained, fails at start-up, not at its first request.
 """
 
 from __future__ import annotations
@@ -128,12 +128,23 @@ def load_table(name_or_path: str) -> PlanTable:
     return PlanTable.load(builtin if builtin.is_file() else Path(name_or_path))
 
 
+FINGERPRINT_SPAN = 1 << 20  # bytes hashed at each end of a weight file
+
+
 def model_fingerprint(model: str) -> str:
-    """A zoo name or model directory's identity: its config and the sizes of its weight files."""
+    """A zoo name or model directory's identity: its config, and each weight file's name, size and
+    first and last MiB. Sizes alone miss a checkpoint retrained with the same architecture; the
+    ends change with any retraining (the head holds the header and first tensor, the tail the
+    last), and reading 2 MiB a file keeps this cheap for models of many GB."""
     from nexus_ray.zoo.registry import resolve
 
     directory = resolve(model)
     h = hashlib.sha256((directory / "config.json").read_bytes())
     for f in sorted(directory.glob("*.safetensors")) + sorted(directory.glob("*.bin")):
-        h.update(f"{f.name}:{f.stat().st_size}".encode())
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with f.open("rb") as fh:
+            h.update(fh.read(FINGERPRINT_SPAN))
+            fh.seek(max(0, size - FINGERPRINT_SPAN))
+            h.update(fh.read(FINGERPRINT_SPAN))
     return h.hexdigest()[:16]
