@@ -2,8 +2,8 @@
 
     python benchmarks/small_vs_large.py \
         --small arith-policy-small --small-tables benchmarks/results/calibration/arith-calib-small \
-        --large arith-policy --large-tables benchmarks/results/calibration/arith-calib \
-        --large-pools benchmarks/results/planner/pools-arith-test.jsonl   # recorded already
+        --large arith-policy --large-tables benchmarks/results/calibration/arith-calib-rewrite \
+        --large-pools benchmarks/results/planner-rewrite/pools-arith-test.jsonl   # recorded already
 
 For each policy (the same PRM reads both), on the test set: a pool per problem (greedy decode
 and ``--samples`` temperature-1 samples, PRM-scored; resumable), then on those pools greedy,
@@ -116,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--small-tables", type=Path, default=Path("benchmarks/results/calibration/arith-calib-small")
     )
-    p.add_argument("--large-tables", type=Path, default=Path("benchmarks/results/calibration/arith-calib"))
+    p.add_argument(
+        "--large-tables", type=Path, default=Path("benchmarks/results/calibration/arith-calib-rewrite")
+    )
     p.add_argument(
         "--large-pools",
         type=Path,
