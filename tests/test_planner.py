@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import json
 import random
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -320,8 +321,6 @@ def test_table_round_trips_and_refuses_stale_or_missing(tmp_path):
 def test_a_table_refuses_the_same_model_retrained(tmp_path):
     """Same architecture, same file sizes, other weights (a retrained checkpoint): the table
     calibrated with the old weights is stale."""
-    import shutil
-
     from nexus_ray.zoo.registry import resolve
 
     model = tmp_path / "prm"
